@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Order is the order shown in ``ftkit --help``.
 _COMMAND_MODULES = [
+    "ftkit.cli.data",
+    "ftkit.cli.augment",
     "ftkit.cli.models",
+    "ftkit.cli.train",
+    "ftkit.cli.evaluate",
 ]
 
 
@@ -32,13 +37,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter (CPU features, "failed call to cuInit" without a GPU) is noise to a
+    # CLI user; set TF_CPP_MIN_LOG_LEVEL yourself to see it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         # A command group called without its subcommand (``ftkit models``) prints its own help.
         (getattr(args, "_parser", None) or parser).print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as exc:
+        # A user's mistake (unknown name, bad value, missing file) is a message, not a traceback.
+        if os.environ.get("FTKIT_DEBUG"):
+            raise
+        print(f"ftkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ftkit.backbones import BackboneConflictError, PluginError, UnknownBackboneError
+
+    return (UnknownBackboneError, BackboneConflictError, PluginError, ValueError, FileNotFoundError,
+            NotADirectoryError, PermissionError)
 
 
 if __name__ == "__main__":

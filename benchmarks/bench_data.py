@@ -1,0 +1,175 @@
+"""Data-stage benchmark: ftkit's pipeline against ``keras.utils.image_dataset_from_directory``.
+
+    python benchmarks/bench_data.py [--repeats 3] [--scan-files 100000] [--skip-scan]
+
+Part 1, on ``catsdogs/train`` and ``hymenoptera/train`` (224x224, batch 32, no shuffle), images per second
+over one epoch of: the Keras loader with ``prefetch(AUTOTUNE)`` (its second epoch, so files sit in the OS
+page cache for every contender); ftkit cold (first epoch of a fresh pipeline, no cache); ftkit with its
+decoded in-memory cache (second epoch on). Median of ``--repeats`` runs; ratios against Keras.
+
+Part 2: time and peak memory (max RSS of a fresh process that imports only ``ftkit.data``) to scan a
+generated folder of small images (10 classes; written once under the system temp folder and reused), at
+a tenth and at the full size, to show memory per file; then the time to the first batch and the RSS
+growth while streaming 200 batches from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FOLDERS = [DATA / "catsdogs" / "train", DATA / "hymenoptera" / "train"]
+SIZE = (224, 224)
+BATCH = 32
+
+
+def _epoch_rate(ds) -> float:
+    start, n = time.perf_counter(), 0
+    for _, labels in ds:
+        n += int(labels.shape[0])
+    return n / (time.perf_counter() - start)
+
+
+def _loader_rates(folder: Path) -> dict[str, float]:
+    import keras
+    import tensorflow as tf
+
+    from ftkit.data import make_dataset, scan
+
+    keras_ds = keras.utils.image_dataset_from_directory(folder, image_size=SIZE, batch_size=BATCH,
+                                                        shuffle=False, verbose=False).prefetch(tf.data.AUTOTUNE)
+    _epoch_rate(keras_ds)  # fills the OS page cache
+    rates = {"keras": _epoch_rate(keras_ds)}
+    index = scan(folder, val_fraction=0.0)
+    rates["ftkit cold"] = _epoch_rate(make_dataset(index, "train", image_size=SIZE, batch_size=BATCH))
+    cached = make_dataset(index, "train", image_size=SIZE, batch_size=BATCH, cache="memory")
+    _epoch_rate(cached)
+    rates["ftkit cached"] = _epoch_rate(cached)
+    return rates
+
+
+def bench_loaders(repeats: int) -> None:
+    print(f"| folder | images | Keras loader img/s | ftkit cold img/s (x Keras) | ftkit cached img/s (x Keras) |")
+    print("|---|---|---|---|---|")
+    for folder in FOLDERS:
+        runs = [_loader_rates(folder) for _ in range(repeats)]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        n = sum(1 for p in folder.rglob("*") if p.is_file())
+        print(f"| {folder.parent.name}/{folder.name} | {n} | {med['keras']:.0f} | "
+              f"{med['ftkit cold']:.0f} ({med['ftkit cold'] / med['keras']:.2f}x) | "
+              f"{med['ftkit cached']:.0f} ({med['ftkit cached'] / med['keras']:.2f}x) |", flush=True)
+
+
+def make_folder(root: Path, files: int) -> Path:
+    """Writes ``files`` small images (16x16, alternating JPEG and PNG, 64 distinct pictures) in 10 classes."""
+    import numpy as np
+    from PIL import Image
+
+    marker = root / f".complete-{files}"
+    if marker.exists():
+        return root
+    rng = np.random.default_rng(0)
+    blobs = []
+    for i in range(64):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, "JPEG" if i % 2 else "PNG")
+        blobs.append((buf.getvalue(), ".jpg" if i % 2 else ".png"))
+    for i in range(files):
+        folder = root / f"class{i % 10}"
+        folder.mkdir(parents=True, exist_ok=True)
+        data, ext = blobs[i % len(blobs)]
+        (folder / f"img{i:06d}{ext}").write_bytes(data)
+    marker.touch()
+    return root
+
+
+def _child_scan(folder: str, limit: int) -> None:
+    from ftkit.data import sources
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    index = sources.scan(folder, val_fraction=0.0)
+    seconds = time.perf_counter() - start
+    assert len(index["train"]) == limit, (len(index["train"]), limit)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "files": limit, "base_mb": base / 1024, "peak_mb": peak / 1024}))
+
+
+def _child_stream(folder: str) -> None:
+    import tensorflow as tf  # noqa: F401 - imported before the baseline so its own memory is not counted
+
+    from ftkit.data import make_dataset, scan
+
+    index = scan(folder, val_fraction=0.0, verify="none")
+    start = time.perf_counter()
+    ds = make_dataset(index, "train", image_size=(32, 32), batch_size=BATCH, shuffle=True)
+    it = iter(ds)
+    next(it)
+    first = time.perf_counter() - start
+    rss = [_rss_mb()]
+    for i in range(200):
+        next(it)
+        if i in (49, 199):
+            rss.append(_rss_mb())
+    print(json.dumps({"first_batch_s": first, "rss_mb": rss}))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fp:
+        return int(fp.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _run_child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_scan(files: int) -> None:
+    base = Path(tempfile.gettempdir()) / "ftkit-bench-data"
+    print("\n| files | scan time s | files/s | peak RSS MB (after import) | KB per file |")
+    print("|---|---|---|---|---|")
+    for n in (files // 10, files):
+        folder = make_folder(base / str(n), n)
+        _run_child("--child-scan", str(folder), str(n))  # warm the OS cache of the directory entries
+        r = _run_child("--child-scan", str(folder), str(n))
+        grow = r["peak_mb"] - r["base_mb"]
+        print(f"| {n} | {r['seconds']:.1f} | {n / r['seconds']:.0f} | {r['peak_mb']:.0f} ({r['base_mb']:.0f}) | "
+              f"{grow * 1024 / n:.2f} |", flush=True)
+    s = _run_child("--child-stream", str(base / str(files)))
+    print(f"\nStreaming {files} files (verify='none' scan, 32x32, batch 32, shuffled): first batch after "
+          f"{s['first_batch_s']:.2f} s; RSS after 1 / 50 / 200 batches: "
+          + " / ".join(f"{v:.0f} MB" for v in s["rss_mb"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scan-files", type=int, default=100_000)
+    parser.add_argument("--skip-scan", action="store_true")
+    parser.add_argument("--skip-loaders", action="store_true")
+    parser.add_argument("--child-scan", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-stream", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_scan:
+        return _child_scan(args.child_scan[0], int(args.child_scan[1]))
+    if args.child_stream:
+        return _child_stream(args.child_stream)
+    if not args.skip_loaders:
+        bench_loaders(args.repeats)
+    if not args.skip_scan:
+        bench_scan(args.scan_files)
+
+
+if __name__ == "__main__":
+    main()

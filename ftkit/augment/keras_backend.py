@@ -1,0 +1,328 @@
+"""The ``keras`` back end: in-graph ops on whole batches ``[B, H, W, C]`` float32 in 0..255.
+
+Each op builder returns ``fn(images, seed) -> images`` where ``seed`` is a stateless seed (int ``[2]``)
+for that batch. Op by op on a 2-core CPU (batch 32 at 224x224, see BENCHMARKS.md), several Keras /
+keras-cv layers cost more than decoding the batch, so the ops that a standard policy uses are written
+here with stateless ``tf.image`` / matrix ops on per-image random parameters:
+
+- random resized crop: ``tf.image.crop_and_resize`` with one random box per image (keras-cv's
+  ``RandomCropAndResize`` resamples the same way but draws from a stateful generator);
+- colour jitter: brightness, contrast, saturation and hue are all linear in RGB (hue as a rotation about
+  the grey axis in YIQ, as NVIDIA DALI's ``hsv`` operator does), so they compose into one 3x3 matrix and
+  offset per image, applied in a single batched matmul; Keras' ``RandomColorJitter`` converts to HSV and
+  back (~30x slower here). Unlike torchvision the order is fixed (brightness, contrast, saturation, hue)
+  and values are clipped once at the end;
+- flip, random erasing and cutout: a per-image select / box mask, one pass over the batch.
+
+Rotation, zoom, translation and AugMix use Keras core layers, RandAugment and GridMask keras-cv layers
+(keras-cv's RandAugment measured ~3.5x faster than Keras core's); these draw from their layer's own seeded
+generator, so they reproduce when batches are augmented in order (``Augmentation.augment_batches``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from ftkit.augment import config as C
+
+OpFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def _uniform(seed, shape, low, high):
+    return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
+
+
+def _crop_boxes(seed, batch, height, width, params: C.RandomResizedCrop | None):
+    """``[B, 4]`` normalised boxes of pixel area fraction ``params.scale`` and pixel aspect
+    ``params.ratio`` at uniform random positions; the whole image when ``params`` is None."""
+    if params is None:
+        return tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), [batch, 1])
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    area = _uniform(seeds[0], [batch], *params.scale)
+    ratio = tf.exp(_uniform(seeds[1], [batch], math.log(params.ratio[0]), math.log(params.ratio[1])))
+    # torchvision retries out-of-bounds draws up to 10 times; clipping keeps this one batched op.
+    box_w = tf.minimum(tf.sqrt(area * ratio * height / width), 1.0)
+    box_h = tf.minimum(tf.sqrt(area / ratio * width / height), 1.0)
+    y1 = _uniform(seeds[2], [batch], 0.0, 1.0) * (1.0 - box_h)
+    x1 = _uniform(seeds[3], [batch], 0.0, 1.0) * (1.0 - box_w)
+    return tf.stack([y1, x1, y1 + box_h, x1 + box_w], axis=1)
+
+
+def _flip_boxes(seed, boxes, mode: str):
+    """Flip boxes with probability 0.5 per axis: ``crop_and_resize`` samples a box whose y1 > y2 (x1 > x2)
+    upside down (mirrored), so a flip costs nothing on top of the crop."""
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=1)
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    batch = tf.shape(boxes)[0]
+    if mode in ("horizontal", "horizontal_and_vertical"):
+        flip = _uniform(seeds[0], [batch], 0.0, 1.0) < 0.5
+        x1, x2 = tf.where(flip, x2, x1), tf.where(flip, x1, x2)
+    if mode in ("vertical", "horizontal_and_vertical"):
+        flip = _uniform(seeds[1], [batch], 0.0, 1.0) < 0.5
+        y1, y2 = tf.where(flip, y2, y1), tf.where(flip, y1, y2)
+    return tf.stack([y1, x1, y2, x2], axis=1)
+
+
+def build_resample(ops: list[tuple[str, C._Op]], *, image_size: tuple[int, int]) -> OpFn:
+    """One bilinear resample for a leading run of ``random_resized_crop`` / ``flip`` ops:
+    ``fn(images [B,H,W,C] any size, seed) -> float32 [B, *image_size, C]``."""
+
+    def fn(images, seed):
+        batch = tf.shape(images)[0]
+        height = tf.cast(tf.shape(images)[1], tf.float32)
+        width = tf.cast(tf.shape(images)[2], tf.float32)
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, len(ops)))
+        boxes = _crop_boxes(seeds[0], batch, height, width, None)
+        for (name, params), op_seed in zip(ops, seeds, strict=True):
+            if name == "random_resized_crop":
+                boxes = _crop_boxes(op_seed, batch, height, width, params)
+            else:
+                boxes = _flip_boxes(op_seed, boxes, params.mode)
+        return tf.image.crop_and_resize(images, boxes, tf.range(batch), image_size)
+
+    return fn
+
+
+def _random_resized_crop(params: C.RandomResizedCrop, *, image_size, layer_seed) -> OpFn:
+    resample = build_resample([("random_resized_crop", params)], image_size=image_size)
+    return resample
+
+
+def _flip(params: C.Flip, *, image_size, layer_seed) -> OpFn:
+    axes = {"horizontal": [2], "vertical": [1], "horizontal_and_vertical": [1, 2]}[params.mode]
+
+    def fn(images, seed):
+        batch = tf.shape(images)[0]
+        seeds = tf.random.experimental.stateless_split(seed, len(axes))
+        for axis, axis_seed in zip(axes, tf.unstack(seeds), strict=True):
+            flip = _uniform(axis_seed, [batch, 1, 1, 1], 0.0, 1.0) < 0.5
+            images = tf.where(flip, tf.reverse(images, [axis]), images)
+        return images
+
+    return fn
+
+
+# Rec. 601 luma weights (what tf.image.rgb_to_grayscale uses) and the RGB -> YIQ matrix.
+_LUMA = tf.constant([0.299, 0.587, 0.114])
+_RGB_TO_YIQ = tf.constant([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _color_jitter(params: C.ColorJitter, *, image_size, layer_seed) -> OpFn:
+    def factor(seed, batch, amount):
+        return _uniform(seed, [batch, 1, 1], 1.0 - amount, 1.0 + amount)
+
+    def fn(images, seed):
+        batch = tf.shape(images)[0]
+        channels = images.shape[-1]
+        if channels != 3:
+            raise ValueError(f"color_jitter needs RGB images. Received: channels={channels}")
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+        eye = tf.eye(3, batch_shape=[batch])
+        # Pixels are row vectors: out = pixel @ matrix + offset.
+        matrix = eye * factor(seeds[0], batch, params.brightness)
+        offset = tf.zeros([batch, 1, 3])
+        if params.contrast:
+            mean = tf.reduce_mean(images, axis=[1, 2])[:, None, :] @ matrix + offset
+            grey_mean = tf.reduce_sum(mean * _LUMA, axis=-1, keepdims=True)
+            c = factor(seeds[1], batch, params.contrast)
+            matrix, offset = matrix * c, offset * c + (1.0 - c) * grey_mean
+        if params.saturation:
+            s = factor(seeds[2], batch, params.saturation)
+            to_grey = tf.tile(_LUMA[:, None], [1, 3])
+            saturate = s * eye + (1.0 - s) * to_grey
+            matrix, offset = matrix @ saturate, offset @ saturate
+        if params.hue:
+            angle = _uniform(seeds[3], [batch], -params.hue, params.hue) * (2.0 * math.pi)
+            cos, sin, zero, one = tf.cos(angle), tf.sin(angle), tf.zeros_like(angle), tf.ones_like(angle)
+            rotate = tf.reshape(tf.stack([one, zero, zero, zero, cos, sin, zero, -sin, cos], axis=1), [-1, 3, 3])
+            yiq = tf.transpose(_RGB_TO_YIQ)
+            hue = yiq @ rotate @ tf.linalg.inv(yiq)
+            matrix, offset = matrix @ hue, offset @ hue
+        pixels = tf.reshape(images, [batch, -1, 3]) @ matrix + offset
+        return tf.reshape(pixels, tf.shape(images))
+
+    return fn
+
+
+def _box_mask(seed, images, *, probability, area, ratio):
+    """A ``[B, H, W, 1]`` bool mask: per image, with ``probability``, one box of ``area`` fraction and
+    pixel aspect ``ratio`` (each ``[B]``) at a uniform random centre, clipped at the border."""
+    batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    box_h = tf.sqrt(area * h * w / ratio)[:, None]
+    box_w = tf.sqrt(area * h * w * ratio)[:, None]
+    centre_y = _uniform(seeds[0], [batch, 1], 0.0, h)
+    centre_x = _uniform(seeds[1], [batch, 1], 0.0, w)
+    rows = tf.range(h)[None, :] + 0.5
+    cols = tf.range(w)[None, :] + 0.5
+    in_rows = tf.abs(rows - centre_y) < box_h / 2
+    in_cols = tf.abs(cols - centre_x) < box_w / 2
+    apply = _uniform(seeds[2], [batch, 1, 1], 0.0, 1.0) < probability
+    return (in_rows[:, :, None] & in_cols[:, None, :] & apply)[..., None]
+
+
+def _fill(images, mask, seed, fill):
+    if fill == "zero":
+        values = tf.zeros([], images.dtype)
+    elif fill == "mean":
+        values = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+    else:
+        values = tf.random.stateless_uniform(tf.shape(images), seed=seed, minval=0.0, maxval=255.0)
+    return tf.where(mask, values, images)
+
+
+def _random_erasing(params: C.RandomErasing, *, image_size, layer_seed) -> OpFn:
+    log_ratio = (math.log(params.ratio[0]), math.log(params.ratio[1]))
+
+    def fn(images, seed):
+        batch = tf.shape(images)[0]
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+        area = _uniform(seeds[0], [batch], *params.scale)
+        ratio = tf.exp(_uniform(seeds[1], [batch], *log_ratio))
+        mask = _box_mask(seeds[2], images, probability=params.probability, area=area, ratio=ratio)
+        return _fill(images, mask, seeds[3], params.fill)
+
+    return fn
+
+
+def _cutout(params: C.Cutout, *, image_size, layer_seed) -> OpFn:
+    def fn(images, seed):
+        batch = tf.shape(images)[0]
+        short = tf.cast(tf.minimum(tf.shape(images)[1], tf.shape(images)[2]), tf.float32)
+        h, w = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
+        area = tf.fill([batch], (params.size * short) ** 2 / (h * w))
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        mask = _box_mask(seeds[0], images, probability=params.probability, area=area, ratio=tf.ones([batch]))
+        return _fill(images, mask, seeds[1], params.fill)
+
+    return fn
+
+
+def _layer_op(layer) -> OpFn:
+    def fn(images, seed):
+        return layer(images, training=True)
+
+    return fn
+
+
+def _rotation(params: C.Rotation, *, image_size, layer_seed) -> OpFn:
+    import keras
+
+    return _layer_op(
+        keras.layers.RandomRotation(
+            params.factor, fill_mode=params.fill_mode, fill_value=params.fill_value, seed=layer_seed
+        )
+    )
+
+
+def _zoom(params: C.Zoom, *, image_size, layer_seed) -> OpFn:
+    import keras
+
+    return _layer_op(
+        keras.layers.RandomZoom(
+            (-params.factor, params.factor), fill_mode=params.fill_mode, fill_value=params.fill_value, seed=layer_seed
+        )
+    )
+
+
+def _translation(params: C.Translation, *, image_size, layer_seed) -> OpFn:
+    import keras
+
+    return _layer_op(
+        keras.layers.RandomTranslation(
+            params.factor, params.factor, fill_mode=params.fill_mode, fill_value=params.fill_value, seed=layer_seed
+        )
+    )
+
+
+def _aug_mix(params: C.AugMix, *, image_size, layer_seed) -> OpFn:
+    import keras
+
+    return _layer_op(
+        keras.layers.AugMix(
+            value_range=(0, 255), num_chains=params.num_chains, chain_depth=params.chain_depth,
+            factor=params.severity, alpha=params.alpha, seed=layer_seed,
+        )
+    )
+
+
+def _rand_augment(params: C.RandAugment, *, image_size, layer_seed) -> OpFn:
+    import keras_cv
+
+    return _layer_op(
+        keras_cv.layers.RandAugment(
+            value_range=(0, 255), augmentations_per_image=params.num_ops, magnitude=params.magnitude,
+            magnitude_stddev=params.magnitude_stddev, rate=params.rate, geometric=params.geometric,
+            seed=layer_seed,
+        )
+    )
+
+
+def _grid_mask(params: C.GridMask, *, image_size, layer_seed) -> OpFn:
+    import keras_cv
+
+    return _layer_op(
+        keras_cv.layers.GridMask(
+            ratio_factor=params.ratio_factor, rotation_factor=params.rotation_factor,
+            fill_mode="constant", fill_value=params.fill_value, seed=layer_seed,
+        )
+    )
+
+
+BUILDERS = {
+    "random_resized_crop": _random_resized_crop,
+    "flip": _flip,
+    "rotation": _rotation,
+    "zoom": _zoom,
+    "translation": _translation,
+    "color_jitter": _color_jitter,
+    "rand_augment": _rand_augment,
+    "aug_mix": _aug_mix,
+    "random_erasing": _random_erasing,
+    "cutout": _cutout,
+    "grid_mask": _grid_mask,
+}
+
+# Ops whose randomness comes only from the per-batch stateless seed (may run on batches in any order).
+STATELESS_OPS = frozenset({"random_resized_crop", "flip", "color_jitter", "random_erasing", "cutout"})
+
+
+def split_resample(ops: list[tuple[str, C._Op]]) -> tuple[list, list]:
+    """Split off the leading ``random_resized_crop`` (at most one) and ``flip`` ops. Run per image on the
+    decoded image, their single resample replaces the loader's resize, so on a CPU they cost nothing
+    (BENCHMARKS.md); the rest run per batch."""
+    end = 1 if ops and ops[0][0] == "random_resized_crop" else 0
+    while end < len(ops) and ops[end][0] == "flip":
+        end += 1
+    return ops[:end], ops[end:]
+
+
+def build_image_resample(ops: list[tuple[str, C._Op]], *, image_size: tuple[int, int]):
+    """``fn(image [H,W,C] any size and dtype, seed) -> float32 [*image_size, C]`` for ``split_resample``'s ops."""
+    resample = build_resample(ops, image_size=tuple(image_size))
+
+    def fn(image, seed):
+        return resample(image[None], seed)[0]
+
+    return fn
+
+
+def build_batch_ops(ops: list[tuple[str, C._Op]], *, image_size: tuple[int, int], seed: int) -> OpFn:
+    """Compose the recipe's ops into one ``fn(images[B,H,W,C], seed[2]) -> float32 images`` in 0..255."""
+    fns = [
+        BUILDERS[name](params, image_size=tuple(image_size), layer_seed=seed * 1009 + index)
+        for index, (name, params) in enumerate(ops)
+    ]
+
+    def apply(images, seed):
+        images = tf.cast(images, tf.float32)
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, max(len(fns), 1)))
+        for fn, op_seed in zip(fns, seeds, strict=False):
+            images = fn(images, op_seed)
+        return tf.clip_by_value(images, 0.0, 255.0)
+
+    return apply

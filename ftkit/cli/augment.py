@@ -1,0 +1,30 @@
+"""``ftkit augment preview RECIPE --out FILE.png``: look at a recipe's augmentation before training."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("augment", help="inspect a recipe's augmentation")
+    parser.set_defaults(_parser=parser)
+    commands = parser.add_subparsers(dest="augment_command", metavar="SUBCOMMAND")
+    preview = commands.add_parser(
+        "preview", help="write a PNG grid of training images (first column) and augmented variants"
+    )
+    preview.add_argument("recipe", help="recipe YAML with `data: {root: ...}` and `augment: {...}`")
+    preview.add_argument("--out", required=True, help="PNG file to write")
+    preview.add_argument("--samples", type=int, default=4, help="rows: training images to show (default 4)")
+    preview.add_argument("--variants", type=int, default=5, help="augmented versions per image (default 5)")
+    preview.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                         help="tile size (default: the recipe's data.image_size, else 224 224)")
+    preview.set_defaults(func=_preview)
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from ftkit.augment.preview import preview
+
+    out = preview(args.recipe, out=args.out, samples=args.samples, variants=args.variants,
+                  image_size=tuple(args.image_size) if args.image_size else None)
+    print(f"wrote {out}")
+    return 0

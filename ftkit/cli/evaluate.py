@@ -1,0 +1,96 @@
+"""``ftkit evaluate``, ``ftkit predict`` and ``ftkit compare``: argument parsing over ``ftkit.evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1. Received: {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a trained model on a labelled folder and write a report bundle",
+        description="Predict every image of DATA (one subfolder per class, no shuffling), compute metrics with "
+        "scikit-learn and write report.json/.md/.html, confusion-matrix and reliability PNGs and predictions.csv.",
+    )
+    p.add_argument("model", metavar="MODEL_OR_RUN", help="run folder (model.keras + ftkit_run.json) or a .keras file in one")
+    p.add_argument("data", metavar="DATA", help="split folder with one subfolder per class")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/report)")
+    p.add_argument("--top-k", type=_positive_int, nargs="+", default=[5], metavar="K", help="top-k accuracies (default: 5)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--allow-missing-classes", action="store_true",
+                   help="accept DATA lacking some of the model's classes (they get support 0)")
+    p.set_defaults(func=_evaluate)
+
+    p = subparsers.add_parser(
+        "predict",
+        help="class probabilities for image files or folders",
+        description="Predict image files (folders are walked). Unreadable files are reported, not fatal.",
+    )
+    p.add_argument("model", metavar="MODEL_OR_RUN", help="run folder or a .keras file in one")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
+    p.add_argument("--top-k", type=_positive_int, default=3, metavar="K", help="classes shown per image (default: 3)")
+    p.add_argument("--csv", metavar="FILE", help="also write every probability to this CSV file")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.set_defaults(func=_predict)
+
+    p = subparsers.add_parser(
+        "compare",
+        help="compare two evaluated runs on the same images (McNemar's test, per-class and per-cell changes)",
+        description="Compare the predictions.csv of two evaluations of the same data.",
+    )
+    p.add_argument("run_a", metavar="RUN_A", help="run folder, report folder or predictions.csv")
+    p.add_argument("run_b", metavar="RUN_B", help="run folder, report folder or predictions.csv")
+    p.add_argument("--out", metavar="DIR", help="write compare.json, compare.md and compare.html here")
+    p.add_argument("--json", action="store_true", help="print the full comparison as JSON")
+    p.set_defaults(func=_compare)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ftkit.evaluate import evaluate_run
+
+    report = evaluate_run(
+        args.model, args.data, args.out, top_k=args.top_k, batch_size=args.batch_size,
+        allow_missing_classes=args.allow_missing_classes,
+    )
+    top_k = ", ".join(f"top-{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in report["top_k_accuracy"].items())
+    print(f"{report['n_samples']} images, accuracy {report['accuracy']:.4f}, balanced {report['balanced_accuracy']:.4f}, {top_k}")
+    for skipped in report["skipped"]:
+        print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    print(f"report: {report['out_dir']}/{report['files']['html']}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ftkit.evaluate.predict import predict_paths, top_k, write_predict_csv
+
+    result = predict_paths(args.model, args.paths, batch_size=args.batch_size)
+    for path, best in zip(result.paths, top_k(result.probs, result.class_names, args.top_k), strict=True):
+        print(path + "\t" + "\t".join(f"{name} {prob:.4f}" for name, prob in best))
+    for failure in result.failures:
+        print(f"could not read {failure['path']}: {failure['reason']}", file=sys.stderr)
+    if args.csv:
+        write_predict_csv(result, args.csv, k=args.top_k)
+    print(f"{len(result.paths)} predicted, {len(result.failures)} unreadable", file=sys.stderr)
+    return 0 if result.paths else 1
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ftkit.evaluate.compare import compare_runs, render_markdown
+
+    result = compare_runs(args.run_a, args.run_b, out_dir=args.out)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render_markdown(result).split("## A right, B wrong")[0].rstrip())
+        print(f"\nA right, B wrong: {len(result['a_right_b_wrong'])} images; A wrong, B right: "
+              f"{len(result['a_wrong_b_right'])} images" + (f" (galleries in {args.out})" if args.out else ""))
+    return 0

@@ -1,0 +1,58 @@
+"""``ftkit train``, ``ftkit export`` and ``ftkit lr-find``: parse arguments, call ftkit.training."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="fine-tune a backbone from a YAML recipe into a run folder",
+                              description="Train from a recipe (or continue a run with --resume).")
+    p.add_argument("recipe", nargs="?", help="the YAML recipe (optional with --resume: the run's own is used)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a recipe value (YAML scalar), e.g. --set schedule.phases[1].lr=1e-4")
+    p.add_argument("--out", help="run folder to write (default: runs/<recipe>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run where it stopped")
+    p.add_argument("--smoke", action="store_true", help="shrink the recipe to a run of seconds (pipeline check)")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("export", help="export a run's model (uint8 images in, probabilities out)",
+                              description="Export RUN_DIR/model.keras as keras, savedmodel or tflite.")
+    p.add_argument("run_dir")
+    p.add_argument("--format", default="keras", choices=["keras", "savedmodel", "tflite"])
+    p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
+    p.set_defaults(func=_export)
+
+    p = subparsers.add_parser("lr-find", help="learning-rate range test: loss against rate, PNG and suggestion",
+                              description="Run the recipe's first phase with a growing rate and suggest one.")
+    p.add_argument("recipe")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--out", default=".", help="folder for lr_find.png and lr_find.csv")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.set_defaults(func=_lr_find)
+
+
+def _train(args) -> int:
+    from ftkit.training import train
+
+    if args.recipe is None and args.resume is None:
+        raise ValueError("ftkit train needs a RECIPE or --resume RUN_DIR. Received: neither")
+    train(args.recipe, overrides=args.overrides, out=args.out, smoke=args.smoke, resume=args.resume)
+    return 0
+
+
+def _export(args) -> int:
+    from ftkit.training import export_run
+
+    print(export_run(args.run_dir, format=args.format, out=args.out))
+    return 0
+
+
+def _lr_find(args) -> int:
+    from ftkit.training import lr_find
+
+    lr_find(args.recipe, overrides=args.overrides, out=args.out, steps=args.steps, start_lr=args.start_lr,
+            end_lr=args.end_lr)
+    return 0

@@ -1,0 +1,190 @@
+"""The dataset doctor behind ``ftkit data check``: what is in a data source and what is wrong with it.
+
+It reports counts per split and class, the imbalance ratio, every bad file with its reason, every
+conversion the decoder will make, tiny images and byte-identical files shared between splits (leakage). It
+reads files only; nothing is written next to the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from ftkit.data import decode
+from ftkit.data.sources import DataIndex, scan_unchecked
+
+_TEXT_LIMIT = 20  # rows per section on the terminal; the JSON always has them all
+
+GRAY_TO_RGB = "grayscale to RGB"
+PALETTE_TO_RGB = "palette to RGB"
+CMYK_TO_RGB = "CMYK to RGB"
+ALPHA = "alpha composited over white"
+SIXTEEN_BIT = "16-bit to 8-bit"
+ORIENTATION = "EXIF orientation applied"
+FIRST_FRAME = "first frame of an animation"
+EXTENSION = "content format differs from extension"
+RGB_TO_GRAY = "RGB to grayscale"
+
+
+@dataclasses.dataclass
+class DoctorReport:
+    """Everything ``ftkit data check`` prints; :meth:`to_dict` is its JSON form."""
+
+    source: str
+    kind: str
+    verify: str
+    strict: bool
+    class_names: list[str]
+    counts: dict[str, dict[str, int]]
+    bad_files: list[dict]
+    conversions: list[dict]
+    tiny_images: list[dict]
+    duplicates_across_splits: list[list[dict]]
+    problems: list[dict]
+    min_side: int
+
+    @property
+    def imbalance_ratio(self) -> float | None:
+        """Largest over smallest training class count (``None`` if a class has no training image)."""
+        values = list(self.counts.get("train", {}).values())
+        return round(max(values) / min(values), 3) if values and min(values) > 0 else None
+
+    @property
+    def usable(self) -> bool:
+        """No error; and, when strict, no bad file, no warning and no leakage either."""
+        if any(p["severity"] == "error" for p in self.problems):
+            return False
+        return not self.strict or not (self.bad_files or self.problems or self.duplicates_across_splits)
+
+    @property
+    def conversion_counts(self) -> dict[str, int]:
+        """Files per kind of conversion (details in parentheses, like the EXIF orientation, left out)."""
+        return dict(Counter(note.split(" (")[0] for row in self.conversions for note in row["conversions"]))
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.update(usable=self.usable, imbalance_ratio=self.imbalance_ratio,
+                   totals={split: sum(c.values()) for split, c in self.counts.items()},
+                   conversion_counts=self.conversion_counts,
+                   bad_file_counts=dict(Counter(row["reason"] for row in self.bad_files)))
+        return out
+
+    def to_text(self) -> str:
+        lines = [f"ftkit data check: {self.source} ({self.kind}, verify={self.verify})",
+                 f"Classes ({len(self.class_names)}): {', '.join(self.class_names)}", ""]
+        lines += _count_table(self.class_names, self.counts)
+        lines.append(f"Imbalance (largest / smallest training class): {self.imbalance_ratio}")
+        lines += _section(f"Bad files: {len(self.bad_files)} (skipped by default, never modified)",
+                          [f"{r['path']}: {r['reason']}" + (f" ({r['detail']})" if r["detail"] else "")
+                           for r in self.bad_files])
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.conversion_counts.items()))
+        lines += _section(f"Conversions: {len(self.conversions)} file(s){' - ' + counts if counts else ''}",
+                          [f"{r['path']}: {'; '.join(r['conversions'])}" for r in self.conversions])
+        lines += _section(f"Tiny images (a side under {self.min_side} px): {len(self.tiny_images)}",
+                          [f"{r['path']}: {r['width']}x{r['height']}" for r in self.tiny_images])
+        lines += _section(f"Byte-identical files across splits (leakage): {len(self.duplicates_across_splits)}",
+                          [" = ".join(f"{f['split']}:{f['path']}" for f in group)
+                           for group in self.duplicates_across_splits])
+        lines += _section(f"Problems: {len(self.problems)}",
+                          [f"{p['severity']}: {p['message']}" for p in self.problems])
+        verdict = "usable" if self.usable else "NOT usable" + (" under --strict" if self.strict else "")
+        lines += ["", f"Verdict: {verdict}"]
+        return "\n".join(lines)
+
+
+def _count_table(class_names: list[str], counts: dict[str, dict[str, int]]) -> list[str]:
+    width = max([5, *(len(n) for n in class_names)])
+    rows = [f"{'split':<6} " + " ".join(f"{n:>{width}}" for n in class_names) + f" {'total':>{width}}"]
+    for split, per_class in counts.items():
+        values = [per_class[n] for n in class_names]
+        rows.append(f"{split:<6} " + " ".join(f"{v:>{width}}" for v in values) + f" {sum(values):>{width}}")
+    return rows
+
+
+def _section(title: str, rows: list[str]) -> list[str]:
+    shown = [f"  {r}" for r in rows[:_TEXT_LIMIT]]
+    if len(rows) > _TEXT_LIMIT:
+        shown.append(f"  ... and {len(rows) - _TEXT_LIMIT} more (see --json)")
+    return ["", title, *shown]
+
+
+def conversion_notes(header: decode.Header, path: str, *, channels: int = 3) -> list[str]:
+    """What the decoder will change about this image on its way to ``channels`` channels."""
+    notes = []
+    if header.has_alpha:
+        notes.append(ALPHA)
+    elif header.mode in ("P", "PA"):
+        notes.append(PALETTE_TO_RGB)
+    elif header.mode == "CMYK":
+        notes.append(CMYK_TO_RGB)
+    elif channels == 3 and header.mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F"):
+        notes.append(GRAY_TO_RGB)
+    if channels == 1 and header.mode not in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F"):
+        notes.append(RGB_TO_GRAY)
+    if header.bit_depth == 16:
+        notes.append(SIXTEEN_BIT)
+    if header.orientation != 1:
+        notes.append(f"{ORIENTATION} ({header.orientation})")
+    if header.frames > 1:
+        notes.append(f"{FIRST_FRAME} ({header.frames} frames)")
+    if decode.extension_mismatch(path, header.format):
+        notes.append(f"{EXTENSION} ({header.format} named {os.path.splitext(path)[1]})")
+    return notes
+
+
+def check(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
+          class_names: Sequence[str] | None = None, verify: str = "full", strict: bool = False,
+          channels: int = 3, min_side: int = 32, max_pixels: int | None = decode.DEFAULT_MAX_PIXELS,
+          root: str | os.PathLike | None = None, progress: bool = False) -> DoctorReport:
+    """Examines a data source (same arguments as :func:`ftkit.data.scan`) and returns the report.
+
+    ``verify="full"`` (default) decodes every image, so truncated files are found now, not mid-epoch.
+    ``strict`` makes any bad file, warning or leakage count as unusable, as ``policy="strict"`` would.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
+    conversions, tiny = [], []
+
+    def on_file(split: str, path: str, header: decode.Header | None) -> None:
+        if header is None:
+            return
+        notes = conversion_notes(header, path, channels=channels)
+        if notes:
+            conversions.append({"path": path, "split": split, "conversions": notes})
+        if min(header.width, header.height) < min_side:
+            tiny.append({"path": path, "split": split, "width": header.width, "height": header.height})
+
+    index = scan_unchecked(source, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                           class_names=class_names, verify=verify, max_pixels=max_pixels, root=root,
+                           progress=progress, on_file=on_file)
+    counts = {split: dict(zip(index.class_names, s.counts(index.num_classes).tolist(), strict=True))
+              for split, s in index.splits.items()}
+    return DoctorReport(
+        source=os.fspath(source), kind=index.kind, verify=verify, strict=strict,
+        class_names=list(index.class_names), counts=counts,
+        bad_files=[s._asdict() for s in index.skipped], conversions=conversions, tiny_images=tiny,
+        duplicates_across_splits=duplicates_across_splits(index),
+        problems=[p._asdict() for p in index.problems], min_side=min_side)
+
+
+def duplicates_across_splits(index: DataIndex) -> list[list[dict]]:
+    """Groups of byte-identical images (same file bytes, or same pixels in memory) in more than one split."""
+    groups: dict[bytes, list[dict]] = defaultdict(list)
+    for split, data in index.splits.items():
+        for i in range(len(data)):
+            if data.images is not None:
+                digest = hashlib.blake2b(np.ascontiguousarray(data.images[i]).tobytes(), digest_size=16).digest()
+                groups[digest].append({"split": split, "path": f"{split}[{i}]"})
+                continue
+            try:
+                with open(data.paths[i], "rb") as fp:
+                    digest = hashlib.blake2b(fp.read(), digest_size=16).digest()
+            except OSError:
+                continue  # unreadable files are already reported as bad
+            groups[digest].append({"split": split, "path": data.paths[i]})
+    return [files for files in groups.values() if len({f["split"] for f in files}) > 1]

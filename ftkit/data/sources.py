@@ -1,0 +1,483 @@
+"""Where images and labels come from: class-per-folder trees, ``path,label`` CSV tables, MNIST; and splits.
+
+:func:`scan` turns a source into a :class:`DataIndex`: per split, numpy arrays of paths, int labels, header
+sizes and a "needs Pillow" flag (no per-file Python objects beyond the path strings, so 100,000 files stay
+cheap), the class names in their fixed order, and every skipped file with its reason. No file is ever
+written, moved or deleted.
+"""
+
+from __future__ import annotations
+
+import array
+import csv
+import dataclasses
+import gzip
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ftkit.data import decode
+
+SPLITS = ("train", "val", "test")
+_SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+# Operating-system clutter that is never data; dot-files (.DS_Store, .ipynb_checkpoints) are ignored too.
+_CLUTTER = {"Thumbs.db", "desktop.ini", "__MACOSX"}
+VERIFY_MODES = ("none", "header", "full")
+POLICIES = ("skip", "strict")
+
+OUTSIDE_CLASS = "not in a class folder"
+UNKNOWN_CLASS = "class not in the training classes"
+NO_LABEL = "no label"
+
+MNIST_CLASS_NAMES = [str(d) for d in range(10)]
+_MNIST_FILES = {"train": "train", "test": "t10k"}
+
+
+class DataError(ValueError):
+    """The data cannot be used as asked (strict policy with bad files, a single class, no images...)."""
+
+
+class Skipped(NamedTuple):
+    path: str
+    reason: str
+    detail: str
+    split: str
+
+
+class Problem(NamedTuple):
+    """A dataset-level finding: ``severity`` is ``"error"`` (data unusable) or ``"warning"``."""
+
+    severity: str
+    kind: str
+    message: str
+
+
+@dataclasses.dataclass
+class Split:
+    """One split: parallel arrays, one row per usable image.
+
+    ``paths`` (object array of str) is ``None`` for in-memory sources, whose uint8 pixels are in ``images``
+    (``[N, H, W]`` or ``[N, H, W, C]``). ``sizes`` holds each file's stored ``(width, height)`` (0 when not
+    read), ``pillow`` marks files the in-graph decoders would get wrong (see :mod:`ftkit.data.decode`).
+    """
+
+    name: str
+    labels: np.ndarray
+    paths: np.ndarray | None = None
+    sizes: np.ndarray | None = None
+    pillow: np.ndarray | None = None
+    images: np.ndarray | None = None
+
+    def __post_init__(self):
+        n = len(self.labels)
+        self.labels = np.asarray(self.labels, dtype=np.int32)
+        if self.sizes is None:
+            self.sizes = np.zeros((n, 2), np.int32)
+        if self.pillow is None:
+            self.pillow = np.zeros(n, bool)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows: np.ndarray, name: str) -> Split:
+        take = (lambda a: None if a is None else a[rows])
+        return Split(name, self.labels[rows], take(self.paths), self.sizes[rows], self.pillow[rows],
+                     take(self.images))
+
+    def counts(self, num_classes: int) -> np.ndarray:
+        return np.bincount(self.labels, minlength=num_classes)
+
+
+@dataclasses.dataclass
+class DataIndex:
+    """The result of :func:`scan`: splits, class names (order fixed by the training data), what was skipped.
+
+    Files that fail later, when the pipeline decodes them, are appended to ``skipped`` as they are met.
+    """
+
+    class_names: list[str]
+    splits: dict[str, Split]
+    skipped: list[Skipped]
+    problems: list[Problem]
+    source: str
+    kind: str
+    max_pixels: int | None = decode.DEFAULT_MAX_PIXELS
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __getitem__(self, split: str) -> Split:
+        if split not in self.splits:
+            raise KeyError(f"No split {split!r} in {self.source}; available: {sorted(self.splits)}. "
+                           f"Received: split={split!r}")
+        return self.splits[split]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def record_skip(self, path: str, reason: str, detail: str, split: str) -> bool:
+        """Adds a file found bad while decoding; returns False if it was already recorded (a later epoch)."""
+        with self._lock:
+            if any(s.path == path for s in self.skipped):
+                return False
+            self.skipped.append(Skipped(path, reason, detail, split))
+            return True
+
+    def summary(self) -> dict:
+        """The run-record view: counts per split and class, and every skipped file with its reason."""
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "class_names": list(self.class_names),
+            "counts": {name: dict(zip(self.class_names, s.counts(self.num_classes).tolist(), strict=True))
+                       for name, s in self.splits.items()},
+            "skipped": len(self.skipped),
+            "skipped_files": [s._asdict() for s in self.skipped],
+            "problems": [p._asdict() for p in self.problems],
+        }
+
+
+# A hook the doctor uses to see each file's header as it is read: ``on_file(split, path, header)``.
+FileHook = Callable[[str, str, "decode.Header | None"], None]
+
+
+def scan(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
+         class_names: Sequence[str] | None = None, policy: str = "skip", verify: str | None = None,
+         max_pixels: int | None = decode.DEFAULT_MAX_PIXELS, root: str | os.PathLike | None = None,
+         progress: bool = False) -> DataIndex:
+    """Lists and checks a data source and returns its :class:`DataIndex`.
+
+    ``source``: a class-per-folder tree (with ``train/``, ``val/``/``validation/``, ``test/`` split folders,
+    or without), a ``.csv`` of ``path,label[,split]`` (paths relative to the CSV's folder, or to ``root``),
+    an MNIST folder of IDX files, or Keras's ``mnist.npz``. Splits missing from the source are carved from
+    the training data, stratified and seeded, with ``val_fraction`` / ``test_fraction``.
+
+    ``class_names`` fixes the classes and their order (a saved run's); by default they are the training
+    classes, sorted. ``verify``: ``"header"`` (default; reads headers), ``"full"`` (decodes every image,
+    the default under ``policy="strict"``), ``"none"``. ``max_pixels`` is the decompression-bomb guard
+    (``None``: no limit). ``policy="skip"`` skips bad files and records them in ``skipped``;
+    ``"strict"`` raises :class:`DataError` listing every bad file. Data that cannot be trained on (no
+    image, a single class) raises :class:`DataError` under either policy.
+    """
+    index = scan_unchecked(source, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                           class_names=class_names, policy=policy, verify=verify, max_pixels=max_pixels,
+                           root=root, progress=progress)
+    enforce(index, policy=policy)
+    return index
+
+
+def scan_unchecked(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction: float = 0.0,
+                   seed: int = 0, class_names: Sequence[str] | None = None, policy: str = "skip",
+                   verify: str | None = None, max_pixels: int | None = decode.DEFAULT_MAX_PIXELS,
+                   root: str | os.PathLike | None = None, progress: bool = False,
+                   on_file: FileHook | None = None) -> DataIndex:
+    """:func:`scan` without raising for bad data: the doctor reports what :func:`scan` would refuse."""
+    _check_args(val_fraction=val_fraction, test_fraction=test_fraction, policy=policy, verify=verify)
+    verify = verify or ("full" if policy == "strict" else "header")
+    decode.allow_pixels(max_pixels)
+    path = Path(source)
+    fractions = {"val": val_fraction, "test": test_fraction}
+    if (path.is_file() and path.suffix.lower() == ".npz") or _is_mnist_folder(path):
+        return _scan_mnist(path, fractions=fractions, seed=seed, class_names=class_names)
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        entries, skipped, folders = _csv_entries(path, Path(root) if root else path.parent)
+        kind = "csv"
+    elif path.is_dir():
+        entries, skipped, folders = _folder_entries(path)
+        kind = "folder"
+    else:
+        raise ValueError("source must be a class-per-folder directory, a .csv file, an MNIST folder or an "
+                         f".npz file, and must exist. Received: source={os.fspath(source)!r}")
+    rows = _inspect(entries, skipped, verify=verify, max_pixels=max_pixels, progress=progress,
+                    on_file=on_file)
+    return _build_index(rows, skipped, folders, source=os.fspath(source), kind=kind, class_names=class_names,
+                        fractions=fractions, seed=seed, max_pixels=max_pixels)
+
+
+def _check_args(*, val_fraction, test_fraction, policy, verify) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}. Received: policy={policy!r}")
+    if verify is not None and verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES} or None. Received: verify={verify!r}")
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1). Received: {name}={value!r}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError("val_fraction + test_fraction must be below 1. "
+                         f"Received: val_fraction={val_fraction!r}, test_fraction={test_fraction!r}")
+
+
+def enforce(index: DataIndex, *, policy: str) -> None:
+    """Raises :class:`DataError` when the data is unusable, or, under ``"strict"``, has anything bad."""
+    errors = [p for p in index.problems if p.severity == "error"]
+    bad = list(index.skipped) if policy == "strict" else []
+    warnings = [p for p in index.problems if p.severity == "warning"] if policy == "strict" else []
+    if not (errors or bad or warnings):
+        return
+    lines = [f"  {p.message}" for p in errors + warnings]
+    lines += [f"  {s.path}: {s.reason}" + (f" ({s.detail})" if s.detail else "") for s in bad]
+    what = f"{len(bad)} bad file(s) and {len(errors) + len(warnings)} problem(s)" if bad else "problems"
+    hint = ("Fix or remove them, or use policy='skip' to train on the rest." if policy == "strict"
+            else "Run `ftkit data check` for the full report.")
+    raise DataError(f"The data in {index.source} has {what}:\n" + "\n".join(lines) + f"\n{hint} "
+                    f"Received: source={index.source!r}, policy={policy!r}")
+
+
+# --- listing -----------------------------------------------------------------------------------------
+
+Entries = dict[str, list[tuple[str, str]]]  # split -> [(class name, path)]
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(".") or name in _CLUTTER
+
+
+def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str]]]:
+    """Lists a class-per-folder tree; returns entries, files skipped while listing, and class folders."""
+    subdirs = {e.name: e.path for e in _listdir(str(root)) if _is_dir(e)}
+    split_dirs = {_SPLIT_FOLDERS[n.lower()]: p for n, p in subdirs.items() if n.lower() in _SPLIT_FOLDERS}
+    if not split_dirs:
+        split_dirs = {"train": str(root)}
+    entries: Entries = {}
+    skipped: list[Skipped] = []
+    folders: list[tuple[str, str]] = []
+    root_key = _dir_key(str(root))
+    for split, split_dir in sorted(split_dirs.items(), key=lambda kv: SPLITS.index(kv[0])):
+        rows = entries.setdefault(split, [])
+        for entry in _listdir(split_dir):
+            if not _is_dir(entry):
+                skipped.append(Skipped(entry.path, OUTSIDE_CLASS, "files belong in a class subfolder", split))
+                continue
+            folders.append((split, entry.name))
+            ancestors = [root_key, _dir_key(split_dir)]
+            for path, skip in _walk(entry.path, ancestors):
+                if skip:
+                    skipped.append(Skipped(path, decode.SYMLINK_LOOP, skip, split))
+                else:
+                    rows.append((entry.name, path))
+    return entries, skipped, folders
+
+
+def _listdir(directory: str) -> list[os.DirEntry]:
+    with os.scandir(directory) as it:
+        return sorted((e for e in it if not _ignored(e.name)), key=lambda e: e.name)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symlinks: a linked class folder is a class folder
+    except OSError:
+        return False
+
+
+def _dir_key(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _walk(directory: str, ancestors: list[tuple[int, int]]) -> Iterator[tuple[str, str | None]]:
+    """Files under ``directory``, recursively and in sorted order; a folder that links back to one of its
+    ancestors is yielded once as a symlink loop instead of being followed."""
+    key = _dir_key(directory)
+    if key in ancestors:
+        yield directory, "a symbolic link to a folder that contains it"
+        return
+    try:
+        children = _listdir(directory)
+    except OSError as exc:
+        yield directory, f"folder unreadable: {exc.strerror or exc}"
+        return
+    for entry in children:
+        if _is_dir(entry):
+            yield from _walk(entry.path, [*ancestors, key])
+        else:
+            yield entry.path, None
+
+
+def _csv_entries(csv_path: Path, base: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str]]]:
+    """Reads ``path,label[,split]`` rows (a header row is optional; ``\\t`` for ``.tsv``)."""
+    delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
+    entries: Entries = {}
+    skipped: list[Skipped] = []
+    with open(csv_path, newline="", encoding="utf-8-sig") as fp:
+        for number, row in enumerate(csv.reader(fp, delimiter=delimiter), start=1):
+            cells = [c.strip() for c in row]
+            if not cells or not any(cells) or (number == 1 and [c.lower() for c in cells[:2]] == ["path", "label"]):
+                continue
+            split = _SPLIT_FOLDERS.get(cells[2].lower(), "train") if len(cells) > 2 and cells[2] else "train"
+            path = os.path.normpath(os.path.join(base, cells[0]))
+            if len(cells) < 2 or not cells[1]:
+                skipped.append(Skipped(path, NO_LABEL, f"{csv_path.name} line {number}", split))
+                continue
+            entries.setdefault(split, []).append((cells[1], path))
+    entries.setdefault("train", [])
+    return entries, skipped, []
+
+
+# --- inspection and index building ---------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Rows:
+    """Per-split accumulator of compact columns (array.array, not a Python object per number)."""
+
+    paths: list[str] = dataclasses.field(default_factory=list)
+    classes: list[str] = dataclasses.field(default_factory=list)
+    widths: array.array = dataclasses.field(default_factory=lambda: array.array("i"))
+    heights: array.array = dataclasses.field(default_factory=lambda: array.array("i"))
+    pillow: array.array = dataclasses.field(default_factory=lambda: array.array("b"))
+
+
+def _inspect(entries: Entries, skipped: list[Skipped], *, verify: str, max_pixels: int | None,
+             progress: bool, on_file: FileHook | None) -> dict[str, _Rows]:
+    from tqdm import tqdm
+
+    total = sum(len(v) for v in entries.values())
+    rows: dict[str, _Rows] = {}
+    with tqdm(total=total, desc="checking images", unit="file", file=sys.stderr, disable=not progress) as bar:
+        for split, items in entries.items():
+            acc = rows.setdefault(split, _Rows())
+            for class_name, path in items:
+                bar.update()
+                try:
+                    header = decode.inspect(path, verify=verify, max_pixels=max_pixels,
+                                            count_frames=on_file is not None)
+                except decode.BadImage as bad:
+                    skipped.append(Skipped(path, bad.reason, bad.detail, split))
+                    continue
+                if on_file is not None:
+                    on_file(split, path, header)
+                acc.paths.append(path)
+                acc.classes.append(class_name)
+                acc.widths.append(header.width if header else 0)
+                acc.heights.append(header.height if header else 0)
+                acc.pillow.append(bool(header and header.needs_pillow))
+    return rows
+
+
+def _build_index(rows: dict[str, _Rows], skipped: list[Skipped], folders: list[tuple[str, str]], *, source: str,
+                 kind: str, class_names: Sequence[str] | None, fractions: dict[str, float], seed: int,
+                 max_pixels: int | None) -> DataIndex:
+    train_classes = sorted(set(rows["train"].classes)) if "train" in rows else []
+    names = list(class_names) if class_names is not None else train_classes
+    lookup = {name: i for i, name in enumerate(names)}
+    splits: dict[str, Split] = {}
+    for split, acc in rows.items():
+        labels = np.array([lookup.get(c, -1) for c in acc.classes], dtype=np.int32)
+        for i in np.flatnonzero(labels < 0):
+            skipped.append(Skipped(acc.paths[i], UNKNOWN_CLASS, f"class {acc.classes[i]!r}", split))
+        keep = labels >= 0
+        paths = np.empty(len(acc.paths), dtype=object)
+        paths[:] = acc.paths
+        sizes = np.stack([np.frombuffer(acc.widths, np.int32), np.frombuffer(acc.heights, np.int32)], axis=-1)
+        pillow = np.frombuffer(acc.pillow, np.int8).astype(bool)
+        splits[split] = Split(split, labels[keep], paths[keep], sizes.reshape(-1, 2)[keep], pillow[keep])
+    splits = carve_splits(splits, fractions=fractions, seed=seed)
+    index = DataIndex(names, splits, skipped, [], source, kind, max_pixels)
+    present = {split: set(acc.classes) for split, acc in rows.items()}
+    empty = [(split, name) for split, name in folders if name not in present.get(split, ())]
+    index.problems.extend(_problems(index, empty))
+    return index
+
+
+def carve_splits(splits: dict[str, Split], *, fractions: dict[str, float], seed: int) -> dict[str, Split]:
+    """Adds each split that is missing and has a fraction > 0, taken from ``train``, per class.
+
+    Hand-written rather than scikit-learn's ``train_test_split(stratify=...)``, which refuses classes with a
+    single image; here every class keeps at least one training image and each class's draw depends only on
+    the seed and that class's own files.
+    """
+    missing = [name for name in ("val", "test") if name not in splits and fractions.get(name, 0) > 0]
+    if not missing or "train" not in splits or len(splits["train"]) == 0:
+        return splits
+    train = splits["train"]
+    taken: dict[str, list[np.ndarray]] = {name: [] for name in missing}
+    rest = []
+    for label in np.unique(train.labels):
+        rows = np.flatnonzero(train.labels == label)
+        rows = rows[np.random.default_rng([seed, int(label)]).permutation(len(rows))]
+        start = 0
+        for name in missing:
+            n = min(int(np.floor(fractions[name] * len(rows) + 0.5)), len(rows) - start - 1)
+            taken[name].append(rows[start:start + max(n, 0)])
+            start += max(n, 0)
+        rest.append(rows[start:])
+    out = dict(splits)
+    out["train"] = train.subset(np.sort(np.concatenate(rest)), "train")
+    for name in missing:
+        out[name] = train.subset(np.sort(np.concatenate(taken[name])), name)
+    return {name: out[name] for name in SPLITS if name in out}
+
+
+def _problems(index: DataIndex, empty: list[tuple[str, str]]) -> list[Problem]:
+    problems = [Problem("warning", "empty class", f"class folder {split}/{name} has no usable image")
+                for split, name in empty]
+    train = index.splits.get("train")
+    if train is None or len(train) == 0:
+        return [*problems, Problem("error", "no images", f"no usable training image in {index.source}")]
+    counts = train.counts(index.num_classes)
+    present = [n for n, c in zip(index.class_names, counts, strict=True) if c]
+    if len(present) < 2:
+        problems.append(Problem("error", "single class",
+                                f"training needs at least 2 classes with images; found {len(present)}: {present}"))
+    for name, count in zip(index.class_names, counts, strict=True):
+        if not count:
+            problems.append(Problem("warning", "class without images", f"class {name!r} has no training image"))
+    return problems
+
+
+# --- MNIST ----------------------------------------------------------------------------------------------
+
+def _is_mnist_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / f"train-images-idx3-ubyte{gz}").is_file() for gz in ("", ".gz"))
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Reads an IDX file (gzip-compressed or not) of unsigned bytes, as MNIST distributes them."""
+    opener = gzip.open if os.fspath(path).endswith(".gz") else open
+    with opener(path, "rb") as fp:
+        data = fp.read()
+    if len(data) < 4 or data[0:2] != b"\0\0" or data[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (magic 0x0000080N). "
+                         f"Received: first bytes={data[:4]!r}")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _mnist_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if path.suffix.lower() == ".npz":
+        with np.load(path) as npz:
+            return {"train": (npz["x_train"], npz["y_train"]), "test": (npz["x_test"], npz["y_test"])}
+    out = {}
+    for split, prefix in _MNIST_FILES.items():
+        images = next((path / f"{prefix}-images-idx3-ubyte{gz}" for gz in (".gz", "")
+                       if (path / f"{prefix}-images-idx3-ubyte{gz}").is_file()), None)
+        labels = next((path / f"{prefix}-labels-idx1-ubyte{gz}" for gz in (".gz", "")
+                       if (path / f"{prefix}-labels-idx1-ubyte{gz}").is_file()), None)
+        if images and labels:
+            out[split] = (read_idx(images), read_idx(labels))
+    return out
+
+
+def _scan_mnist(path: Path, *, fractions: dict[str, float], seed: int,
+                class_names: Sequence[str] | None) -> DataIndex:
+    names = list(class_names) if class_names is not None else MNIST_CLASS_NAMES
+    lookup = np.array([names.index(d) if d in names else -1 for d in MNIST_CLASS_NAMES], np.int32)
+    splits = {}
+    for split, (images, labels) in _mnist_arrays(path).items():
+        if len(images) != len(labels):
+            raise ValueError(f"MNIST {split} has {len(images)} images but {len(labels)} labels. "
+                             f"Received: source={os.fspath(path)!r}")
+        mapped = lookup[labels.astype(np.int64)]
+        keep = mapped >= 0
+        n = int(keep.sum())
+        sizes = np.tile(np.array([[images.shape[2], images.shape[1]]], np.int32), (n, 1))
+        splits[split] = Split(split, mapped[keep], sizes=sizes, images=images[keep])
+    splits = carve_splits(splits, fractions=fractions, seed=seed)
+    index = DataIndex(names, splits, [], [], os.fspath(path), "mnist", None)
+    index.problems.extend(_problems(index, []))
+    return index

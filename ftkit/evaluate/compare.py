@@ -1,0 +1,239 @@
+"""Compare two evaluated runs on the same images: per-class and per-cell differences, McNemar's test, and
+the images one run gets right and the other wrong.
+
+Works from what ``ftkit evaluate`` wrote (``predictions.csv`` keyed by path), so both runs must have been
+evaluated on the same files; anything else is refused with the difference named.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+
+from ftkit.evaluate import gallery
+from ftkit.evaluate.report import FILES, html_page, read_predictions_csv
+from ftkit.evaluate.runs import REPORT_DIR
+
+# Below this many discordant pairs the chi-square approximation is poor; use the exact binomial test.
+EXACT_MCNEMAR_BELOW = 25
+EXAMPLES_IN_ERRORS = 5
+COMPARE_FILES = {"json": "compare.json", "markdown": "compare.md", "html": "compare.html"}
+
+
+@dataclass
+class EvaluatedRun:
+    name: str
+    source: Path
+    paths: list[str]
+    true: list[str]
+    predicted: list[str]
+    confidence: np.ndarray
+    class_names: list[str]
+
+
+def find_predictions(run_or_report: str | Path) -> Path:
+    """``predictions.csv`` of a run folder (``RUN/report/``), a report folder, or the file itself."""
+    path = Path(run_or_report)
+    for candidate in (path, path / FILES["predictions"], path / REPORT_DIR / FILES["predictions"]):
+        if candidate.is_file() and candidate.name.endswith(".csv"):
+            return candidate
+    found = sorted(str(p) for p in path.glob(f"**/{FILES['predictions']}")) if path.is_dir() else []
+    hint = f" Found below it: {found[:EXAMPLES_IN_ERRORS]}; pass one of them." if found else " Run `ftkit evaluate` first."
+    raise FileNotFoundError(
+        f"No {FILES['predictions']} in the run folder's report/, in the folder, or as the path itself.{hint} "
+        f"Received: run={str(run_or_report)!r}"
+    )
+
+
+def load_evaluated(run_or_report: str | Path) -> EvaluatedRun:
+    source = find_predictions(run_or_report)
+    paths, true, predicted, probs, class_names = read_predictions_csv(source)
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"{source} lists some paths more than once. Received: {len(paths)} rows, {len(set(paths))} paths")
+    return EvaluatedRun(str(run_or_report), source, paths, true, predicted, probs.max(axis=1), class_names)
+
+
+def _examples(items) -> list[str]:
+    return sorted(items)[:EXAMPLES_IN_ERRORS]
+
+
+def check_comparable(a: EvaluatedRun, b: EvaluatedRun) -> None:
+    """Refuse two evaluations that are not over the same images, labels and classes."""
+    if set(a.class_names) != set(b.class_names):
+        raise ValueError(
+            "The runs have different classes: only in A "
+            f"{sorted(set(a.class_names) - set(b.class_names))}, only in B {sorted(set(b.class_names) - set(a.class_names))}. "
+            f"Received: A={a.source}, B={b.source}"
+        )
+    only_a, only_b = set(a.paths) - set(b.paths), set(b.paths) - set(a.paths)
+    if only_a or only_b:
+        raise ValueError(
+            f"The runs were evaluated on different images: {len(only_a)} only in A (e.g. {_examples(only_a)}), "
+            f"{len(only_b)} only in B (e.g. {_examples(only_b)}). Evaluate both on the same data. "
+            f"Received: A={a.source} ({len(a.paths)} images), B={b.source} ({len(b.paths)} images)"
+        )
+    true_b = dict(zip(b.paths, b.true, strict=True))
+    disagree = [p for p, t in zip(a.paths, a.true, strict=True) if true_b[p] != t]
+    if disagree:
+        raise ValueError(
+            f"The runs disagree on the true label of {len(disagree)} images (e.g. {_examples(disagree)}). "
+            f"Received: A={a.source}, B={b.source}"
+        )
+
+
+def mcnemar(a_correct, b_correct) -> dict:
+    """McNemar's test on paired correctness (two-sided).
+
+    Exact binomial test on the discordant pairs when there are fewer than ``EXACT_MCNEMAR_BELOW`` of them,
+    otherwise the chi-square statistic with Edwards' continuity correction, ``(|b - c| - 1)^2 / (b + c)``.
+    """
+    from scipy import stats
+
+    a_correct, b_correct = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
+    only_a = int((a_correct & ~b_correct).sum())
+    only_b = int((~a_correct & b_correct).sum())
+    n = only_a + only_b
+    result = {"a_right_b_wrong": only_a, "a_wrong_b_right": only_b, "discordant": n}
+    if n == 0:
+        return {**result, "method": "none (no discordant pairs: the runs are right on the same images)",
+                "statistic": None, "p_value": 1.0}
+    if n < EXACT_MCNEMAR_BELOW:
+        p_value = stats.binomtest(only_a, n, 0.5).pvalue
+        return {**result, "method": f"exact binomial test (discordant pairs {n} < {EXACT_MCNEMAR_BELOW})",
+                "statistic": float(only_a), "p_value": float(p_value)}
+    statistic = (abs(only_a - only_b) - 1) ** 2 / n
+    return {**result, "method": f"chi-square with continuity correction (discordant pairs {n} >= {EXACT_MCNEMAR_BELOW})",
+            "statistic": float(statistic), "p_value": float(stats.chi2.sf(statistic, df=1))}
+
+
+def _per_class(true_idx, a_idx, b_idx, class_names) -> dict:
+    labels = np.arange(len(class_names))
+    pa, ra, fa, support = skm.precision_recall_fscore_support(true_idx, a_idx, labels=labels, zero_division=0.0)
+    pb, rb, fb, _ = skm.precision_recall_fscore_support(true_idx, b_idx, labels=labels, zero_division=0.0)
+    return {
+        name: {
+            "support": int(support[c]),
+            **{f"{metric}_{side}": float(values[c]) for metric, side, values in (
+                ("precision", "a", pa), ("precision", "b", pb), ("recall", "a", ra), ("recall", "b", rb),
+                ("f1", "a", fa), ("f1", "b", fb))},
+            "f1_delta": float(fb[c] - fa[c]),
+        }
+        for c, name in enumerate(class_names)
+    }
+
+
+def _cell_differences(true_idx, a_idx, b_idx, class_names) -> tuple[list, list]:
+    labels = np.arange(len(class_names))
+    cm_a = skm.confusion_matrix(true_idx, a_idx, labels=labels)
+    cm_b = skm.confusion_matrix(true_idx, b_idx, labels=labels)
+    delta = cm_b - cm_a
+    cells = [
+        {"true": class_names[t], "predicted": class_names[p], "a": int(cm_a[t, p]), "b": int(cm_b[t, p]),
+         "delta": int(delta[t, p])}
+        for t, p in zip(*np.nonzero(delta), strict=True)
+    ]
+    cells.sort(key=lambda c: (-abs(c["delta"]), c["true"] != c["predicted"], c["true"], c["predicted"]))
+    return delta.tolist(), cells
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, *, out_dir: str | Path | None = None) -> dict:
+    """Compare two evaluated runs; writes compare.json/.md/.html to ``out_dir`` when given."""
+    a, b = load_evaluated(run_a), load_evaluated(run_b)
+    check_comparable(a, b)
+    class_names = a.class_names
+    index = {name: i for i, name in enumerate(class_names)}
+    row_b = {p: i for i, p in enumerate(b.paths)}
+    order_b = [row_b[p] for p in a.paths]
+    true_idx = np.array([index[t] for t in a.true])
+    a_idx = np.array([index[p] for p in a.predicted])
+    b_idx = np.array([index[b.predicted[i]] for i in order_b])
+    b_conf = b.confidence[order_b]
+    a_correct, b_correct = a_idx == true_idx, b_idx == true_idx
+    delta, cells = _cell_differences(true_idx, a_idx, b_idx, class_names)
+
+    def disagreements(mask):
+        rows = [
+            {"path": a.paths[i], "true": a.true[i], "predicted_a": class_names[a_idx[i]], "confidence_a": float(a.confidence[i]),
+             "predicted_b": class_names[b_idx[i]], "confidence_b": float(b_conf[i])}
+            for i in np.flatnonzero(mask)
+        ]
+        # The wrong run's confidence orders them: a confident mistake is the most telling.
+        return sorted(rows, key=lambda r: -(r["confidence_b"] if r["true"] == r["predicted_a"] else r["confidence_a"]))
+
+    result = {
+        "a": {"run": a.name, "predictions": str(a.source), "accuracy": float(a_correct.mean())},
+        "b": {"run": b.name, "predictions": str(b.source), "accuracy": float(b_correct.mean())},
+        "class_names": class_names,
+        "n_samples": len(a.paths),
+        "accuracy_delta": float(b_correct.mean() - a_correct.mean()),
+        "mcnemar": mcnemar(a_correct, b_correct),
+        "per_class": _per_class(true_idx, a_idx, b_idx, class_names),
+        "confusion_delta": delta,
+        "cell_differences": cells,
+        "a_right_b_wrong": disagreements(a_correct & ~b_correct),
+        "a_wrong_b_right": disagreements(~a_correct & b_correct),
+    }
+    if out_dir is not None:
+        write_comparison(result, out_dir)
+    return result
+
+
+def render_markdown(result: dict) -> str:
+    m = result["mcnemar"]
+    p_value = "n/a" if m["p_value"] is None else f"{m['p_value']:.4g}"
+    lines = [
+        "# Run comparison",
+        f"A: `{result['a']['run']}` accuracy {result['a']['accuracy']:.4f}  \n"
+        f"B: `{result['b']['run']}` accuracy {result['b']['accuracy']:.4f}  \n"
+        f"Images: {result['n_samples']}, accuracy B - A: {result['accuracy_delta']:+.4f}",
+        "## McNemar's test",
+        f"A right / B wrong: {m['a_right_b_wrong']}, A wrong / B right: {m['a_wrong_b_right']}; "
+        f"{m['method']}; p = {p_value}",
+        "## Per class (F1)",
+        "| class | support | F1 A | F1 B | B - A | recall A | recall B |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {c['support']} | {c['f1_a']:.4f} | {c['f1_b']:.4f} | {c['f1_delta']:+.4f} | {c['recall_a']:.4f} | {c['recall_b']:.4f} |"
+        for name, c in result["per_class"].items()
+    ]
+    lines += ["## Confusion cells that changed", "| true | predicted | A | B | B - A |", "|---|---|---|---|---|"]
+    lines += [f"| {c['true']} | {c['predicted']} | {c['a']} | {c['b']} | {c['delta']:+d} |" for c in result["cell_differences"]]
+    for key, title in (("a_right_b_wrong", "A right, B wrong"), ("a_wrong_b_right", "A wrong, B right")):
+        lines += [f"## {title} ({len(result[key])})"]
+        lines += [f"- `{r['path']}`: true {r['true']}, A {r['predicted_a']}, B {r['predicted_b']}" for r in result[key]]
+    return "\n".join(lines) + "\n"
+
+
+def _disagreement_gallery(rows: list[dict]) -> str:
+    rows = rows[: gallery.MAX_THUMBNAILS // 2]
+    thumbs = gallery.thumbnails([r["path"] for r in rows])
+    tiles = "".join(
+        gallery.tile_html(
+            r, thumbs[r["path"]],
+            caption=f"true <b>{html.escape(r['true'])}</b><br>A: {html.escape(r['predicted_a'])} ({r['confidence_a']:.1%})"
+            f"<br>B: {html.escape(r['predicted_b'])} ({r['confidence_b']:.1%})",
+        )
+        for r in rows
+    )
+    return f'<div class="grid">{tiles}</div>' if rows else "<p>None.</p>"
+
+
+def write_comparison(result: dict, out_dir: str | Path) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / COMPARE_FILES["json"]).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    markdown = render_markdown(result)
+    (out_dir / COMPARE_FILES["markdown"]).write_text(markdown)
+    summary = markdown.split("## A right, B wrong")[0]
+    body = (
+        f"<pre>{html.escape(summary)}</pre>"
+        f"<h2>A right, B wrong ({len(result['a_right_b_wrong'])})</h2>{_disagreement_gallery(result['a_right_b_wrong'])}"
+        f"<h2>A wrong, B right ({len(result['a_wrong_b_right'])})</h2>{_disagreement_gallery(result['a_wrong_b_right'])}"
+    )
+    (out_dir / COMPARE_FILES["html"]).write_text(html_page("ftkit run comparison", body), encoding="utf-8")

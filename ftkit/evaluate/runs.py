@@ -1,0 +1,95 @@
+"""Load what evaluate / predict need from a run folder or a ``.keras`` file: the model and how to feed it.
+
+The contract (docs/ARCHITECTURE.md, "Run folder"): ``RUN/model.keras`` takes raw 0..255 images and returns
+class probabilities; ``RUN/ftkit_run.json`` holds ``class_names``, ``image_size``, ``channels``, ``resize``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+RUN_META = "ftkit_run.json"
+INFERENCE_MODEL = "model.keras"
+REPORT_DIR = "report"
+
+
+@dataclass
+class LoadedModel:
+    """An inference model plus the metadata saved beside it at training time."""
+
+    model: object
+    class_names: list[str]
+    image_size: tuple[int, int]
+    channels: int
+    resize: str
+    source: str
+    run_dir: Path
+
+
+def read_run_meta(path: str | Path) -> dict:
+    """Parse and check ``ftkit_run.json`` (class names, image size, channels, resize)."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}). Received: file={str(path)!r}") from error
+    names = meta.get("class_names")
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: class_names must be a list of at least 2 strings. Received: class_names={names!r}")
+    size = meta.get("image_size")
+    if not (isinstance(size, list | tuple) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise ValueError(f"{path}: image_size must be [H, W] positive integers. Received: image_size={size!r}")
+    if meta.get("channels", 3) not in (1, 3):
+        raise ValueError(f"{path}: channels must be 1 or 3. Received: channels={meta.get('channels')!r}")
+    return meta
+
+
+def _find_meta(model_path: Path) -> Path:
+    # A checkpoint (RUN/checkpoints/best.keras) finds the run's metadata one folder up.
+    for folder in (model_path.parent, model_path.parent.parent):
+        if (folder / RUN_META).is_file():
+            return folder / RUN_META
+    raise FileNotFoundError(
+        f"No {RUN_META} next to {model_path} or in its parent folder; it holds the class names saved at "
+        f"training time. Pass a run folder written by `ftkit train`. Received: model={str(model_path)!r}"
+    )
+
+
+def resolve_model_path(model_or_run: str | Path) -> tuple[Path, Path, Path]:
+    """``(model file, metadata file, run folder)`` for a run folder or a ``.keras`` file."""
+    path = Path(model_or_run)
+    if path.is_dir():
+        model_path = path / INFERENCE_MODEL
+        if not model_path.is_file():
+            raise FileNotFoundError(
+                f"Run folder has no {INFERENCE_MODEL} (the exported inference model). Received: run={str(path)!r}"
+            )
+        if not (path / RUN_META).is_file():
+            raise FileNotFoundError(f"Run folder has no {RUN_META}. Received: run={str(path)!r}")
+        return model_path, path / RUN_META, path
+    if path.is_file() and path.suffix == ".keras":
+        meta = _find_meta(path)
+        return path, meta, meta.parent
+    raise FileNotFoundError(
+        f"Expected a run folder or a .keras model file. Received: model_or_run={str(model_or_run)!r}"
+    )
+
+
+def load_model(model_or_run: str | Path) -> LoadedModel:
+    """Load the Keras model and its run metadata (lazy TensorFlow import)."""
+    import keras
+
+    model_path, meta_path, run_dir = resolve_model_path(model_or_run)
+    meta = read_run_meta(meta_path)
+    model = keras.saving.load_model(model_path, compile=False)
+    return LoadedModel(
+        model=model,
+        class_names=list(meta["class_names"]),
+        image_size=tuple(meta["image_size"]),
+        channels=int(meta.get("channels", 3)),
+        resize=meta.get("resize", "stretch"),
+        source=str(model_path),
+        run_dir=run_dir,
+    )

@@ -1,0 +1,295 @@
+"""Recipes: one YAML file, one section per pipeline stage, validated against a schema before anything runs.
+
+Sections: ``data``, ``augment``, ``backbone``, ``head``, ``schedule``, ``train``, ``evaluate``. Each stage
+owns the schema of its section (``HeadConfig`` in ``ftkit.head``, ``ScheduleConfig`` in ``ftkit.schedule``,
+``AugmentConfig`` in ``ftkit.augment``); this module composes them, loads YAML safely, applies
+``--set section.key=value`` overrides, shrinks a recipe for ``--smoke``, and turns pydantic's errors into
+messages that name the place (``schedule.phases[1].lr``), what was received and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from ftkit.augment.config import AugmentConfig
+from ftkit.head import HeadConfig
+from ftkit.schedule import ScheduleConfig
+
+SECTIONS = ("data", "augment", "backbone", "head", "schedule", "train", "evaluate")
+SMOKE_STEPS = 2
+SMOKE_SAMPLES_PER_CLASS = 4
+
+
+class RecipeError(ValueError):
+    """A recipe that does not validate; the message lists every problem, one per line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    """Where the images come from and how they are shaped. Relative paths resolve from the working directory."""
+
+    train: str  # a folder of class folders (with or without train/val/test), a CSV file, or an MNIST folder
+    val: str | None = None
+    test: str | None = None
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # held out from train (stratified) when val is not given
+    image_size: tuple[PositiveInt, PositiveInt] | None = None  # default: the backbone's input size
+    channels: Literal[1, 3] | None = None  # default: the backbone's
+    resize: Literal["stretch", "crop", "pad"] = "stretch"
+    batch_size: PositiveInt = 32
+    classes: list[str] | None = None  # keep only these classes (in this order)
+    samples_per_class: PositiveInt | None = None  # a labelled sample of the training split
+    eval_samples_per_class: PositiveInt | None = None  # cap val/test too (smoke runs)
+    oversample: bool = False  # resample the training split to balanced classes each epoch
+    seed: int = 0
+
+
+class BackboneConfig(_Section):
+    name: str
+    weights: str | None = None  # None, a named set ("imagenet"), a weights file, or a hashed URL
+    init_from: str | None = None  # a run folder whose backbone weights initialise this one
+
+
+class TrainConfig(_Section):
+    seed: int = 0
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
+    weight_decay: float = Field(0.0, ge=0.0)  # adamw only
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    jit_compile: bool = False
+    class_weight: Literal["auto"] | dict[str, float] | None = None  # "auto": balanced, from training counts
+    feature_cache: bool = True  # head-only phases without augmentation train on cached backbone features
+    steps_per_epoch: PositiveInt | None = None  # cap (smoke runs); default: one pass over the data
+    validation_steps: PositiveInt | None = None
+    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
+    deterministic: bool = False  # enable_op_determinism: bit-reproducible runs and resumes, slower on GPU
+    verbose: Literal[0, 1, 2] = 1
+
+    @field_validator("class_weight")
+    @classmethod
+    def _positive(cls, value):
+        if isinstance(value, dict) and any(w <= 0 for w in value.values()):
+            raise ValueError(f"class weights must be positive. Received: class_weight={value}")
+        return value
+
+
+class EvaluateConfig(_Section):
+    enabled: bool = True
+    splits: list[Literal["val", "test"]] = Field(default_factory=lambda: ["val", "test"])
+    top_k: list[PositiveInt] = Field(default_factory=lambda: [5])
+
+
+class Recipe(_Section):
+    """A whole recipe; ``Recipe.model_validate(dict)`` checks everything, nested sections included."""
+
+    data: DataConfig
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    backbone: BackboneConfig
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    schedule: ScheduleConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that validates back into the same recipe (what the run folder's recipe.yaml holds)."""
+        data = self.model_dump(mode="json")
+        data["augment"] = self.augment.to_recipe()
+        return data
+
+
+# -- loading --------------------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """``yaml.safe_load`` a recipe file: tags that would construct Python objects are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Recipe file not found. Received: recipe={str(path)!r}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path} is not valid YAML: {exc}. Received: recipe={str(path)!r}") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections {list(SECTIONS)}. "
+                          f"Received: {type(data).__name__}")
+    return data
+
+
+def load_recipe(source: str | Path | dict | Recipe, *, overrides: list[str] | dict[str, Any] | None = None,
+                smoke: bool = False) -> Recipe:
+    """A validated :class:`Recipe` from a YAML path, a dict or a recipe, with overrides and smoke applied."""
+    if isinstance(source, Recipe):
+        data = source.to_dict()
+    elif isinstance(source, dict):
+        data = copy.deepcopy(source)
+    else:
+        data = read_yaml(source)
+    data = apply_overrides(data, overrides or [])
+    recipe = validate(data)
+    return smoke_recipe(recipe) if smoke else recipe
+
+
+def validate(data: dict[str, Any]) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(format_errors(exc, data)) from None
+
+
+# -- overrides ------------------------------------------------------------------------------------------
+
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def parse_key(key: str) -> list[str | int]:
+    """``"schedule.phases[1].lr"`` -> ``["schedule", "phases", 1, "lr"]``."""
+    parts: list[str | int] = []
+    for chunk in key.split("."):
+        steps = _STEP.findall(chunk)
+        if not chunk or "".join(name or f"[{idx}]" for name, idx in steps) != chunk:
+            raise RecipeError(f"--set key must look like section.key or section.list[0].key. Received: {key!r}")
+        parts.extend(name if name else int(idx) for name, idx in steps)
+    return parts
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (values parsed as YAML scalars) to a copy of ``data``."""
+    data = copy.deepcopy(data)
+    items = overrides.items() if isinstance(overrides, dict) else [_split(item) for item in overrides]
+    for key, value in items:
+        path = parse_key(key)
+        node: Any = data
+        for step, following in zip(path, path[1:]):
+            if isinstance(step, int):
+                if not isinstance(node, list) or step >= len(node):
+                    raise RecipeError(f"--set {key}: index [{step}] is out of range. Received: {key!r}")
+                node = node[step]
+            else:
+                if not isinstance(node, dict):
+                    raise RecipeError(f"--set {key}: {step!r} is not inside a mapping. Received: {key!r}")
+                node = node.setdefault(step, [] if isinstance(following, int) else {})
+        last = path[-1]
+        if isinstance(last, int):
+            if not isinstance(node, list) or last >= len(node):
+                raise RecipeError(f"--set {key}: index [{last}] is out of range. Received: {key!r}")
+        elif not isinstance(node, dict):
+            raise RecipeError(f"--set {key}: the parent of {last!r} is not a mapping. Received: {key!r}")
+        node[last] = value
+    return data
+
+
+def _split(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"--set takes section.key=value. Received: {item!r}")
+    try:
+        return key.strip(), yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"--set {key}: the value is not a YAML scalar ({exc}). Received: {text!r}") from exc
+
+
+# -- smoke ----------------------------------------------------------------------------------------------
+
+
+def smoke_recipe(recipe: Recipe) -> Recipe:
+    """A copy of ``recipe`` that runs in seconds: 1 epoch per phase, 2 steps, 4 images per class, the
+    backbone's smallest input, no weight downloads and no ``init_from`` (smoke checks the pipeline, not
+    the accuracy).
+    """
+    from ftkit.backbones import backbone_info
+
+    data = recipe.to_dict()
+    info = backbone_info(recipe.backbone.name)
+    small = max(info.min_input_shape[0], 32), max(info.min_input_shape[1], 32)
+    data["data"].update(image_size=list(small), batch_size=min(recipe.data.batch_size, 4),
+                        samples_per_class=SMOKE_SAMPLES_PER_CLASS, eval_samples_per_class=SMOKE_SAMPLES_PER_CLASS)
+    data["backbone"].update(weights=None, init_from=None)
+    schedule = data["schedule"]
+    schedule.update(epochs=1, unfrozen_epochs=None if schedule.get("preset") else schedule.get("unfrozen_epochs"))
+    for phase in schedule.get("phases", []):
+        phase.update(epochs=1, warmup_epochs=0.0)
+    schedule["warmup_epochs"] = 0.0
+    data["train"].update(steps_per_epoch=SMOKE_STEPS, validation_steps=SMOKE_STEPS, verbose=0)
+    return validate(data)
+
+
+# -- error messages -------------------------------------------------------------------------------------
+
+
+def format_errors(exc: ValidationError, data: dict[str, Any]) -> str:
+    """One line per problem: place, what is wrong, what was received, what is allowed."""
+    lines = [f"The recipe has {exc.error_count()} problem(s):"]
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if not (isinstance(part, str) and _is_tag(part))]
+        where = _place(loc)
+        if error["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            allowed = _allowed_keys(loc[:-1])
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            parent = _place(loc[:-1]) or "the top level"
+            lines.append(f"- unknown key {key!r} in {parent}.{hint} Allowed keys: {allowed}. Received: {where}")
+        elif error["type"] == "missing":
+            lines.append(f"- {where}: this key is required. Allowed keys here: {_allowed_keys(loc[:-1])}")
+        else:
+            received = _lookup(data, loc)
+            lines.append(f"- {where}: {error['msg']}. Received: {where}={received!r}")
+    return "\n".join(lines)
+
+
+def _is_tag(part: str) -> bool:
+    # pydantic adds union-member tags such as "literal['head','all']", "int" or "function-after[...]".
+    return part in {"int", "float", "str", "bool", "list[str]", "dict[str,float]", "none"} or "[" in part
+
+
+def _place(loc: list) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _lookup(data: Any, loc: list) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return "<missing>"
+    return data
+
+
+def _allowed_keys(loc: list) -> list[str]:
+    """The field names of the schema model at ``loc`` (walking nested models and lists of models)."""
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def dump_recipe(recipe: Recipe, path: str | Path, *, header: str = "") -> None:
+    text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    Path(path).write_text((header + "\n" if header else "") + text)

@@ -1,0 +1,604 @@
+"""The fine-tuning engine: plan a run (every check before any training), then train it phase by phase.
+
+At each phase boundary the engine sets ``layer.trainable`` for every layer group, then compiles a fresh
+optimizer: a Keras 3 ``fit`` reads the trainable variables when its train function is built, so a
+``trainable`` change without a recompile is silently ignored. Frozen BatchNorm layers get
+``trainable=False``, which in Keras 3 also runs them in inference mode (their moving statistics stay put).
+Discriminative learning rates scale each variable's learning rate inside the optimizer's update step
+(scaling gradients instead would do nothing under Adam, which is invariant to gradient scale).
+
+Each epoch is one ``fit`` call on a dataset whose order is a pure function of ``(seed, epoch)``; after
+it, the model and its optimizer state go to ``checkpoints/last.keras`` and the position in the schedule to
+``state.json``, so ``--resume`` continues mid-phase with the same batches, optimizer state and
+learning-rate position as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ftkit.recipe import Recipe, dump_recipe, load_recipe
+from ftkit.schedule import AUX, HEAD, Phase, lr_at, resolve_phases
+from ftkit.training import runs
+from ftkit.training.features import cache_reason, compute_features
+from ftkit.training.inputs import TrainingData, load_data, split_ids
+
+DEFAULT_RUNS_DIR = "runs"
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything checked before training: backbone, phases, input shape, data."""
+
+    recipe: Recipe
+    info: Any
+    groups: list[str]
+    phases: list[Phase]
+    image_shape: tuple[int, int, int]
+    data: TrainingData
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`train` returns: the run folder and the numbers of its summary."""
+
+    path: Path
+    history: list[dict[str, Any]]
+    best: float | None
+    best_epoch: int | None
+    reports: dict[str, dict]
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+def get_strategy(name: str | None = None):
+    """The ``tf.distribute`` strategy models and optimizers are built under (the default one for now)."""
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()
+
+
+# -- planning -------------------------------------------------------------------------------------------
+
+
+def plan_run(recipe: Recipe) -> Plan:
+    """Check the recipe against the backbone and the data; raise before anything is built or trained."""
+    from ftkit.backbones import backbone_info
+
+    info = backbone_info(recipe.backbone.name)
+    groups = [g for g in info.group_names if g != HEAD]
+    phases = resolve_phases(recipe.schedule, groups)
+    height, width = recipe.data.image_size or info.default_input_shape[:2]
+    channels = recipe.data.channels or info.channels
+    if channels != info.channels:
+        raise ValueError(f"{info.name} takes {info.channels}-channel images. Received: data.channels={channels}")
+    min_h, min_w, _ = info.min_input_shape
+    if height < min_h or width < min_w:
+        raise ValueError(f"{info.name} needs images of at least {min_h}x{min_w}. "
+                         f"Received: data.image_size={[height, width]}")
+    init_from = recipe.backbone.init_from
+    if init_from and not (Path(init_from) / runs.INFERENCE_MODEL).is_file():
+        raise FileNotFoundError(f"backbone.init_from must be a finished run folder (with {runs.INFERENCE_MODEL}). "
+                                f"Received: init_from={init_from!r}")
+    data = load_data(recipe.data, image_shape=(height, width, channels), class_weight=recipe.train.class_weight)
+    return Plan(recipe=recipe, info=info, groups=groups, phases=phases, image_shape=(height, width, channels),
+                data=data)
+
+
+# -- freezing -------------------------------------------------------------------------------------------
+
+
+def apply_phase(assembled, phase: Phase) -> dict[str, Any]:
+    """Set ``trainable`` on every layer for ``phase``; return the audit (counts per mode)."""
+    import keras
+
+    trains_backbone = any(g != HEAD for g in phase.trainable_groups)
+    assigned = set()
+    for group, layers in assembled.groups.items():
+        trainable = group in phase.trainable_groups or (group == AUX and trains_backbone)
+        for layer in layers:
+            assigned.add(id(layer))
+            is_bn = isinstance(layer, keras.layers.BatchNormalization)
+            layer.trainable = trainable or (is_bn and phase.train_bn)
+    for layer in _weighted_layers(assembled.backbone):
+        if id(layer) not in assigned:  # matched by no group regex: trains only when everything trains
+            layer.trainable = set(phase.trainable_groups) >= {*assembled.groups} - {AUX, "<unassigned>"}
+    bns = [layer for layer in _weighted_layers(assembled.model) if isinstance(layer, keras.layers.BatchNormalization)]
+    return {
+        "trainable": _count(assembled.model.trainable_weights),
+        "frozen": _count(assembled.model.non_trainable_weights),
+        "bn_training": sum(layer.trainable for layer in bns),
+        "bn_inference": sum(not layer.trainable for layer in bns),
+    }
+
+
+def _weighted_layers(model) -> list:
+    out = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:
+            out.extend(_weighted_layers(layer))
+        elif layer.weights:
+            out.append(layer)
+    return out
+
+
+def _count(weights) -> int:
+    return int(sum(math.prod(w.shape) for w in weights))
+
+
+def audit_line(phase: Phase, total: int, audit: dict[str, Any], *, cached: str | None) -> str:
+    rates = ", ".join(f"{g} {phase.lr * m:.3g}" for g, m in phase.multipliers.items())
+    cache = "on" if cached is None else f"off ({cached})"
+    return (f"phase {phase.index + 1}/{total} {phase.name!r}: {phase.epochs} epoch(s) | trainable "
+            f"{audit['trainable']:,} params, frozen {audit['frozen']:,} | BatchNorm: {audit['bn_training']} "
+            f"training, {audit['bn_inference']} inference mode | lr ({phase.lr_schedule}): {rates} | "
+            f"feature cache: {cache}")
+
+
+# -- optimizer and learning rate --------------------------------------------------------------------------
+
+
+def _lr_schedule_class():
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="ftkit")
+    class PhaseLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+        """:func:`ftkit.schedule.lr_at` in Keras ops (tests check the two agree step by step)."""
+
+        def __init__(self, lr, schedule, steps_per_epoch, epochs, warmup_epochs, step_epochs, step_gamma,
+                     min_lr_factor):
+            self.lr, self.schedule = float(lr), schedule
+            self.steps_per_epoch, self.epochs = int(steps_per_epoch), int(epochs)
+            self.warmup_epochs, self.step_epochs = float(warmup_epochs), int(step_epochs)
+            self.step_gamma, self.min_lr_factor = float(step_gamma), float(min_lr_factor)
+
+        def __call__(self, step):
+            step = ops.cast(step, "float32")
+            total = float(max(1, self.epochs * self.steps_per_epoch))
+            warmup = self.warmup_epochs * self.steps_per_epoch
+            if self.schedule == "constant":
+                rate = ops.convert_to_tensor(self.lr, "float32")
+            elif self.schedule == "step":
+                rate = self.lr * ops.power(self.step_gamma, ops.floor(step / (self.step_epochs * self.steps_per_epoch)))
+            else:
+                progress = ops.clip((step - warmup) / max(1.0, total - warmup), 0.0, 1.0)
+                floor = self.lr * self.min_lr_factor
+                rate = floor + (self.lr - floor) * 0.5 * (1.0 + ops.cos(math.pi * progress))
+            if warmup > 0:
+                rate = ops.where(step < warmup, self.lr * (step + 1.0) / warmup, rate)
+            return rate
+
+        def get_config(self):
+            return {"lr": self.lr, "schedule": self.schedule, "steps_per_epoch": self.steps_per_epoch,
+                    "epochs": self.epochs, "warmup_epochs": self.warmup_epochs, "step_epochs": self.step_epochs,
+                    "step_gamma": self.step_gamma, "min_lr_factor": self.min_lr_factor}
+
+    return PhaseLearningRate
+
+
+_CLASSES: dict[str, Any] = {}
+
+
+def phase_learning_rate(phase: Phase, *, steps_per_epoch: int):
+    """A float for a constant rate, else a Keras schedule following :func:`ftkit.schedule.lr_at`."""
+    if phase.lr_schedule == "constant" and phase.warmup_epochs == 0:
+        return phase.lr
+    if "lr" not in _CLASSES:
+        _CLASSES["lr"] = _lr_schedule_class()
+    return _CLASSES["lr"](phase.lr, phase.lr_schedule, steps_per_epoch, phase.epochs, phase.warmup_epochs, phase.step_epochs,
+               phase.step_gamma, phase.min_lr_factor)
+
+
+def _scaled_optimizer_class(base):
+    """``base`` with a learning-rate multiplier per variable, applied in ``update_step``."""
+    import keras
+
+    key = f"GroupScaled{base.__name__}"
+    if key in _CLASSES:
+        return _CLASSES[key]
+
+    class GroupScaled(base):
+        def __init__(self, *args, lr_multipliers: Sequence[float] | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._multiplier_by_id: dict[int, float] = {}
+            self._multipliers = list(lr_multipliers or [])
+
+        def set_multipliers(self, by_variable_id: dict[int, float]) -> None:
+            self._multiplier_by_id = dict(by_variable_id)
+
+        def build(self, variables):
+            if self._multiplier_by_id:
+                self._multipliers = [self._multiplier_by_id.get(id(v), 1.0) for v in variables]
+            super().build(variables)
+
+        def update_step(self, gradient, variable, learning_rate):
+            # The multiplier is a Python constant per variable, folded in when the step is traced.
+            scale = self._multipliers[self._get_variable_index(variable)] if self._multipliers else 1.0
+            return super().update_step(gradient, variable, learning_rate * scale if scale != 1.0 else learning_rate)
+
+        def get_config(self):
+            return {**super().get_config(), "lr_multipliers": list(self._multipliers)}
+
+    GroupScaled.__name__ = GroupScaled.__qualname__ = key
+    _CLASSES[key] = keras.saving.register_keras_serializable(package="ftkit")(GroupScaled)
+    return _CLASSES[key]
+
+
+def make_optimizer(recipe: Recipe, phase: Phase, *, steps_per_epoch: int, multiplier_by_id: dict[int, float]):
+    import keras
+
+    lr = phase_learning_rate(phase, steps_per_epoch=steps_per_epoch)
+    cfg = recipe.train
+    choices = {"adam": (keras.optimizers.Adam, {}),
+               "adamw": (keras.optimizers.AdamW, {"weight_decay": cfg.weight_decay}),
+               "sgd": (keras.optimizers.SGD, {"momentum": cfg.momentum})}
+    cls, kwargs = choices[cfg.optimizer]
+    if any(m != 1.0 for m in multiplier_by_id.values()):
+        optimizer = _scaled_optimizer_class(cls)(learning_rate=lr, **kwargs)
+        optimizer.set_multipliers(multiplier_by_id)
+        return optimizer
+    return cls(learning_rate=lr, **kwargs)
+
+
+def multipliers_by_variable(model, groups: dict[str, list], phase: Phase) -> dict[int, float]:
+    """``{id(variable): multiplier}`` for the trainable variables of ``model`` (matched by layer name)."""
+    group_of = {layer.name: group for group, layers in groups.items() for layer in layers}
+    out = {}
+    for layer in _weighted_layers(model):
+        group = group_of.get(layer.name)
+        multiplier = phase.multipliers.get(group, phase.multipliers.get(HEAD, 1.0) if group == AUX else 1.0)
+        for variable in layer.trainable_weights:
+            out[id(variable)] = float(multiplier)
+    return out
+
+
+# -- training -------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains one planned run into one run folder, phase by phase, epoch by epoch."""
+
+    def __init__(self, plan: Plan, folder: runs.RunFolder, *, callbacks: Sequence[Any] = (), log=print):
+        self.plan, self.folder, self.recipe = plan, folder, plan.recipe
+        self.user_callbacks = list(callbacks)
+        self.log = log
+        self.cache = None
+        self.cache_version = -1  # bumps when a phase trains the backbone (cached features go stale)
+        self.backbone_version = 0
+
+    # - model -
+    def build(self):
+        import keras
+
+        from ftkit.head import build_model, load_backbone_from_run
+
+        keras.utils.set_random_seed(self.recipe.train.seed)
+        keras.mixed_precision.set_global_policy(self.recipe.train.precision)
+        with get_strategy().scope():
+            self.assembled = build_model(self.recipe.backbone.name, num_classes=self.plan.data.num_classes,
+                                         image_shape=self.plan.image_shape, head=self.recipe.head,
+                                         weights=self.recipe.backbone.weights, seed=self.recipe.train.seed)
+        if self.recipe.backbone.init_from:
+            load_backbone_from_run(self.assembled, self.recipe.backbone.init_from)
+
+    def _compile(self, model, optimizer, *, multi_output: bool):
+        import keras
+
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=self.recipe.head.label_smoothing)
+        names = self.assembled.output_names
+        if multi_output:
+            weights = {n: 1.0 if n == names[0] else self.recipe.head.aux_loss_weight for n in names}
+            model.compile(optimizer=optimizer, loss={n: loss for n in names}, loss_weights=weights,
+                          metrics={names[0]: [keras.metrics.CategoricalAccuracy(name="accuracy")]},
+                          jit_compile=self.recipe.train.jit_compile)
+        else:
+            model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                          jit_compile=self.recipe.train.jit_compile)
+
+    def prepare_phase(self, phase: Phase, *, resume_from: Path | None = None):
+        """Freeze/unfreeze for ``phase``, pick the cached or image path, compile a fresh optimizer."""
+        from ftkit.head import head_model
+
+        audit = apply_phase(self.assembled, phase)
+        reason = cache_reason(phase=phase, augment=self.recipe.augment, enabled=self.recipe.train.feature_cache)
+        data = self.plan.data
+        steps = self.steps_per_epoch()
+        if reason is None:
+            if self.cache is None or self.cache_version != self.backbone_version:
+                self.log("feature cache: computing backbone features once (inference mode, no augmentation)")
+                self.cache = compute_features(self.assembled, data, ("train", "val"))
+                self.cache_version = self.backbone_version
+            trainer = head_model(self.assembled, num_classes=data.num_classes, config=self.recipe.head,
+                                 seed=self.recipe.train.seed)
+        else:
+            trainer = self.assembled.model
+        optimizer = make_optimizer(self.recipe, phase, steps_per_epoch=steps,
+                                   multiplier_by_id=multipliers_by_variable(trainer, self.assembled.groups, phase))
+        multi = trainer is self.assembled.model and self.assembled.has_aux
+        self._compile(trainer, optimizer, multi_output=multi)
+        if trainer is not self.assembled.model:
+            # The full model carries the same optimizer, so its checkpoints hold the head's optimizer state.
+            self._compile(self.assembled.model, trainer.optimizer, multi_output=self.assembled.has_aux)
+        trainer.optimizer.build(trainer.trainable_variables)
+        if resume_from is not None:
+            self.assembled.model.load_weights(resume_from)
+            if trainer is not self.assembled.model:
+                for layer in self.assembled.head_layers:
+                    trainer.get_layer(layer.name).set_weights(layer.get_weights())
+        self.trainer, self.cached = trainer, reason is None
+        self.log(audit_line(phase, len(self.plan.phases), audit, cached=reason))
+        return audit
+
+    def steps_per_epoch(self) -> int:
+        steps = self.plan.data.steps("train")
+        cap = self.recipe.train.steps_per_epoch
+        return min(steps, cap) if cap else steps
+
+    def validation_steps(self) -> int | None:
+        if not self.plan.data.has("val"):
+            return None
+        steps = self.plan.data.steps("val")
+        cap = self.recipe.train.validation_steps
+        return min(steps, cap) if cap else steps
+
+    def _datasets(self, global_epoch: int):
+        from ftkit.augment import build_augmentation
+
+        data = self.plan.data
+        order = data.train_order(global_epoch)
+        if self.cached:
+            train = self.cache.dataset("train", order=order)
+            val = self.cache.dataset("val", with_weights=False) if "val" in self.cache.features else None
+            return train, val
+        augment = self.recipe.augment
+        augmentation = None
+        if augment.backend != "none" or augment.uses_mixing:
+            augmentation = build_augmentation(augment, image_size=data.image_size, num_classes=data.num_classes,
+                                              seed=augment.seed * 100_003 + global_epoch)
+        train = self._for_outputs(data.dataset("train", order=order, augmentation=augmentation))
+        val = self._for_outputs(data.dataset("val", with_weights=False)) if data.has("val") else None
+        return train, val
+
+    def _for_outputs(self, ds):
+        if not self.assembled.has_aux:
+            return ds
+        names = self.assembled.output_names
+        return ds.map(lambda x, y, *w: (x, {n: y for n in names}, *w))
+
+    def run_epoch(self, phase: Phase, global_epoch: int) -> dict[str, Any]:
+        import keras
+
+        train, val = self._datasets(global_epoch)
+        callbacks = [keras.callbacks.TensorBoard(log_dir=str(self.folder.root / runs.TENSORBOARD)),
+                     *self.user_callbacks]
+        start = time.perf_counter()
+        history = self.trainer.fit(train, validation_data=val, initial_epoch=global_epoch, epochs=global_epoch + 1,
+                                   steps_per_epoch=self.steps_per_epoch(), validation_steps=self.validation_steps(),
+                                   callbacks=callbacks, verbose=self.recipe.train.verbose, shuffle=False)
+        seconds = time.perf_counter() - start
+        if self.cached:
+            from ftkit.head import copy_head_weights
+
+            copy_head_weights(self.trainer, self.assembled)
+        logs = {k: v[-1] for k, v in history.history.items()}
+        step = int(self.trainer.optimizer.iterations.numpy())
+        row = {"epoch": global_epoch, "phase": phase.index, "phase_name": phase.name,
+               "lr": float(lr_at(max(step - 1, 0), phase=phase, steps_per_epoch=self.steps_per_epoch())),
+               "cached": int(self.cached), "seconds": round(seconds, 3)}
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            value = logs.get(key, logs.get(key.replace("accuracy", "logits_accuracy")))
+            row[key] = None if value is None else float(value)
+        return row
+
+    def monitor_value(self, row: dict[str, Any]) -> float | None:
+        key = self.recipe.train.monitor
+        if row.get(key) is None:
+            key = key.replace("val_", "")
+        return row.get(key)
+
+    def better(self, value: float | None, best: float | None) -> bool:
+        if value is None:
+            return False
+        if best is None:
+            return True
+        return value > best if "accuracy" in self.recipe.train.monitor else value < best
+
+
+def _checkpoint(trainer: Trainer, state: runs.ResumeState, *, improved: bool) -> runs.ResumeState:
+    folder = trainer.folder
+    runs.atomic_save_model(trainer.assembled.model, folder.last)
+    if improved:
+        tmp = folder.checkpoints / ".best.copy.keras"
+        shutil.copyfile(folder.last, tmp)
+        Path(tmp).replace(folder.best)
+    state = dataclasses.replace(state, checkpoint_sha256=runs.file_sha256(folder.last))
+    folder.write_state(state)
+    return state
+
+
+def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[str] | dict | None = None,
+          out: str | Path | None = None, smoke: bool = False, resume: str | Path | None = None,
+          callbacks: Sequence[Any] = (), log=print) -> RunResult:
+    """``ftkit train``: plan, train every phase, save the run folder, evaluate; or continue ``resume``.
+
+    ``recipe`` is a YAML path, a dict or a :class:`Recipe`. With ``resume`` (a run folder) the run's own
+    ``recipe.yaml`` is used; a recipe given as well must resolve to the same recipe.
+    """
+    import keras
+
+    if resume is not None:
+        folder = runs.RunFolder(resume)
+        saved = load_recipe(folder.root / runs.RECIPE_FILE)
+        state = folder.read_state()
+        if recipe is not None:
+            given = load_recipe(recipe, overrides=overrides, smoke=smoke)
+            if runs.recipe_digest(given.to_dict()) != runs.recipe_digest(saved.to_dict()):
+                raise ValueError(
+                    f"{folder.root} was trained from a different recipe; resuming it with this one would mix two "
+                    f"runs. Resume without a recipe (its own recipe.yaml is used) or start a new run. "
+                    f"Received: resume={str(resume)!r}"
+                )
+        if state.recipe_sha256 != runs.recipe_digest(saved.to_dict()):
+            raise ValueError(f"{folder.root / runs.RECIPE_FILE} was edited after the run started. "
+                             f"Received: resume={str(resume)!r}")
+        resolved = saved
+    else:
+        resolved = load_recipe(recipe, overrides=overrides, smoke=smoke)
+        folder = runs.RunFolder(out or _default_out(recipe))
+        if folder.root.exists() and any(folder.root.iterdir()):
+            raise ValueError(f"The run folder exists and is not empty; pick another --out or --resume it. "
+                                  f"Received: out={str(folder.root)!r}")
+        state = None
+    plan = plan_run(resolved)
+    previous_policy = keras.mixed_precision.global_policy().name
+    try:
+        return _train(plan, folder, state=state, callbacks=callbacks, log=log)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _default_out(recipe) -> Path:
+    stem = Path(recipe).stem if isinstance(recipe, str | Path) else "run"
+    return Path(DEFAULT_RUNS_DIR) / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None, callbacks, log) -> RunResult:
+    import tensorflow as tf
+
+    recipe = plan.recipe
+    if recipe.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    folder.create()
+    if state is None:
+        dump_recipe(recipe, folder.root / runs.RECIPE_FILE, header="# resolved recipe written by ftkit train")
+        state = runs.ResumeState(recipe_sha256=runs.recipe_digest(recipe.to_dict()), phase=0, epoch_in_phase=0,
+                                 global_epoch=0, global_step=0, seed=recipe.train.seed, best=None, best_epoch=None,
+                                 checkpoint_sha256="")
+    else:
+        folder.truncate_history(state.global_epoch)
+        log(f"resuming {folder.root}: phase {state.phase + 1}, epoch {state.epoch_in_phase + 1} of that phase")
+    folder.write_meta(_run_meta(plan))
+    trainer = Trainer(plan, folder, callbacks=callbacks, log=log)
+    trainer.build()
+    if state.global_epoch > 0 and state.epoch_in_phase == 0:
+        _load_model_weights(trainer, folder.last)
+    trainer.backbone_version = sum(1 for p in plan.phases[:state.phase] if not p.head_only)
+    for phase in plan.phases[state.phase:]:
+        resume_from = folder.last if (phase.index == state.phase and state.epoch_in_phase > 0) else None
+        trainer.prepare_phase(phase, resume_from=resume_from)
+        for epoch in range(state.epoch_in_phase if phase.index == state.phase else 0, phase.epochs):
+            row = trainer.run_epoch(phase, state.global_epoch)
+            folder.append_history(row)
+            value = trainer.monitor_value(row)
+            improved = trainer.better(value, state.best)
+            done_in_phase = epoch + 1
+            next_phase, next_epoch = (phase.index, done_in_phase) if done_in_phase < phase.epochs else (phase.index + 1, 0)
+            state = dataclasses.replace(
+                state, phase=next_phase, epoch_in_phase=next_epoch, global_epoch=state.global_epoch + 1,
+                global_step=state.global_step + trainer.steps_per_epoch(),
+                best=value if improved else state.best, best_epoch=row["epoch"] if improved else state.best_epoch)
+            state = _checkpoint(trainer, state, improved=improved)
+        if not phase.head_only:
+            trainer.backbone_version += 1
+    return _finish(trainer, state, log=log)
+
+
+def _load_model_weights(trainer: Trainer, path: Path) -> None:
+    """Weights only (a phase boundary: the next phase starts a fresh optimizer)."""
+    import keras
+
+    import ftkit.backbones._preprocessing  # noqa: F401  (registers the Preprocess layer for loading)
+
+    saved = keras.saving.load_model(path, compile=False)
+    trainer.assembled.model.set_weights(saved.get_weights())
+
+
+def _run_meta(plan: Plan) -> dict[str, Any]:
+    from ftkit import __version__
+
+    return {"class_names": plan.data.class_names, "image_size": list(plan.image_shape[:2]),
+            "channels": plan.image_shape[2], "resize": plan.recipe.data.resize, "backbone": plan.info.name,
+            "ftkit_version": __version__, "data": plan.data.index.summary()}
+
+
+def _finish(trainer: Trainer, state: runs.ResumeState, *, log) -> RunResult:
+    from ftkit.head import inference_model
+
+    folder = trainer.folder
+    model = inference_model(trainer.assembled)
+    runs.atomic_save_model(model, folder.root / runs.INFERENCE_MODEL)
+    folder.write_state(dataclasses.replace(state, finished=True))
+    folder.plot_curves()
+    reports = evaluate_after_training(trainer, model)
+    history = folder.read_history()
+    log(summary_text(trainer, state, history, reports))
+    return RunResult(path=folder.root, history=history, best=state.best, best_epoch=state.best_epoch,
+                     reports=reports)
+
+
+def evaluate_after_training(trainer: Trainer, model) -> dict[str, dict]:
+    """Score the final inference model on the recipe's evaluation splits with ``ftkit.evaluate``."""
+    import numpy as np
+
+    from ftkit.evaluate import LabelledFiles, LoadedModel, evaluate_model, evaluate_predictions
+
+    recipe, data = trainer.recipe, trainer.plan.data
+    if not recipe.evaluate.enabled:
+        return {}
+    loaded = LoadedModel(model=model, class_names=data.class_names, image_size=tuple(data.image_size),
+                         channels=data.channels, resize=data.resize, source=str(trainer.folder.root / "model.keras"),
+                         run_dir=trainer.folder.root)
+    reports = {}
+    for split in recipe.evaluate.splits:
+        if not data.has(split):
+            continue
+        out_dir = trainer.folder.root / "report" / split
+        rows = data.index[split]
+        if rows.paths is not None:
+            files = LabelledFiles(paths=[str(p) for p in rows.paths], labels=rows.labels.astype(np.int64),
+                                  class_names=data.class_names)
+            reports[split] = evaluate_model(loaded, files, out_dir, top_k=recipe.evaluate.top_k,
+                                            batch_size=data.batch_size, allow_missing_classes=True)
+        else:  # in-memory images (MNIST): nothing can fail to decode, so rows and predictions align
+            images = data.dataset(split, with_weights=False).map(lambda x, y: x)
+            probs = model.predict(images, verbose=0)
+            reports[split] = evaluate_predictions(split_ids(data, split), rows.labels, probs, data.class_names,
+                                                  out_dir, top_k=recipe.evaluate.top_k, model=loaded.source,
+                                                  data=str(data.index.source))
+    return reports
+
+
+def summary_text(trainer: Trainer, state: runs.ResumeState, history: list[dict], reports: dict[str, dict]) -> str:
+    """The one-screen summary printed at the end of a run."""
+    recipe = trainer.recipe
+    lines = ["", "=" * 72, f"ftkit train: {trainer.folder.root}",
+             f"backbone {recipe.backbone.name}, {trainer.plan.data.num_classes} classes, image "
+             f"{list(trainer.plan.image_shape)}, {len(trainer.plan.phases)} phase(s), {state.global_epoch} epoch(s)",
+             f"{'epoch':>5} {'phase':<10} {'lr':>9} {'loss':>8} {'acc':>7} {'val_loss':>9} {'val_acc':>8} {'sec':>7}"]
+    for row in history:
+        def fmt(key, width, spec):
+            value = row.get(key)
+            return f"{float(value):{width}{spec}}" if value not in (None, "") else " " * (width - 1) + "-"
+        lines.append(f"{int(row['epoch']) + 1:>5} {row['phase_name'][:10]:<10} {fmt('lr', 9, '.2e')} "
+                     f"{fmt('loss', 8, '.4f')} {fmt('accuracy', 7, '.4f')} {fmt('val_loss', 9, '.4f')} "
+                     f"{fmt('val_accuracy', 8, '.4f')} {fmt('seconds', 7, '.1f')}")
+    if state.best is not None:
+        lines.append(f"best {recipe.train.monitor}: {state.best:.4f} at epoch {state.best_epoch + 1} "
+                     f"(checkpoints/best.keras)")
+    for split, report in reports.items():
+        acc = report.get("accuracy")
+        lines.append(f"{split}: accuracy {acc:.4f}" if isinstance(acc, float) else f"{split}: see report/{split}")
+    lines.append(f"inference model: {trainer.folder.root / runs.INFERENCE_MODEL} (raw 0..255 images -> probabilities)")
+    lines.append("=" * 72)
+    return "\n".join(lines)
+
+

@@ -1,0 +1,181 @@
+"""The run folder (docs/ARCHITECTURE.md): resolved recipe, run record, history, checkpoints, resume state.
+
+Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so an
+interrupted write leaves the previous version, never a half-written one. ``state.json`` records the SHA-256
+of the checkpoint it belongs to, so a crash between the two writes is detected at resume time.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RECIPE_FILE = "recipe.yaml"
+RUN_META = "ftkit_run.json"
+HISTORY = "history.csv"
+CURVES = "curves.png"
+TENSORBOARD = "tensorboard"
+CHECKPOINTS = "checkpoints"
+BEST, LAST, STATE = "best.keras", "last.keras", "state.json"
+INFERENCE_MODEL = "model.keras"
+HISTORY_FIELDS = ["epoch", "phase", "phase_name", "lr", "loss", "accuracy", "val_loss", "val_accuracy",
+                  "cached", "seconds"]
+
+
+@dataclasses.dataclass
+class ResumeState:
+    """Where a schedule stands after a finished epoch."""
+
+    recipe_sha256: str
+    phase: int  # index of the phase the next epoch belongs to
+    epoch_in_phase: int  # epochs of that phase already done
+    global_epoch: int
+    global_step: int
+    seed: int
+    best: float | None
+    best_epoch: int | None
+    checkpoint_sha256: str
+    finished: bool = False
+
+
+def recipe_digest(recipe_dict: dict[str, Any]) -> str:
+    """A digest of what determines the training (the ``train.verbose`` display flag left out)."""
+    data = json.loads(json.dumps(recipe_dict, sort_keys=True))
+    data.get("train", {}).pop("verbose", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fp:
+        for block in iter(lambda: fp.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fp:
+            fp.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_model(model, path: str | Path) -> None:
+    """``model.save(path)`` through a temporary ``.keras`` file in the same folder and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunFolder:
+    """Paths and writers of one run folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.checkpoints = self.root / CHECKPOINTS
+
+    def create(self) -> RunFolder:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def state_path(self) -> Path:
+        return self.checkpoints / STATE
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / BEST
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        atomic_write_text(self.root / RUN_META, json.dumps(meta, indent=2))
+
+    def write_state(self, state: ResumeState) -> None:
+        atomic_write_text(self.state_path, json.dumps(dataclasses.asdict(state), indent=2))
+
+    def read_state(self) -> ResumeState:
+        if not self.state_path.is_file():
+            raise FileNotFoundError(
+                f"{self.root} has no {CHECKPOINTS}/{STATE}: it is not a run folder, or it stopped before its "
+                f"first epoch ended. Received: resume={str(self.root)!r}"
+            )
+        state = ResumeState(**json.loads(self.state_path.read_text()))
+        if not self.last.is_file() or file_sha256(self.last) != state.checkpoint_sha256:
+            raise ValueError(
+                f"{self.last} does not match {self.state_path} (missing or written after the state): the run was "
+                f"interrupted between the two writes. Received: resume={str(self.root)!r}"
+            )
+        return state
+
+    def append_history(self, row: dict[str, Any]) -> None:
+        # Written by hand rather than with keras.callbacks.CSVLogger: one file spans several fit() calls
+        # (one per epoch, phases with different models) and needs the phase columns.
+        path = self.root / HISTORY
+        new = not path.is_file()
+        with open(path, "a", newline="") as fp:
+            writer = csv.DictWriter(fp, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def read_history(self) -> list[dict[str, str]]:
+        path = self.root / HISTORY
+        if not path.is_file():
+            return []
+        with open(path, newline="") as fp:
+            return list(csv.DictReader(fp))
+
+    def truncate_history(self, epochs: int) -> None:
+        """Drop rows after ``epochs`` (those of an epoch whose checkpoint was never completed)."""
+        rows = self.read_history()[:epochs]
+        path = self.root / HISTORY
+        path.unlink(missing_ok=True)
+        for row in rows:
+            self.append_history(row)
+
+    def plot_curves(self) -> Path | None:
+        """Loss and accuracy per epoch, phase boundaries marked, as ``curves.png``."""
+        rows = self.read_history()
+        if not rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [int(r["epoch"]) + 1 for r in rows]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+            for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+                values = [float(r[key]) if r.get(key) not in (None, "") else float("nan") for r in rows]
+                ax.plot(epochs, values, style, marker="o", label=key)
+            for i in range(1, len(rows)):
+                if rows[i]["phase"] != rows[i - 1]["phase"]:
+                    ax.axvline(epochs[i] - 0.5, color="grey", linewidth=0.8)
+            ax.set_xlabel("epoch")
+            ax.set_title(metric)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.root / CURVES, dpi=100)
+        plt.close(fig)
+        return self.root / CURVES

@@ -1,0 +1,231 @@
+"""The tf.data pipeline: decoded pixels (conversions, EXIF, 16-bit, alpha), resize policies, shuffle, cache,
+per-image / per-batch hooks, runtime skips, MNIST and distribution."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from test_data_sources import BLUE, GOOD_A, RED, _jpeg, _noise_jpeg, _save, make_messy
+
+from ftkit.data import decode, distribute, make_dataset, scan
+
+
+def _images(index, split="train", **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    kwargs.setdefault("image_size", (16, 16))
+    batches = list(make_dataset(index, split, batch_size=kwargs.pop("batch_size", 64), **kwargs))
+    return (np.concatenate([b[0].numpy() for b in batches]), np.concatenate([b[1].numpy() for b in batches]))
+
+
+def _by_name(index, images, split="train") -> dict[str, np.ndarray]:
+    return {os.path.basename(p): img for p, img in zip(index[split].paths, images, strict=True)}
+
+
+@pytest.fixture
+def good_folder(tmp_path) -> Path:
+    root = tmp_path / "good"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+    for name, make in GOOD_A.items():
+        (root / "a" / name).write_bytes(make())
+    (root / "b" / "gray.jpg").write_bytes(_jpeg(128, mode="L"))
+    (root / "b" / "noise.jpg").write_bytes(_noise_jpeg(1, 16))
+    return root
+
+
+def test_every_format_decodes_to_the_right_pixels(good_folder):
+    index = scan(good_folder, val_fraction=0.0)
+    images, labels = _images(index)
+    assert images.dtype == np.float32 and images.shape == (12, 16, 16, 3)
+    assert labels.dtype == np.int32 and labels.tolist() == index["train"].labels.tolist()
+    px = {name: img[8, 8] for name, img in _by_name(index, images).items()}
+    exact = {"png_named.jpg": BLUE, "rgba.png": (255, 255, 255), "gray16.png": (100, 100, 100),
+             "palette.gif": RED, "animated.gif": RED, "photo.webp": BLUE, "photo.bmp": RED}
+    for name, color in exact.items():
+        np.testing.assert_array_equal(px[name], color, err_msg=name)
+    for name, color in {"plain.jpg": RED, "cmyk.jpg": RED, "gray.jpg": (128, 128, 128)}.items():
+        np.testing.assert_allclose(px[name], color, atol=4, err_msg=name)
+
+
+def test_exif_orientation_is_applied(good_folder):
+    index = scan(good_folder, val_fraction=0.0)
+    # Stored 40 wide x 20 high, red left; orientation 6 stands it up: 20 wide x 40 high, red on top.
+    rotated = _by_name(index, _images(index, image_size=(40, 20))[0])["rotated.jpg"]
+    np.testing.assert_allclose(rotated[5, 10], RED, atol=6)
+    np.testing.assert_allclose(rotated[34, 10], BLUE, atol=6)
+    upright = decode.decode_file(good_folder / "a" / "rotated.jpg")
+    assert upright.shape == (40, 20, 3)
+
+
+def test_in_graph_and_pillow_decoders_agree(good_folder):
+    path = good_folder / "b" / "noise.jpg"
+    index = scan(good_folder, val_fraction=0.0)
+    graph = _by_name(index, _images(index)[0])["noise.jpg"]
+    pillow = decode.decode_file(path).astype(np.float32)
+    assert np.abs(graph - pillow).max() <= 2
+
+
+def test_sixteen_bit_rgb_png_keeps_precision(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+    values = np.full((8, 8, 3), [257 * 10, 257 * 200, 65535], np.uint16)
+    (tmp_path / "a" / "deep.png").write_bytes(tf.io.encode_png(values).numpy())
+    (tmp_path / "b" / "x.png").write_bytes(_save(Image.new("RGB", (8, 8), RED), "PNG"))
+    index = scan(tmp_path, val_fraction=0.0)
+    images = _by_name(index, _images(index, image_size=(8, 8))[0])
+    np.testing.assert_array_equal(images["deep.png"][4, 4], [10, 200, 255])
+
+
+def _stripes(tmp_path) -> Path:
+    """60 wide x 20 high: green | red | blue thirds; plus a second class so the scan accepts it."""
+    pixels = np.zeros((20, 60, 3), np.uint8)
+    pixels[:, :20], pixels[:, 20:40], pixels[:, 40:] = (0, 255, 0), RED, BLUE
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+    (tmp_path / "a" / "s.png").write_bytes(_save(Image.fromarray(pixels), "PNG"))
+    (tmp_path / "b" / "s.png").write_bytes(_save(Image.fromarray(pixels), "PNG"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("resize", ["stretch", "crop", "pad"])
+def test_resize_policies(tmp_path, resize):
+    index = scan(_stripes(tmp_path), val_fraction=0.0)
+    image = _images(index, image_size=(20, 20), resize=resize)[0][0]
+    if resize == "stretch":
+        np.testing.assert_array_equal(image[10, [2, 10, 17]], [(0, 255, 0), RED, BLUE])
+    elif resize == "crop":
+        np.testing.assert_array_equal(image[[0, 10, 19]][:, [0, 10, 19]].reshape(-1, 3), [RED] * 9)
+    else:  # letterbox: 20 x 6.7 content in the middle rows, black above and below
+        np.testing.assert_array_equal(image[[0, 3, 16, 19], 10], np.zeros((4, 3)))
+        np.testing.assert_array_equal(image[10, [2, 10, 17]], [(0, 255, 0), RED, BLUE])
+
+
+def test_grayscale_output_and_bad_arguments(good_folder):
+    index = scan(good_folder, val_fraction=0.0)
+    gray = _by_name(index, _images(index, channels=1)[0])
+    assert gray["photo.bmp"].shape == (16, 16, 1)
+    assert gray["photo.bmp"][8, 8, 0] == pytest.approx(0.2989 * 255, abs=0.6)
+    with pytest.raises(ValueError, match=r"Received: image_size=\(16,\)"):
+        make_dataset(index, "train", image_size=(16,))
+    with pytest.raises(ValueError, match="Received: resize='fit'"):
+        make_dataset(index, "train", image_size=(16, 16), resize="fit")
+    with pytest.raises(ValueError, match="Received: channels=4"):
+        make_dataset(index, "train", image_size=(16, 16), channels=4)
+
+
+def test_dct_downscale_matches_full_decode(tmp_path):
+    y, x = np.mgrid[0:256, 0:256]
+    pixels = np.stack([x, y, (x + y) // 2], axis=-1).astype(np.uint8)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "g.jpg").write_bytes(_save(Image.fromarray(pixels), "JPEG", quality=95))
+    index = scan(tmp_path, val_fraction=0.0)
+    scaled = _images(index, image_size=(32, 32))[0]
+    index["train"].sizes[:] = 0  # unknown sizes: decoded at full scale
+    full = _images(index, image_size=(32, 32))[0]
+    assert np.abs(scaled - full).mean() < 2.0
+
+
+def test_truncated_file_is_skipped_and_reported_mid_epoch(tmp_path, caplog):
+    root = make_messy(tmp_path / "messy")
+    index = scan(root, max_pixels=2000)  # header scan: truncated.jpg looks fine
+    assert decode.CORRUPT not in {s.reason for s in index.skipped}
+    n = len(index["train"])
+    for _ in range(2):
+        images, labels = _images(index, image_size=(8, 8))
+        assert len(labels) == n - 1
+    runtime = [s for s in index.skipped if s.reason == decode.CORRUPT]
+    assert [os.path.basename(s.path) for s in runtime] == ["truncated.jpg"]  # once, not once per epoch
+    assert runtime[0].split == "train" and "truncated" in runtime[0].detail
+    assert "truncated.jpg" in caplog.text
+
+
+def _numbered(tmp_path, n=24) -> Path:
+    """n distinct flat-colour PNGs whose red channel is their number."""
+    for i in range(n):
+        folder = tmp_path / ("a" if i % 2 else "b")
+        folder.mkdir(exist_ok=True)
+        (folder / f"{i:02d}.png").write_bytes(_save(Image.new("RGB", (4, 4), (i, 0, 0)), "PNG"))
+    return tmp_path
+
+
+def _order(ds) -> list[int]:
+    return [int(v) for images, _ in ds for v in images[:, 0, 0, 0].numpy()]
+
+
+def test_shuffle_is_seeded_and_reshuffles_each_epoch(tmp_path):
+    index = scan(_numbered(tmp_path), val_fraction=0.0)
+    kwargs = dict(image_size=(4, 4), batch_size=5, shuffle=True, deterministic=True)
+    ds = make_dataset(index, "train", seed=1, **kwargs)
+    first, second = _order(ds), _order(ds)
+    assert sorted(first) == list(range(24)) and first != second
+    assert _order(make_dataset(index, "train", seed=1, **kwargs)) == first
+    assert _order(make_dataset(index, "train", seed=2, **kwargs)) != first
+    assert _order(make_dataset(index, "train", image_size=(4, 4))) == [
+        int(os.path.basename(p)[:2]) for p in index["train"].paths]
+
+
+@pytest.mark.parametrize("cache", ["memory", "folder"])
+def test_cache_gives_the_same_images(tmp_path, good_folder, cache):
+    index = scan(good_folder, val_fraction=0.0)
+    target = "memory" if cache == "memory" else tmp_path / "cache"
+    plain = _images(index)[0]
+    ds = make_dataset(index, "train", image_size=(16, 16), batch_size=64, cache=target)
+    for _ in range(2):
+        np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in ds]), plain)
+    if cache == "folder":
+        assert any(p.name.startswith("train-16x16x3-stretch-") for p in (tmp_path / "cache").iterdir())
+    shuffled = make_dataset(index, "train", image_size=(16, 16), batch_size=64, cache=target, shuffle=True)
+    assert sorted(map(bytes, np.concatenate([b[0].numpy() for b in shuffled]))) == sorted(map(bytes, plain))
+
+
+def test_per_image_and_per_batch_functions(good_folder):
+    index = scan(good_folder, val_fraction=0.0)
+    seen = {}
+
+    def invert(image):
+        seen["image"] = image.dtype
+        return 255.0 - tf.cast(image, tf.float32)
+
+    def per_batch(images, onehot):
+        seen["labels"] = onehot.shape.as_list()
+        return images * 0.5, onehot
+
+    images, labels = next(iter(make_dataset(index, "train", image_size=(16, 16), batch_size=4,
+                                            per_image_fn=invert, per_batch_fn=per_batch)))
+    assert seen == {"image": tf.uint8, "labels": [None, 2]}
+    assert labels.shape == (4, 2) and labels.dtype == tf.float32
+    np.testing.assert_array_equal(labels.numpy().argmax(1), index["train"].labels[:4])
+    plain = _images(index)[0][:4]
+    np.testing.assert_allclose(images.numpy(), (255.0 - plain) * 0.5)
+    with pytest.raises(ValueError, match="Received: one_hot=False"):
+        make_dataset(index, "train", image_size=(16, 16), per_batch_fn=per_batch, one_hot=False)
+
+
+def test_mnist_batches(shared_data):
+    index = scan(shared_data / "mnist", val_fraction=0.0)
+    images, labels = next(iter(make_dataset(index, "test", image_size=(28, 28), channels=1, batch_size=64)))
+    assert images.shape == (64, 28, 28, 1) and images.dtype == tf.float32
+    np.testing.assert_array_equal(images.numpy()[..., 0], index["test"].images[:64])
+    np.testing.assert_array_equal(labels.numpy(), index["test"].labels[:64])
+    images, _ = next(iter(make_dataset(index, "test", image_size=(32, 32), channels=3, batch_size=8)))
+    assert images.shape == (8, 32, 32, 3)
+    np.testing.assert_array_equal(images.numpy()[..., 0], images.numpy()[..., 2])
+
+
+def test_hymenoptera_epoch_and_distribution(shared_data):
+    index = scan(shared_data / "hymenoptera")
+    ds = make_dataset(index, "train", image_size=(32, 32), batch_size=50)
+    labels = np.concatenate([y.numpy() for _, y in ds])
+    assert len(labels) == 245 and np.bincount(labels).tolist() == [124, 121]
+    assert index.skipped == []
+    on_device = distribute(ds)
+    assert sum(int(y.shape[0]) for _, y in on_device) == 245
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    first = next(iter(distribute(ds, strategy)))
+    np.testing.assert_array_equal(strategy.experimental_local_results(first[1])[0].numpy(), labels[:50])

@@ -1,0 +1,355 @@
+"""Sources, splits, bad files and the doctor (`ftkit data check`), on messy fixtures and the shared data."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ftkit.cli import main as cli_main
+from ftkit.data import DataError, decode, load_class_names, save_class_names, scan
+from ftkit.data.doctor import check
+
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def _jpeg(color=RED, size=(16, 16), mode="RGB", **save) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def _save(image: Image.Image, fmt: str, **save) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def _noise_jpeg(seed: int, size: int = 64) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return _save(Image.fromarray(pixels), "JPEG", quality=95)
+
+
+def _exif_rotated() -> bytes:
+    """Stored 40 wide x 20 high, red left / blue right, tagged orientation 6 (display rotated 90 CW)."""
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = RED
+    pixels[:, 20:] = BLUE
+    exif = Image.Exif()
+    exif[decode.EXIF_ORIENTATION_TAG] = 6
+    return _save(Image.fromarray(pixels), "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def _animated_gif() -> bytes:
+    frames = [Image.new("P", (16, 16), 0), Image.new("P", (16, 16), 1)]
+    for f in frames:
+        f.putpalette([*RED, *BLUE] + [0] * 762)
+    return _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+
+
+GOOD_A = {  # name -> (bytes, expected conversions noted by the doctor)
+    "plain.jpg": lambda: _jpeg(),
+    "rotated.jpg": _exif_rotated,
+    "cmyk.jpg": lambda: _jpeg((0, 255, 255, 0), mode="CMYK"),
+    "png_named.jpg": lambda: _save(Image.new("RGB", (16, 16), BLUE), "PNG"),
+    "rgba.png": lambda: _save(Image.new("RGBA", (16, 16), (255, 0, 0, 0)), "PNG"),
+    "gray16.png": lambda: _save(Image.fromarray(np.full((16, 16), 25700, np.uint16)), "PNG"),
+    "palette.gif": lambda: _save(Image.new("RGB", (16, 16), RED).convert("P"), "GIF"),
+    "animated.gif": _animated_gif,
+    "photo.webp": lambda: _save(Image.new("RGB", (16, 16), BLUE), "WEBP", lossless=True),
+    "photo.bmp": lambda: _save(Image.new("RGB", (16, 16), RED), "BMP"),
+}
+BAD_A = {  # name -> expected reason
+    "truncated.jpg": decode.CORRUPT,
+    "empty.jpg": decode.EMPTY,
+    "text.jpg": decode.NOT_AN_IMAGE,
+    "icon.ico": decode.UNSUPPORTED,
+    "big.png": decode.TOO_LARGE,
+    "loop.jpg": decode.SYMLINK_LOOP,
+    "broken.jpg": decode.MISSING,
+    "noperm.jpg": decode.UNREADABLE,
+    "up": decode.SYMLINK_LOOP,
+}
+MAX_PIXELS = 2000  # big.png is 64x64 = 4096 pixels; every other image is at most 40x40 = 1600
+
+
+def make_messy(root: Path) -> Path:
+    """train/{a,b,empty}, val/{a,b}: every kind of good and bad file; val/b/dup.jpg == train/b/b0.jpg."""
+    a, b, empty = root / "train" / "a", root / "train" / "b", root / "train" / "empty"
+    for folder in (a, b, empty, root / "val" / "a", root / "val" / "b"):
+        folder.mkdir(parents=True)
+    for name, make in GOOD_A.items():
+        (a / name).write_bytes(make())
+    full = _noise_jpeg(0, 40)
+    (a / "truncated.jpg").write_bytes(full[: len(full) * 2 // 3])
+    (a / "empty.jpg").write_bytes(b"")
+    (a / "text.jpg").write_text("this is not a picture\n")
+    (a / "icon.ico").write_bytes(_save(Image.new("RGB", (16, 16), RED), "ICO"))
+    (a / "big.png").write_bytes(_save(Image.new("RGB", (64, 64), RED), "PNG"))
+    os.symlink("loop.jpg", a / "loop.jpg")
+    os.symlink("does-not-exist.jpg", a / "broken.jpg")
+    (a / "noperm.jpg").write_bytes(_jpeg())
+    os.chmod(a / "noperm.jpg", 0)
+    os.symlink("..", a / "up")  # a folder link back to train/: must not be followed
+    for i in range(3):
+        (b / f"b{i}.jpg").write_bytes(_noise_jpeg(10 + i, 16))
+    (b / "gray.jpg").write_bytes(_jpeg(128, mode="L"))
+    (root / "train" / "notes.txt").write_text("labels are folder names\n")
+    (root / "val" / "a" / "v.jpg").write_bytes(_jpeg(BLUE))
+    (root / "val" / "b" / "dup.jpg").write_bytes((b / "b0.jpg").read_bytes())
+    return root
+
+
+@pytest.fixture
+def messy(tmp_path, monkeypatch) -> Path:
+    root = make_messy(tmp_path / "messy")
+    noperm = os.fspath(root / "train" / "a" / "noperm.jpg")
+    if os.geteuid() == 0:  # root reads through chmod 000, so the permission error is raised where ftkit opens
+
+        def guarded_open(file, *args, **kwargs):
+            if os.fspath(file) == noperm:
+                raise PermissionError(13, "Permission denied", noperm)
+            return builtins.open(file, *args, **kwargs)
+
+        monkeypatch.setattr(decode, "open", guarded_open, raising=False)
+    return root
+
+
+def _snapshot(root: Path) -> dict:
+    """Bytes, mtime and mode of everything under root, links not followed: proof nothing was touched."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            digest = None
+            if os.path.isfile(path) and not os.path.islink(path) and st.st_mode & 0o444:
+                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            out[path] = (st.st_mtime_ns, st.st_mode, st.st_size, digest)
+    return out
+
+
+def _reasons(index_or_rows) -> dict[str, str]:
+    rows = index_or_rows.skipped if hasattr(index_or_rows, "skipped") else index_or_rows
+    get = (lambda r: (r.path, r.reason)) if hasattr(index_or_rows, "skipped") else (lambda r: (r["path"], r["reason"]))
+    return {os.path.basename(get(r)[0]): get(r)[1] for r in rows}
+
+
+# --- folders and splits ----------------------------------------------------------------------------------
+
+def test_hymenoptera_counts_and_classes(shared_data):
+    index = scan(shared_data / "hymenoptera")
+    assert index.class_names == ["ants", "bees"]
+    assert {k: len(v) for k, v in index.splits.items()} == {"train": 245, "val": 153}
+    assert index["train"].counts(2).tolist() == [124, 121]
+    assert index["val"].counts(2).tolist() == [70, 83]
+    assert index.skipped == [] and index.problems == []
+    names = {os.path.basename(p) for p in index["train"].paths}
+    assert {"imageNotFound.gif", "formica.jpeg"} <= names
+    assert "ant photos.jpg" in {os.path.basename(p) for s in index.splits.values() for p in s.paths}
+    # Only the palette GIF needs Pillow; every JPEG takes the in-graph path.
+    assert [os.path.basename(p) for p in index["train"].paths[index["train"].pillow]] == ["imageNotFound.gif"]
+
+
+def test_stratified_seeded_split(shared_data):
+    index = scan(shared_data / "catsdogs", val_fraction=0.2, seed=3)
+    assert {k: len(v) for k, v in index.splits.items()} == {"train": 800, "val": 200, "test": 400}
+    assert index["val"].counts(2).tolist() == [100, 100]
+    assert not set(index["train"].paths) & set(index["val"].paths)
+    again = scan(shared_data / "catsdogs", val_fraction=0.2, seed=3)
+    other = scan(shared_data / "catsdogs", val_fraction=0.2, seed=4)
+    assert list(again["val"].paths) == list(index["val"].paths)
+    assert list(other["val"].paths) != list(index["val"].paths)
+
+
+def test_flat_folder_gets_val_and_test(shared_data):
+    index = scan(shared_data / "hymenoptera" / "val", val_fraction=0.25, test_fraction=0.25)
+    sizes = {k: len(v) for k, v in index.splits.items()}
+    assert sizes == {"train": 75, "val": 39, "test": 39}  # per class: ants 70 -> 34/18/18, bees 83 -> 41/21/21
+    all_paths = np.concatenate([s.paths for s in index.splits.values()])
+    assert len(set(all_paths)) == 153
+
+
+def test_class_names_fixed_by_a_saved_run(shared_data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ftkit_run.json").write_text(json.dumps({"backbone": "lenet5"}))
+    save_class_names(run, ["bees", "ants"])
+    assert load_class_names(run) == ["bees", "ants"]
+    assert json.loads((run / "ftkit_run.json").read_text())["backbone"] == "lenet5"
+    index = scan(shared_data / "hymenoptera", class_names=load_class_names(run))
+    assert index["train"].counts(2).tolist() == [121, 124]
+    with pytest.raises(ValueError, match="Received: class_names="):
+        save_class_names(run, ["a", "a"])
+
+
+def test_csv_source(shared_data, tmp_path):
+    hym = shared_data / "hymenoptera" / "train"
+    ants = sorted((hym / "ants").iterdir())[:5]
+    bees = sorted((hym / "bees").iterdir())[:4]
+    table = tmp_path / "labels.csv"
+    rows = ["path,label"] + [f"ants/{p.name},ant" for p in ants] + [f"bees/{p.name},bee" for p in bees]
+    rows += ["bees/missing.jpg,bee", f"ants/{ants[0].name},"]
+    table.write_text("\n".join(rows) + "\n")
+    index = scan(table, root=hym, val_fraction=0.0)
+    assert index.kind == "csv" and index.class_names == ["ant", "bee"]
+    assert index["train"].counts(2).tolist() == [5, 4]
+    assert _reasons(index) == {"missing.jpg": decode.MISSING, ants[0].name: "no label"}
+    # Relative to the CSV's own folder by default, with a split column.
+    local = tmp_path / "data"
+    (local / "x").mkdir(parents=True)
+    for i, p in enumerate(ants[:4] + bees[:4]):
+        (local / "x" / f"{i}.jpg").write_bytes(p.read_bytes())
+    lines = [f"x/{i}.jpg,{'ant' if i < 4 else 'bee'},{'val' if i in (0, 4) else 'train'}" for i in range(8)]
+    (local / "t.csv").write_text("\n".join(lines))
+    index = scan(local / "t.csv")
+    assert {k: len(v) for k, v in index.splits.items()} == {"train": 6, "val": 2}
+
+
+def test_mnist_idx_and_npz(shared_data, tmp_path):
+    index = scan(shared_data / "mnist", val_fraction=0.1)
+    assert index.class_names == [str(d) for d in range(10)]
+    assert {k: len(v) for k, v in index.splits.items()} == {"train": 54000, "val": 6000, "test": 10000}
+    assert index["test"].counts(10).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert index["test"].images.shape == (10000, 28, 28) and index["test"].images.dtype == np.uint8
+    # Training-pixel mean from the data README: 0.1307 after scaling to [0, 1].
+    full = scan(shared_data / "mnist", val_fraction=0.0)
+    assert full["train"].images.mean() / 255 == pytest.approx(0.1307, abs=1e-4)
+    npz = tmp_path / "mnist.npz"
+    np.savez(npz, x_train=full["train"].images[:50], y_train=full["train"].labels[:50],
+             x_test=full["test"].images[:20], y_test=full["test"].labels[:20])
+    small = scan(npz, val_fraction=0.0)
+    assert len(small["train"]) == 50 and len(small["test"]) == 20
+    np.testing.assert_array_equal(small["test"].images, full["test"].images[:20])
+
+
+def test_bad_arguments_name_what_was_received(shared_data, tmp_path):
+    with pytest.raises(ValueError, match=r"Received: policy='lenient'"):
+        scan(shared_data / "hymenoptera", policy="lenient")
+    with pytest.raises(ValueError, match=r"Received: val_fraction=1.5"):
+        scan(shared_data / "hymenoptera", val_fraction=1.5)
+    with pytest.raises(ValueError, match=r"Received: source="):
+        scan(tmp_path / "nowhere")
+    with pytest.raises(KeyError, match="Received: split='test'"):
+        scan(shared_data / "hymenoptera")["test"]
+
+
+# --- bad files ---------------------------------------------------------------------------------------------
+
+def test_skip_policy_reports_every_bad_file_and_touches_nothing(messy):
+    before = _snapshot(messy)
+    index = scan(messy, verify="full", max_pixels=MAX_PIXELS)
+    expected = dict(BAD_A, **{"notes.txt": "not in a class folder"})
+    assert _reasons(index) == expected
+    assert index.class_names == ["a", "b"]  # the empty class folder is not a class
+    assert index["train"].counts(2).tolist() == [len(GOOD_A), 4]
+    assert [p.kind for p in index.problems] == ["empty class"]
+    assert index.summary()["skipped"] == len(expected)
+    pillow = {os.path.basename(p) for p in index["train"].paths[index["train"].pillow]}
+    assert pillow == {"rotated.jpg", "cmyk.jpg", "rgba.png", "palette.gif", "animated.gif", "photo.webp",
+                      "photo.bmp"}
+    assert _snapshot(messy) == before
+
+
+def test_header_scan_lets_a_truncated_body_through(messy):
+    index = scan(messy, max_pixels=MAX_PIXELS)  # verify="header": the pipeline catches it later
+    assert "truncated.jpg" not in _reasons(index)
+    assert "truncated.jpg" in {os.path.basename(p) for p in index["train"].paths}
+
+
+def test_strict_policy_lists_every_bad_file_at_once(messy):
+    before = _snapshot(messy)
+    with pytest.raises(DataError) as info:
+        scan(messy, policy="strict", max_pixels=MAX_PIXELS)
+    message = str(info.value)
+    for name, reason in BAD_A.items():
+        assert f"{name}: {reason}" in message
+    assert "class folder train/empty has no usable image" in message
+    assert message.endswith("policy='strict'")
+    assert _snapshot(messy) == before
+
+
+def test_single_class_and_no_images_fail_before_training(tmp_path):
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    (tmp_path / "one" / "only" / "x.jpg").write_bytes(_jpeg())
+    with pytest.raises(DataError, match=r"at least 2 classes with images; found 1: \['only'\]"):
+        scan(tmp_path / "one")
+    (tmp_path / "none" / "cls").mkdir(parents=True)
+    (tmp_path / "none" / "cls" / "x.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="no usable training image"):
+        scan(tmp_path / "none")
+
+
+def test_decompression_bomb_limit_is_configurable(messy):
+    assert _reasons(scan(messy, max_pixels=MAX_PIXELS))["big.png"] == decode.TOO_LARGE
+    assert "big.png" not in _reasons(scan(messy, max_pixels=10_000))
+    with pytest.raises(decode.BadImage, match="4096 pixels > max_pixels=2000"):
+        decode.inspect(messy / "train" / "a" / "big.png", max_pixels=MAX_PIXELS)
+
+
+# --- the doctor ----------------------------------------------------------------------------------------------
+
+def test_doctor_cli_on_hymenoptera(shared_data, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert cli_main(["data", "check", str(shared_data / "hymenoptera"), "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert report["usable"] is True
+    assert report["totals"] == {"train": 245, "val": 153}
+    assert report["counts"]["train"] == {"ants": 124, "bees": 121}
+    assert report["imbalance_ratio"] == pytest.approx(124 / 121, abs=1e-3)
+    assert report["bad_files"] == [] and report["duplicates_across_splits"] == []
+    assert report["conversion_counts"] == {"palette to RGB": 1}
+    assert report["conversions"][0]["path"].endswith("train/ants/imageNotFound.gif")
+    text = capsys.readouterr().out
+    assert "Verdict: usable" in text and "train    124   121   245" in text
+
+
+def test_doctor_on_messy_data(messy, tmp_path, capsys):
+    before = _snapshot(messy)
+    out = tmp_path / "r.json"
+    argv = ["data", "check", str(messy), "--json", str(out), "--quiet", "--max-pixels", str(MAX_PIXELS),
+            "--min-side", "18"]
+    assert cli_main(argv) == 0  # usable: bad files are skipped
+    report = json.loads(out.read_text())
+    assert _reasons(report["bad_files"]) == dict(BAD_A, **{"notes.txt": "not in a class folder"})
+    assert report["bad_file_counts"][decode.SYMLINK_LOOP] == 2
+    notes = {os.path.basename(r["path"]): r["conversions"] for r in report["conversions"]}
+    assert notes["rotated.jpg"] == ["EXIF orientation applied (6)"]
+    assert notes["cmyk.jpg"] == ["CMYK to RGB"]
+    assert notes["png_named.jpg"] == ["content format differs from extension (PNG named .jpg)"]
+    assert notes["rgba.png"] == ["alpha composited over white"]
+    assert notes["gray16.png"] == ["grayscale to RGB", "16-bit to 8-bit"]
+    assert notes["palette.gif"] == ["palette to RGB"]
+    assert notes["animated.gif"] == ["palette to RGB", "first frame of an animation (2 frames)"]
+    assert notes["gray.jpg"] == ["grayscale to RGB"]
+    assert "plain.jpg" not in notes and "photo.bmp" not in notes
+    assert {os.path.basename(r["path"]) for r in report["tiny_images"]} == set(GOOD_A) - {"rotated.jpg"} | {
+        "b0.jpg", "b1.jpg", "b2.jpg", "gray.jpg", "v.jpg", "dup.jpg"}
+    [group] = report["duplicates_across_splits"]
+    assert {(f["split"], os.path.basename(f["path"])) for f in group} == {("train", "b0.jpg"), ("val", "dup.jpg")}
+    assert report["problems"][0]["kind"] == "empty class"
+    assert cli_main([*argv, "--strict"]) == 1
+    assert "NOT usable under --strict" in capsys.readouterr().out
+    assert _snapshot(messy) == before
+
+
+def test_doctor_exit_code_for_unusable_data(tmp_path, capsys):
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    (tmp_path / "one" / "only" / "x.jpg").write_bytes(_jpeg())
+    assert cli_main(["data", "check", str(tmp_path / "one"), "--json", "-", "--quiet"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["usable"] is False and report["problems"][-1]["kind"] == "single class"
+
+
+def test_doctor_on_mnist_finds_no_leakage(shared_data):
+    report = check(shared_data / "mnist", val_fraction=0.0, verify="header")
+    assert report.to_dict()["totals"] == {"train": 60000, "test": 10000}
+    assert report.imbalance_ratio == pytest.approx(6742 / 5421, abs=1e-3)
+    assert report.usable

@@ -1,0 +1,226 @@
+"""ftkit evaluate / predict / compare end to end on tiny Keras models and a few real images."""
+
+import argparse
+import csv
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ftkit.evaluate import ClassMismatchError, evaluate_run, images, load_model
+from ftkit.evaluate.report import FILES
+
+CLASSES = ["cats", "dogs"]
+PER_CLASS = 6
+
+
+def make_run(run_dir, *, seed, softmax=True, classes=CLASSES):
+    """A tiny inference model (raw 0..255 in, probabilities out) saved as a run folder."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((16, 16, 3)),
+        keras.layers.Rescaling(1 / 255.0),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(len(classes), activation="softmax" if softmax else None),
+    ])
+    run_dir.mkdir(parents=True)
+    model.save(run_dir / "model.keras")
+    meta = {"class_names": classes, "image_size": [16, 16], "channels": 3, "resize": "stretch", "backbone": "tiny"}
+    (run_dir / "ftkit_run.json").write_text(json.dumps(meta))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, shared_data):
+    """6 cats and 6 dogs from catsdogs/test, shrunk to 40 px, plus one file that is not an image."""
+    root = tmp_path_factory.mktemp("eval_data") / "test"
+    for name in CLASSES:
+        (root / name).mkdir(parents=True)
+        for source in sorted((shared_data / "catsdogs" / "test" / name).iterdir())[:PER_CLASS]:
+            with Image.open(source) as image:
+                image.convert("RGB").resize((40, 30)).save(root / name / source.name, quality=90)
+    (root / "cats" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    return {"a": make_run(base / "run_a", seed=1), "b": make_run(base / "run_b", seed=7)}
+
+
+@pytest.fixture(scope="module")
+def report_a(runs, data_dir):
+    return evaluate_run(runs["a"], data_dir, top_k=(1,))
+
+
+def cli(argv):
+    """Run a command through the parser ftkit.cli.evaluate registers."""
+    from ftkit.cli.evaluate import register
+
+    parser = argparse.ArgumentParser(prog="ftkit")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_bundle_files_and_required_keys(runs, report_a):
+    out = runs["a"] / "report"
+    for name in FILES.values():
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "report.json").read_text())
+    for key in ("class_names", "n_samples", "accuracy", "balanced_accuracy", "top_k_accuracy", "per_class",
+                "confusion_matrix", "mcc", "cohen_kappa", "ece"):
+        assert key in saved
+    assert saved["class_names"] == CLASSES
+    assert saved == report_a
+    assert "# Evaluation report" in (out / "report.md").read_text()
+
+
+def test_bad_file_is_skipped_and_reported(report_a, data_dir):
+    assert report_a["n_samples"] == 2 * PER_CLASS
+    assert [s["path"] for s in report_a["skipped"]] == [str((data_dir / "cats" / "broken.jpg").resolve())]
+    assert "not an image" in report_a["skipped"][0]["reason"]
+
+
+def test_predictions_keyed_by_path_in_file_order_and_equal_to_model(runs, report_a, data_dir):
+    rows = read_csv(runs["a"] / "report" / "predictions.csv")
+    expected_paths = [
+        str(p.resolve()) for name in CLASSES for p in sorted((data_dir / name).iterdir()) if p.name != "broken.jpg"
+    ]
+    assert [r["path"] for r in rows] == expected_paths
+    assert [r["true_label"] for r in rows] == ["cats"] * PER_CLASS + ["dogs"] * PER_CLASS
+    loaded = load_model(runs["a"])
+    batch = np.stack([images.load_image(p, image_size=(16, 16), channels=3) for p in expected_paths])
+    probs = loaded.model.predict(batch, verbose=0)
+    np.testing.assert_allclose([[float(r["prob_cats"]), float(r["prob_dogs"])] for r in rows], probs, atol=1e-5)
+    assert [r["predicted_label"] for r in rows] == [CLASSES[i] for i in probs.argmax(axis=1)]
+    cm = np.array(report_a["confusion_matrix"])
+    assert np.trace(cm) == sum(int(r["correct"]) for r in rows)
+    assert np.trace(cm) / cm.sum() == pytest.approx(report_a["accuracy"])
+
+
+def test_report_agrees_with_model_evaluate(runs, report_a):
+    import keras
+
+    rows = read_csv(runs["a"] / "report" / "predictions.csv")
+    x = np.stack([images.load_image(r["path"], image_size=(16, 16), channels=3) for r in rows])
+    y = np.array([CLASSES.index(r["true_label"]) for r in rows])
+    model = load_model(runs["a"]).model
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    loss, accuracy = model.evaluate(x, y, batch_size=5, verbose=0)
+    assert report_a["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert report_a["log_loss"] == pytest.approx(loss, abs=1e-4)
+
+
+def test_classes_that_do_not_match_are_refused(runs, data_dir, tmp_path):
+    extra = tmp_path / "extra"
+    shutil.copytree(data_dir, extra)
+    (extra / "birds").mkdir()
+    with pytest.raises(ClassMismatchError, match=r"classes the model does not know: \['birds'\].*Received"):
+        evaluate_run(runs["a"], extra, tmp_path / "out_extra")
+    only_cats = tmp_path / "only_cats"
+    shutil.copytree(data_dir / "cats", only_cats / "cats")
+    with pytest.raises(ClassMismatchError, match=r"model classes absent from the data: \['dogs'\]"):
+        evaluate_run(runs["a"], only_cats, tmp_path / "out_subset")
+    report = evaluate_run(runs["a"], only_cats, tmp_path / "out_subset", allow_missing_classes=True)
+    assert report["per_class"]["dogs"]["support"] == 0
+    assert report["roc_auc"]["per_class"]["dogs"] is None
+    assert not (tmp_path / "out_extra").exists()
+
+
+def test_source_images_are_not_modified(runs, data_dir, tmp_path):
+    def digest():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in data_dir.rglob("*") if p.is_file()}
+
+    before = digest()
+    evaluate_run(runs["a"], data_dir, tmp_path / "again")
+    assert digest() == before
+
+
+def test_logits_model_is_refused(tmp_path, data_dir):
+    run = make_run(tmp_path / "logits", seed=3, softmax=False)
+    with pytest.raises(ValueError, match="logits"):
+        evaluate_run(run, data_dir, tmp_path / "out")
+
+
+def test_missing_run_metadata_is_a_clear_error(tmp_path, runs):
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(runs["a"] / "model.keras", lone / "model.keras")
+    with pytest.raises(FileNotFoundError, match="ftkit_run.json"):
+        load_model(lone / "model.keras")
+
+
+def test_evaluate_cli_writes_to_out(runs, data_dir, tmp_path, capsys):
+    assert cli(["evaluate", str(runs["b"]), str(data_dir), "--out", str(tmp_path / "rep"), "--top-k", "1"]) == 0
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert saved["n_samples"] == 2 * PER_CLASS
+    out = capsys.readouterr().out
+    assert f"accuracy {saved['accuracy']:.4f}" in out and "report.html" in out
+
+
+def test_predict_files_folders_and_bad_files(runs, data_dir, tmp_path, capsys):
+    one = sorted((data_dir / "dogs").iterdir())[0]
+    csv_path = tmp_path / "pred.csv"
+    argv = ["predict", str(runs["a"]), str(one), str(data_dir / "cats"), str(tmp_path / "nope.jpg"),
+            "--top-k", "2", "--csv", str(csv_path)]
+    assert cli(argv) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1 + PER_CLASS
+    assert lines[0].startswith(str(one.resolve()) + "\t")
+    assert "broken.jpg" in captured.err and "nope.jpg" in captured.err
+    rows = read_csv(csv_path)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 1 + PER_CLASS and len(rows) == 3 + PER_CLASS
+    for row in ok:
+        probs = [float(row["prob_cats"]), float(row["prob_dogs"])]
+        assert sum(probs) == pytest.approx(1, abs=1e-5)
+        assert row["top1"] == CLASSES[int(np.argmax(probs))]
+        assert float(row["top1_prob"]) >= float(row["top2_prob"])
+
+
+def test_compare_runs_paired_counts(runs, data_dir, report_a, tmp_path, capsys):
+    evaluate_run(runs["b"], data_dir)
+    assert cli(["compare", str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "cmp")]) == 0
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    a = {r["path"]: r for r in read_csv(runs["a"] / "report" / "predictions.csv")}
+    b = {r["path"]: r for r in read_csv(runs["b"] / "report" / "predictions.csv")}
+    a_only = sorted(p for p in a if a[p]["correct"] == "1" and b[p]["correct"] == "0")
+    b_only = sorted(p for p in a if a[p]["correct"] == "0" and b[p]["correct"] == "1")
+    assert sorted(r["path"] for r in result["a_right_b_wrong"]) == a_only
+    assert sorted(r["path"] for r in result["a_wrong_b_right"]) == b_only
+    assert result["mcnemar"]["a_right_b_wrong"] == len(a_only)
+    assert result["mcnemar"]["method"].startswith("exact binomial")  # 12 images: few discordant pairs
+    delta = np.array(result["confusion_delta"])
+    assert delta.sum() == 0
+    assert result["accuracy_delta"] == pytest.approx((len(b_only) - len(a_only)) / len(a))
+    assert (tmp_path / "cmp" / "compare.html").is_file()
+    assert "McNemar" in capsys.readouterr().out
+
+
+def test_compare_refuses_different_images(runs, data_dir, tmp_path):
+    subset = tmp_path / "subset"
+    for name in CLASSES:
+        (subset / name).mkdir(parents=True)
+        for p in sorted((data_dir / name).iterdir())[:3]:
+            shutil.copy(p, subset / name / p.name)
+    evaluate_run(runs["b"], subset, tmp_path / "b_subset")
+    from ftkit.evaluate import compare_runs
+
+    with pytest.raises(ValueError, match="evaluated on different images.*Received"):
+        compare_runs(runs["a"], tmp_path / "b_subset")
+    with pytest.raises(FileNotFoundError, match="No predictions.csv.*b_subset"):
+        compare_runs(runs["a"], tmp_path)

@@ -1,0 +1,105 @@
+"""Recipes: schema validation with useful messages, --set overrides, smoke mode, and every shipped recipe runs."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ftkit.recipe import RecipeError, apply_overrides, load_recipe, parse_key, smoke_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+BASE = {
+    "data": {"train": "data/train"},
+    "backbone": {"name": "lenet5"},
+    "schedule": {"phases": [{"train": "head", "lr": 0.01}, {"train": "all", "lr": 0.001}]},
+}
+
+
+def _error(data) -> str:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(data)
+    return str(info.value)
+
+
+def test_unknown_key_names_place_and_closest_key():
+    data = apply_overrides(BASE, {"schedule.phases[1].lrr": 0.1})
+    message = _error(data)
+    assert "unknown key 'lrr' in schedule.phases[1]" in message
+    assert "Did you mean 'lr'?" in message
+    assert "Received: schedule.phases[1].lrr" in message
+
+
+def test_unknown_section_suggests_the_section():
+    message = _error({**BASE, "trian": {"seed": 1}})
+    assert "unknown key 'trian' in the top level. Did you mean 'train'?" in message
+
+
+def test_wrong_range_and_type_say_what_was_received():
+    message = _error(apply_overrides(BASE, ["schedule.phases[0].lr=-1", "data.batch_size=many"]))
+    assert "schedule.phases[0].lr: Input should be greater than 0. Received: schedule.phases[0].lr=-1" in message
+    assert "data.batch_size: Input should be a valid integer" in message and "'many'" in message
+    assert "2 problem(s)" in message
+
+
+def test_missing_section_is_named():
+    message = _error({k: v for k, v in BASE.items() if k != "backbone"})
+    assert "backbone: this key is required" in message
+
+
+def test_overrides_parse_yaml_scalars_and_indices():
+    data = apply_overrides(BASE, ["schedule.phases[1].epochs=3", "train.jit_compile=true", "data.classes=[a, b]",
+                                  "backbone.weights=null"])
+    assert data["schedule"]["phases"][1]["epochs"] == 3
+    assert data["train"]["jit_compile"] is True
+    assert data["data"]["classes"] == ["a", "b"]
+    assert data["backbone"]["weights"] is None
+    assert BASE["schedule"]["phases"][1].get("epochs") is None  # the input is not modified
+    assert parse_key("a.b[2].c") == ["a", "b", 2, "c"]
+    with pytest.raises(RecipeError, match="out of range"):
+        apply_overrides(BASE, ["schedule.phases[5].lr=1"])
+    with pytest.raises(RecipeError, match="section.key=value"):
+        apply_overrides(BASE, ["schedule.phases"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = load_recipe(BASE)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe.to_dict()))
+    assert load_recipe(path) == recipe
+
+
+def test_unsafe_yaml_is_refused(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("data: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(path)
+
+
+def test_smoke_shrinks_any_recipe():
+    recipe = load_recipe(apply_overrides(BASE, ["schedule.phases[0].epochs=50", "backbone.weights=imagenet"]))
+    small = smoke_recipe(recipe)
+    assert [p.epochs for p in small.schedule.phases] == [1, 1]
+    assert small.train.steps_per_epoch == 2 and small.data.samples_per_class == 4
+    assert small.data.image_size == (32, 32) and small.backbone.weights is None
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_recipe_starts_with_its_command_and_result(path):
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith(f"# ftkit train recipes/{path.name}")
+    assert any(line.startswith("# result:") for line in lines[:6])
+    load_recipe(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_recipe_runs_in_smoke_mode(path, tmp_path, monkeypatch):
+    from ftkit.training import train
+
+    monkeypatch.chdir(REPO)  # recipes name data relative to the repository root
+    result = train(path, smoke=True, out=tmp_path / "run", log=lambda *a: None)
+    assert (result.path / "model.keras").is_file()
+    assert len(result.history) == len(load_recipe(path, smoke=True).schedule.phases or [0]) or result.history
+    assert all(row["loss"] not in ("", "nan") for row in result.history)
