@@ -3,10 +3,10 @@
 Rows (one run, rounds interleaved so that load from other jobs hits every row alike, median reported):
 - reference: the Keras loader (``keras.utils.image_dataset_from_directory``) with no augmentation;
 - peer: the same loader with Keras ``RandomFlip + RandomRotation + RandomZoom`` mapped over it;
-- ftkit keras: files decoded to uint8, ftkit's keras back end, standard policy: random resized crop + flip
-  as one in-graph resample per image (it replaces the loader's resize), batched, colour jitter per batch;
-- ftkit albumentations: files decoded to uint8, ftkit's albumentations back end per image (its random
-  resized crop produces the 224x224 image, so it replaces the loader's resize), then batched.
+- ftkit.data loader (``make_dataset``) with no augmentation, for context;
+- ftkit keras: the ftkit.data loader with the keras back end's standard policy (random resized crop +
+  horizontal flip as one resample per image, colour jitter as one matmul per batch);
+- ftkit albumentations: the ftkit.data loader with the same policy as an albumentations pipeline per image.
 Then, op by op, milliseconds per 32x224x224 batch of each library layer and of ftkit's batched op.
 
 Run: python benchmarks/bench_augment.py [--rounds 3] [--no-ops]
@@ -48,34 +48,34 @@ def peer():
     )
 
 
+def _ftkit_loader(config=None):
+    """ftkit.data's pipeline over catsdogs/train, with the back end's functions plugged in."""
+    from ftkit.data import make_dataset, scan
+
+    index = scan(ROOT.parent, val_fraction=0.0)
+    fns = {}
+    if config is not None:
+        aug = build_augmentation(config, image_size=SIZE, num_classes=index.num_classes)
+        fns = {"per_image_fn": aug.per_image_fn, "per_batch_fn": aug.per_batch_fn}
+    return make_dataset(index, "train", image_size=SIZE, batch_size=BATCH, one_hot=True, **fns)
+
+
+def ftkit_plain():
+    return _ftkit_loader()
+
+
 def ftkit_keras():
-    aug = build_augmentation(standard_policy("keras", image_size=SIZE), image_size=SIZE, num_classes=2)
-    images = aug.augment_images(_decoded_files(), training=True).batch(BATCH)
-    return aug.augment_batches(images, training=True).prefetch(tf.data.AUTOTUNE)
-
-
-def _decoded_files():
-    """A minimal loader (until ftkit.data lands): sorted files, uint8 decode, one-hot labels."""
-    classes = sorted(p.name for p in ROOT.iterdir() if p.is_dir())
-    files = [(str(f), i) for i, c in enumerate(classes) for f in sorted((ROOT / c).iterdir())]
-    paths, labels = zip(*files, strict=True)
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), list(labels)))
-
-    def load(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return image, tf.one_hot(label, len(classes))
-
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return _ftkit_loader(standard_policy("keras", image_size=SIZE))
 
 
 def ftkit_albumentations():
-    aug = build_augmentation(standard_policy("albumentations", image_size=SIZE), image_size=SIZE, num_classes=2)
-    return aug.augment_images(_decoded_files(), training=True).batch(BATCH).prefetch(tf.data.AUTOTUNE)
+    return _ftkit_loader(standard_policy("albumentations", image_size=SIZE))
 
 
 PIPELINES = {
     "Keras loader, no augmentation (reference)": reference,
     "Keras loader + RandomFlip/Rotation/Zoom (peer)": peer,
+    "ftkit.data loader, no augmentation": ftkit_plain,
     "ftkit keras back end, standard policy": ftkit_keras,
     "ftkit albumentations back end, standard policy": ftkit_albumentations,
 }

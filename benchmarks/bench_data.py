@@ -4,8 +4,11 @@
 
 Part 1, on ``catsdogs/train`` and ``hymenoptera/train`` (224x224, batch 32, no shuffle), images per second
 over one epoch of: the Keras loader with ``prefetch(AUTOTUNE)`` (its second epoch, so files sit in the OS
-page cache for every contender); ftkit cold (first epoch of a fresh pipeline, no cache); ftkit with its
-decoded in-memory cache (second epoch on). Median of ``--repeats`` runs; ratios against Keras.
+page cache for every contender); ftkit cold (no cache: every epoch reads and decodes every file; Keras and
+ftkit epochs interleaved); ftkit with its decoded in-memory cache (second epoch on). Medians of
+``--repeats`` epochs; ratios against Keras. Also shown: ftkit's very first epoch (tracing included) and
+the time each takes to list the folder (ftkit's scan reads every header), and the CPU time per image of
+the cold epochs, which other jobs on a shared machine disturb less than the wall-clock rate.
 
 Part 2: time and peak memory (max RSS of a fresh process that imports only ``ftkit.data``) to scan a
 generated folder of small images (10 classes; written once under the system temp folder and reused), at
@@ -33,41 +36,59 @@ SIZE = (224, 224)
 BATCH = 32
 
 
-def _epoch_rate(ds) -> float:
-    start, n = time.perf_counter(), 0
+def _epoch(ds) -> tuple[float, float]:
+    """Images per second, and CPU milliseconds per image (all threads of this process)."""
+    start, cpu, n = time.perf_counter(), time.process_time(), 0
     for _, labels in ds:
         n += int(labels.shape[0])
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), (time.process_time() - cpu) / n * 1e3
 
 
-def _loader_rates(folder: Path) -> dict[str, float]:
+def _epoch_rate(ds) -> float:
+    return _epoch(ds)[0]
+
+
+def _loader_rates(folder: Path, repeats: int) -> dict[str, list[float]]:
+    """Epoch rates, Keras and ftkit epochs interleaved so that load from other jobs hits both alike."""
     import keras
     import tensorflow as tf
 
     from ftkit.data import make_dataset, scan
 
+    start = time.perf_counter()
     keras_ds = keras.utils.image_dataset_from_directory(folder, image_size=SIZE, batch_size=BATCH,
                                                         shuffle=False, verbose=False).prefetch(tf.data.AUTOTUNE)
-    _epoch_rate(keras_ds)  # fills the OS page cache
-    rates = {"keras": _epoch_rate(keras_ds)}
+    rates = {"keras listing s": [time.perf_counter() - start]}
+    start = time.perf_counter()
     index = scan(folder, val_fraction=0.0)
-    rates["ftkit cold"] = _epoch_rate(make_dataset(index, "train", image_size=SIZE, batch_size=BATCH))
+    rates["ftkit scan s"] = [time.perf_counter() - start]
+    _epoch_rate(keras_ds)  # fills the OS page cache and traces the Keras pipeline
+    cold = make_dataset(index, "train", image_size=SIZE, batch_size=BATCH)
+    rates["ftkit first epoch"] = [_epoch_rate(cold)]
+    for _ in range(repeats):
+        for name, ds in (("keras", keras_ds), ("ftkit cold", cold)):
+            rate, cpu_ms = _epoch(ds)
+            rates.setdefault(name, []).append(rate)
+            rates.setdefault(f"{name} cpu", []).append(cpu_ms)
     cached = make_dataset(index, "train", image_size=SIZE, batch_size=BATCH, cache="memory")
-    _epoch_rate(cached)
-    rates["ftkit cached"] = _epoch_rate(cached)
+    _epoch_rate(cached)  # fills the cache
+    rates["ftkit cached"] = [_epoch_rate(cached) for _ in range(repeats)]
     return rates
 
 
 def bench_loaders(repeats: int) -> None:
-    print(f"| folder | images | Keras loader img/s | ftkit cold img/s (x Keras) | ftkit cached img/s (x Keras) |")
-    print("|---|---|---|---|---|")
+    print("| folder | images | Keras img/s | ftkit cold img/s (x Keras) | ftkit cached img/s (x Keras) "
+          "| CPU ms/img Keras / ftkit cold | ftkit first epoch img/s | Keras listing / ftkit scan s |")
+    print("|---|---|---|---|---|---|---|---|")
     for folder in FOLDERS:
-        runs = [_loader_rates(folder) for _ in range(repeats)]
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        med = {k: statistics.median(v) for k, v in _loader_rates(folder, repeats).items()}
         n = sum(1 for p in folder.rglob("*") if p.is_file())
         print(f"| {folder.parent.name}/{folder.name} | {n} | {med['keras']:.0f} | "
               f"{med['ftkit cold']:.0f} ({med['ftkit cold'] / med['keras']:.2f}x) | "
-              f"{med['ftkit cached']:.0f} ({med['ftkit cached'] / med['keras']:.2f}x) |", flush=True)
+              f"{med['ftkit cached']:.0f} ({med['ftkit cached'] / med['keras']:.2f}x) | "
+              f"{med['keras cpu']:.2f} / {med['ftkit cold cpu']:.2f} | "
+              f"{med['ftkit first epoch']:.0f} | {med['keras listing s']:.2f} / {med['ftkit scan s']:.2f} |",
+              flush=True)
 
 
 def make_folder(root: Path, files: int) -> Path:
@@ -154,7 +175,7 @@ def bench_scan(files: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scan-files", type=int, default=100_000)
     parser.add_argument("--skip-scan", action="store_true")
     parser.add_argument("--skip-loaders", action="store_true")

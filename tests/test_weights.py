@@ -77,9 +77,8 @@ def test_vgg19_headless_legacy(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("file_name", ["w.weights.h5", "w.h5"])
-def test_resnet50_with_top(tmp_path, file_name):
-    assert_same_outputs("resnet50", tmp_path, file_name=file_name, include_top=True, size=224)
+def test_resnet50_with_top_legacy(tmp_path):
+    assert_same_outputs("resnet50", tmp_path, file_name="w.h5", include_top=True, size=224)
 
 
 def test_resnet50_headless_legacy(tmp_path):

@@ -74,9 +74,10 @@ class Augmentation:
                 return fn(*element, seed=seed) if stage == _BATCH_STAGE else (fn(element[0], seed=seed), *element[1:])
             return fn(element, seed=seed)
 
-        return tf.data.Dataset.zip((dataset, seeds)).map(
-            apply, num_parallel_calls=tf.data.AUTOTUNE if parallel else None, deterministic=True
-        )
+        pairs = tf.data.Dataset.zip((dataset, seeds))
+        if not parallel:
+            return pairs.map(apply)
+        return pairs.map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def build_augmentation(

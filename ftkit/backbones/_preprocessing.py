@@ -53,7 +53,7 @@ class Preprocess(keras.layers.Layer):
             x = ops.flip(x, axis=-1)
         # Folded into one multiply-add: (x * scale - mean) / std == x * (scale / std) - mean / std.
         gain = ops.convert_to_tensor([self.scale / s for s in self.std], dtype=self.compute_dtype)
-        offset = ops.convert_to_tensor([m / s for m, s in zip(self.mean, self.std)], dtype=self.compute_dtype)
+        offset = ops.convert_to_tensor([m / s for m, s in zip(self.mean, self.std, strict=True)], dtype=self.compute_dtype)
         return x * gain - offset
 
     def compute_output_shape(self, input_shape):

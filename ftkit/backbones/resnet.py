@@ -92,7 +92,7 @@ def _resnet(builder, depths: tuple[int, ...], *, bottleneck: bool, **kwargs):
 
     def body(x):
         x = stem(x, use_bias=bottleneck, epsilon=_KERAS_BN_EPSILON if bottleneck else _TORCH_BN_EPSILON)
-        for stage, (filters, blocks) in enumerate(zip(_WIDTHS, depths)):
+        for stage, (filters, blocks) in enumerate(zip(_WIDTHS, depths, strict=True)):
             stride = 1 if stage == 0 else 2
             for index in range(1, blocks + 1):
                 first = index == 1

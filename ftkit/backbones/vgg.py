@@ -40,7 +40,7 @@ def _classifier(x, *, classes: int, activation):
 
 def _vgg(builder, depths: tuple[int, ...], **kwargs):
     def body(x):
-        for index, (filters, convs) in enumerate(zip(_WIDTHS, depths), start=1):
+        for index, (filters, convs) in enumerate(zip(_WIDTHS, depths, strict=True), start=1):
             x = vgg_block(x, filters, convs, name=f"block{index}")
         return x
 

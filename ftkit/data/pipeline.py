@@ -76,8 +76,7 @@ def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[in
         ds = ds.shuffle(max(len(data), 1), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if data.images is None:
-        ds = ds.ignore_errors(log_warning=True).filter(lambda image, label, ok: ok)
-    ds = ds.map(lambda image, label, ok: (image, label))
+        ds = ds.ignore_errors(log_warning=True).filter(lambda image, label: label >= 0)
     if cache is not None:
         ds = ds.cache(_cache_file(cache, data, size, channels, resize))
         if shuffle:
@@ -162,15 +161,20 @@ def _file_loader(index: DataIndex, data: Split, size, channels, resize):
     pillow_decode = _pillow_decoder(index, data.name)
 
     def load(i):
-        path, scale = tf.gather(paths, i), tf.gather(scales, i)
+        path = tf.gather(paths, i)
         contents = tf.io.read_file(path)
-        branches = [lambda: (_decode_jpeg(contents, scale), tf.constant(True)),
-                    lambda: (tf.cast(tf.io.decode_png(contents, channels=3, dtype=tf.uint16), tf.float32) / 257.0,
-                             tf.constant(True)),
-                    lambda: pillow_decode(path, contents, scale)]
-        image, ok = tf.switch_case(_route(contents, tf.gather(pillow, i)), branches)
+        # One flat switch (JPEG at each DCT scale, PNG, Pillow): a nested one costs a second branch call.
+        branches = [lambda r=r: (tf.cast(tf.io.decode_jpeg(contents, channels=3, ratio=r), tf.float32), True)
+                    for r in _DCT_SCALES]
+        branches.append(lambda: (tf.cast(tf.io.decode_png(contents, channels=3, dtype=tf.uint16), tf.float32)
+                                 / 257.0, True))
+        branches.append(lambda: pillow_decode(path, contents, tf.gather(scales, i)))
+        route = _route(contents, tf.gather(pillow, i))
+        branch = tf.where(route == _JPEG, tf.gather(scales, i), len(_DCT_SCALES) + route - _PNG)
+        image, ok = tf.switch_case(branch, branches)
         image = _to_channels(_resize(image, size, resize), channels)
-        return _to_uint8(image), tf.gather(labels, i), ok
+        # A failed decode keeps the element's shape but gets label -1, for the filter that drops it.
+        return _to_uint8(image), tf.where(ok, tf.gather(labels, i), -1)
 
     return load
 
@@ -183,12 +187,6 @@ def _route(contents, needs_pillow):
     is_png = tf.logical_and(tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE), tf.equal(tail, _PNG_END))
     route = tf.where(is_jpeg, _JPEG, tf.where(is_png, _PNG, _PILLOW))
     return tf.where(needs_pillow, _PILLOW, route)
-
-
-def _decode_jpeg(contents, scale):
-    # decode_jpeg's ratio is an attribute, not a tensor, hence one branch per scale.
-    branches = [lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r) for r in _DCT_SCALES]
-    return tf.cast(tf.switch_case(scale, branches), tf.float32)
 
 
 def _pillow_decoder(index: DataIndex, split: str):
@@ -225,7 +223,7 @@ def _memory_loader(data: Split, size, channels, resize):
         image = tf.cast(tf.gather(images, i), tf.float32)
         if not same_size:
             image = _resize(image, size, resize)
-        return _to_uint8(_to_channels(image, channels)), tf.gather(labels, i), tf.constant(True)
+        return _to_uint8(_to_channels(image, channels)), tf.gather(labels, i)
 
     return load
 

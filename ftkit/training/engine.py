@@ -321,14 +321,15 @@ class Trainer:
                                  seed=self.recipe.train.seed)
         else:
             trainer = self.assembled.model
-        optimizer = make_optimizer(self.recipe, phase, steps_per_epoch=steps,
-                                   multiplier_by_id=multipliers_by_variable(trainer, self.assembled.groups, phase))
-        multi = trainer is self.assembled.model and self.assembled.has_aux
-        self._compile(trainer, optimizer, multi_output=multi)
-        if trainer is not self.assembled.model:
-            # The full model carries the same optimizer, so its checkpoints hold the head's optimizer state.
-            self._compile(self.assembled.model, trainer.optimizer, multi_output=self.assembled.has_aux)
-        trainer.optimizer.build(trainer.trainable_variables)
+        with get_strategy().scope():
+            optimizer = make_optimizer(self.recipe, phase, steps_per_epoch=steps,
+                                       multiplier_by_id=multipliers_by_variable(trainer, self.assembled.groups, phase))
+            multi = trainer is self.assembled.model and self.assembled.has_aux
+            self._compile(trainer, optimizer, multi_output=multi)
+            if trainer is not self.assembled.model:
+                # The full model carries the same optimizer, so its checkpoints hold the head's optimizer state.
+                self._compile(self.assembled.model, trainer.optimizer, multi_output=self.assembled.has_aux)
+            trainer.optimizer.build(trainer.trainable_variables)
         if resume_from is not None:
             self.assembled.model.load_weights(resume_from)
             if trainer is not self.assembled.model:
@@ -439,6 +440,9 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
         folder = runs.RunFolder(resume)
         saved = load_recipe(folder.root / runs.RECIPE_FILE)
         state = folder.read_state()
+        if state.finished:
+            raise ValueError(f"{folder.root} finished its schedule; there is nothing to resume. Start a new run "
+                             f"(backbone.init_from can start from its weights). Received: resume={str(resume)!r}")
         if recipe is not None:
             given = load_recipe(recipe, overrides=overrides, smoke=smoke)
             if runs.recipe_digest(given.to_dict()) != runs.recipe_digest(saved.to_dict()):

@@ -58,7 +58,8 @@ def lr_find(recipe, *, overrides=None, out: str | Path | None = None, start_lr: 
     model.optimizer.learning_rate = start_lr
     for epoch in range(epochs):
         train, _ = trainer._datasets(epoch)
-        model.fit(train, epochs=1, steps_per_epoch=trainer.steps_per_epoch(), callbacks=[recorder], verbose=0)
+        model.fit(train, epochs=1, steps_per_epoch=trainer.steps_per_epoch(), callbacks=[recorder], verbose=0,
+                  shuffle=False)
         if recorder.done:
             break
     keras.mixed_precision.set_global_policy("float32")

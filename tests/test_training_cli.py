@@ -1,0 +1,110 @@
+"""From a finished run: export (keras / SavedModel / TFLite), init_from, lr_find, and the CLI commands."""
+
+import json
+
+import numpy as np
+import pytest
+
+from _training_helpers import TINY, mnist_recipe, register_tiny
+
+QUIET = dict(log=lambda *a: None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tiny():
+    register_tiny()
+
+
+@pytest.fixture(scope="module")
+def run(shared_data, tmp_path_factory):
+    from ftkit.training import train
+
+    recipe = mnist_recipe(str(shared_data / "mnist"), phases=[{"train": "all", "epochs": 1, "lr": 0.05}])
+    return train(recipe, out=tmp_path_factory.mktemp("r") / "run", **QUIET)
+
+
+def _raw_batch():
+    return np.random.default_rng(1).integers(0, 256, (3, 16, 16, 1)).astype(np.uint8)
+
+
+def test_export_keras_takes_uint8_and_returns_probabilities(run, tmp_path):
+    import keras
+
+    from ftkit.evaluate import load_model
+    from ftkit.training import export_run
+
+    path = export_run(run.path, format="keras", out=tmp_path)
+    assert json.loads((tmp_path / "class_names.json").read_text()) == ["0", "1", "2"]
+    exported = keras.saving.load_model(path, compile=False)
+    assert exported.inputs[0].dtype == "uint8"
+    images = _raw_batch()
+    expected = load_model(run.path).model.predict(images.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(exported.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_export_tflite_matches_the_keras_model(run, tmp_path):
+    import tensorflow as tf
+
+    from ftkit.evaluate import load_model
+    from ftkit.training import export_run
+
+    path = export_run(run.path, format="tflite", out=tmp_path)
+    assert (tmp_path / "savedmodel" / "saved_model.pb").is_file()
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], (3, 16, 16, 1))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], _raw_batch())
+    interpreter.invoke()
+    probs = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    expected = load_model(run.path).model.predict(_raw_batch().astype(np.float32), verbose=0)
+    np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_export_rejects_unknown_format(run):
+    from ftkit.training import export_run
+
+    with pytest.raises(ValueError, match=r"format must be one of .*Received: format='onnx'"):
+        export_run(run.path, format="onnx")
+
+
+def test_init_from_loads_the_backbone_of_an_earlier_run(run, shared_data, tmp_path):
+    import keras
+
+    from ftkit.training import train
+
+    recipe = mnist_recipe(str(shared_data / "mnist"), backbone=TINY, phases=[{"train": "head", "epochs": 1, "lr": 0.05}])
+    recipe["backbone"]["init_from"] = str(run.path)
+    recipe["data"]["classes"] = ["7", "8"]  # other classes: only the backbone carries over
+    second = train(recipe, out=tmp_path / "second", **QUIET)
+    before = keras.saving.load_model(run.path / "model.keras").get_layer("backbone").get_weights()
+    after = keras.saving.load_model(second.path / "model.keras").get_layer("backbone").get_weights()
+    assert len(before) == len(after) > 0
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)  # frozen all along: exactly the earlier run's backbone
+
+
+def test_lr_find_writes_plot_and_suggests_a_rate(shared_data, tmp_path):
+    from ftkit.training import lr_find
+
+    recipe = mnist_recipe(str(shared_data / "mnist"), phases=[{"train": "all", "epochs": 1, "lr": 0.01}])
+    result = lr_find(recipe, out=tmp_path, steps=12, start_lr=1e-4, end_lr=1.0, **QUIET)
+    assert (tmp_path / "lr_find.png").stat().st_size > 1000
+    assert 1e-4 <= result.suggestion <= 1.0
+    assert len(result.lrs) == len(result.losses) and result.lrs == sorted(result.lrs)
+    assert result.lrs[0] == pytest.approx(1e-4)
+
+
+def test_cli_train_smoke_and_export(tmp_path, monkeypatch, repo_root, capsys):
+    from ftkit.cli import main
+
+    monkeypatch.chdir(repo_root)
+    out = tmp_path / "cli_run"
+    assert main(["train", "recipes/mnist_pretrain_0to4.yaml", "--smoke", "--out", str(out),
+                 "--set", "train.seed=5", "--set", "evaluate.enabled=false"]) == 0
+    assert "ftkit train:" in capsys.readouterr().out  # the end-of-run summary
+    assert "seed: 5" in (out / "recipe.yaml").read_text()
+    assert main(["export", str(out), "--format", "keras"]) == 0
+    assert (out / "export" / "model.keras").is_file()
+    assert main(["train", "recipes/mnist_pretrain_0to4.yaml", "--set", "schedule.phases[0].lrr=1"]) == 2
+    assert "Did you mean 'lr'?" in capsys.readouterr().err
