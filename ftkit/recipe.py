@@ -168,7 +168,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
     for key, value in items:
         path = parse_key(key)
         node: Any = data
-        for step, following in zip(path, path[1:]):
+        for step, following in zip(path, path[1:], strict=False):
             if isinstance(step, int):
                 if not isinstance(node, list) or step >= len(node):
                     raise RecipeError(f"--set {key}: index [{step}] is out of range. Received: {key!r}")

@@ -3,7 +3,6 @@ per-image / per-batch hooks, runtime skips, MNIST and distribution."""
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -181,12 +180,13 @@ def test_cache_gives_the_same_images(tmp_path, good_folder, cache):
     target = "memory" if cache == "memory" else tmp_path / "cache"
     plain = _images(index)[0]
     ds = make_dataset(index, "train", image_size=(16, 16), batch_size=64, cache=target)
-    for _ in range(2):
-        np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in ds]), plain)
+    for _ in range(2):  # the cache rounds to uint8
+        np.testing.assert_allclose(np.concatenate([b[0].numpy() for b in ds]), plain, atol=0.5)
     if cache == "folder":
         assert any(p.name.startswith("train-16x16x3-stretch-") for p in (tmp_path / "cache").iterdir())
     shuffled = make_dataset(index, "train", image_size=(16, 16), batch_size=64, cache=target, shuffle=True)
-    assert sorted(map(bytes, np.concatenate([b[0].numpy() for b in shuffled]))) == sorted(map(bytes, plain))
+    assert sorted(map(bytes, np.concatenate([b[0].numpy() for b in shuffled]))) == sorted(
+        map(bytes, np.round(plain)))
 
 
 def test_per_image_and_per_batch_functions(good_folder):
@@ -203,7 +203,7 @@ def test_per_image_and_per_batch_functions(good_folder):
 
     images, labels = next(iter(make_dataset(index, "train", image_size=(16, 16), batch_size=4,
                                             per_image_fn=invert, per_batch_fn=per_batch)))
-    assert seen == {"image": tf.uint8, "labels": [None, 2]}
+    assert seen == {"image": tf.float32, "labels": [None, 2]}
     assert labels.shape == (4, 2) and labels.dtype == tf.float32
     np.testing.assert_array_equal(labels.numpy().argmax(1), index["train"].labels[:4])
     plain = _images(index)[0][:4]

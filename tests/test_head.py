@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from _training_helpers import TINY, TINY_AUX, register_tiny
+
 from ftkit.head import HeadConfig, build_model, copy_head_weights, head_model, inference_model
 
 

@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from ftkit.schedule import Phase, PhaseConfig, ScheduleConfig, expand_preset, group_multipliers, lr_at, resolve_phases
+from ftkit.schedule import (
+    Phase,
+    PhaseConfig,
+    ScheduleConfig,
+    expand_preset,
+    group_multipliers,
+    lr_at,
+    resolve_phases,
+)
 
 GROUPS = ["stem", "stage1", "stage2"]
 

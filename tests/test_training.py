@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
+from _training_helpers import TINY_AUX, mnist_recipe, register_tiny
 
-from _training_helpers import TINY, TINY_AUX, mnist_recipe, register_tiny
 from ftkit.recipe import load_recipe
 
 QUIET = dict(log=lambda *a: None)

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from _training_helpers import TINY, mnist_recipe, register_tiny
 
 QUIET = dict(log=lambda *a: None)
@@ -108,3 +107,31 @@ def test_cli_train_smoke_and_export(tmp_path, monkeypatch, repo_root, capsys):
     assert (out / "export" / "model.keras").is_file()
     assert main(["train", "recipes/mnist_pretrain_0to4.yaml", "--set", "schedule.phases[0].lrr=1"]) == 2
     assert "Did you mean 'lr'?" in capsys.readouterr().err
+
+
+def test_jit_compile_reaches_the_compiled_model(shared_data, tmp_path):
+    from ftkit.recipe import load_recipe
+    from ftkit.training.engine import Trainer, plan_run
+    from ftkit.training.runs import RunFolder
+
+    recipe = mnist_recipe(str(shared_data / "mnist"), train={"jit_compile": True})
+    trainer = Trainer(plan_run(load_recipe(recipe)), RunFolder(tmp_path), **QUIET)
+    trainer.build()
+    trainer.prepare_phase(trainer.plan.phases[0])
+    assert trainer.trainer.jit_compile is True
+
+
+@pytest.mark.slow
+def test_mixed_precision_trains_and_restores_the_policy(shared_data, tmp_path):
+    import keras
+
+    from ftkit.training import train
+
+    recipe = mnist_recipe(str(shared_data / "mnist"), phases=[{"train": "all", "epochs": 1, "lr": 0.01}],
+                          train={"precision": "mixed_bfloat16", "steps_per_epoch": 2})
+    result = train(recipe, out=tmp_path / "mp", **QUIET)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    model = keras.saving.load_model(result.path / "model.keras")
+    assert model.get_layer("backbone").get_layer("stem_conv").dtype_policy.name == "mixed_bfloat16"
+    assert model.output.dtype == "float32"  # logits and probabilities stay float32
+    assert float(result.history[0]["loss"]) > 0

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from ftkit.backbones import _builder
+from ftkit import backbone_info, list_backbones
+from ftkit.backbones import REGISTRY, _builder
 from ftkit.backbones._preprocessing import Preprocess, preprocessing_layer
-from ftkit.backbones._registry import REGISTRY, backbone_info, list_backbones
 from ftkit.backbones.googlenet import AUX_TAPS, aux_classifier, googlenet
 from ftkit.backbones.lenet import lenet5
 from ftkit.backbones.resnet import resnet18
@@ -95,9 +95,12 @@ def test_minimum_size_is_enforced(name):
 # -- per family ---------------------------------------------------------------------------------------------
 
 
-def test_resnet_basic_counts_match_torchvision(builder, expected):
-    model = builder()
-    assert _trainable(model) == expected
+def test_resnet_basic_blocks_are_torchvision_style():
+    model = resnet18(include_top=False, input_shape=(64, 64, 3))
+    assert model.get_layer("conv3_block1_1_pad").padding == ((1, 1), (1, 1))
+    assert model.get_layer("conv3_block1_0_conv").strides == (2, 2)
+    assert model.get_layer("conv3_block1_2_conv").output.shape[1:] == (8, 8, 128)
+    assert "conv2_block1_0_conv" not in [layer.name for layer in model.layers]  # identity shortcut at stride 1
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs and not any(layer.use_bias for layer in convs)
 

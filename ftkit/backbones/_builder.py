@@ -21,7 +21,7 @@ WEIGHT_FILE_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".keras")
 # ImageNet files downloaded by either are reused (same file names, same hashes). Tests point it at tmp_path.
 WEIGHTS_CACHE_DIR: str | None = None
 _SHA256_FRAGMENT = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
-_URL_SCHEMES = ("http", "https", "file", "ftp", "gs")
+_URL_SCHEMES = ("http", "https", "ftp", "file")  # what keras.utils.get_file (urllib) can fetch
 
 
 def with_metadata(metadata: Mapping[str, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -121,6 +121,12 @@ def _check_weights(info: BackboneInfo, weights: Any, *, include_top: bool, class
         return
     if isinstance(weights, str) and weights in info.weights:
         spec = info.weights[weights]
+        url_key = "url" if include_top else "notop_url"
+        if not spec.get(url_key):
+            raise ValueError(
+                f"{info.name}: weights={weights!r} have no file for include_top={include_top} (no {url_key!r} in "
+                f"the metadata). Received: weights={weights!r}, include_top={include_top}"
+            )
         expected_classes = spec.get("classes")
         if include_top and expected_classes is not None and classes != expected_classes:
             raise ValueError(

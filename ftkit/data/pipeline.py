@@ -52,11 +52,11 @@ def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[in
     ``resize``: ``"stretch"`` (ignore aspect), ``"crop"`` (centre crop to the target aspect) or ``"pad"``
     (letterbox with black). ``channels``: 3 (RGB) or 1 (luma, ITU-R 601). ``cache``: ``None``,
     ``"memory"``, or a folder where a file named after the split, size and content is written; the cache
-    holds decoded, resized uint8 images, so later epochs skip decoding. With a cache, shuffling happens
+    holds decoded, resized images rounded to uint8, so later epochs skip decoding. With a cache, shuffling happens
     after it in a buffer of ``shuffle_buffer`` images (default ``min(len, 2048)``); without, the whole file
     order is shuffled, with ``seed``, differently every epoch.
 
-    ``per_image_fn(image uint8 [H, W, C]) -> float32 [H, W, C]`` runs before batching;
+    ``per_image_fn(image float32 [H, W, C] in 0..255) -> float32 [H, W, C]`` runs before batching;
     ``per_batch_fn(images, labels_onehot) -> (images, labels_onehot)`` after. ``one_hot`` (default: on
     when ``per_batch_fn`` is given) turns labels into one-hot float32. Element order is fixed unless
     ``shuffle`` is on and ``deterministic`` is off, which lets parallel decoding return out of order.
@@ -71,13 +71,15 @@ def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[in
         load = _memory_loader(data, size, channels, resize)
     else:
         load = _file_loader(index, data, size, channels, resize)
-    ds = tf.data.Dataset.range(len(data))
+    ds = load.elements
     if shuffle and cache is None:
         ds = ds.shuffle(max(len(data), 1), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if data.images is None:
         ds = ds.ignore_errors(log_warning=True).filter(lambda image, label: label >= 0)
     if cache is not None:
+        # The cache holds uint8 (rounded) pixels: 4x more images in the same memory than float32.
+        ds = ds.map(lambda image, label: (_to_uint8(image), label), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.cache(_cache_file(cache, data, size, channels, resize))
         if shuffle:
             ds = ds.shuffle(shuffle_buffer or min(len(data), 2048), seed=seed, reshuffle_each_iteration=True)
@@ -108,8 +110,8 @@ def _check_args(*, image_size, channels, resize, batch_size, cache) -> tuple[int
 
 def _finish(ds, *, size, channels, batch_size, drop_remainder, per_image_fn, per_batch_fn, num_classes):
     if per_image_fn is not None:
-        ds = ds.map(lambda image, label: (tf.ensure_shape(tf.cast(per_image_fn(image), tf.float32),
-                                                          (*size, channels)), label),
+        ds = ds.map(lambda image, label: (tf.ensure_shape(tf.cast(per_image_fn(tf.cast(image, tf.float32)),
+                                                                  tf.float32), (*size, channels)), label),
                     num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
 
@@ -117,7 +119,8 @@ def _finish(ds, *, size, channels, batch_size, drop_remainder, per_image_fn, per
         labels = tf.one_hot(labels, num_classes, dtype=tf.float32) if num_classes else labels
         return tf.cast(images, tf.float32), labels
 
-    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    if num_classes or ds.element_spec[0].dtype != tf.float32:
+        ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
     if per_batch_fn is not None:
         ds = ds.map(per_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -154,28 +157,33 @@ def dct_scales(sizes: np.ndarray, pillow: np.ndarray, size: tuple[int, int], res
 
 
 def _file_loader(index: DataIndex, data: Split, size, channels, resize):
-    paths = tf.constant(data.paths.astype(str) if len(data) else np.zeros(0, str), tf.string)
-    labels = tf.constant(data.labels, tf.int32)
-    pillow = tf.constant(data.pillow, tf.bool)
-    scales = tf.constant(dct_scales(data.sizes, data.pillow, size, resize), tf.int32)
+    paths = data.paths.astype(str) if len(data) else np.zeros(0, str)
+    scales = dct_scales(data.sizes, data.pillow, size, resize)
     pillow_decode = _pillow_decoder(index, data.name)
 
-    def load(i):
-        path = tf.gather(paths, i)
+    def fit(image):
+        return _resize(image, size, resize)
+
+    def pillow_branch(path, contents, scale):
+        image, ok = pillow_decode(path, contents, scale)
+        return fit(image), ok
+
+    def load(path, label, needs_pillow, scale):
         contents = tf.io.read_file(path)
         # One flat switch (JPEG at each DCT scale, PNG, Pillow): a nested one costs a second branch call.
-        branches = [lambda r=r: (tf.cast(tf.io.decode_jpeg(contents, channels=3, ratio=r), tf.float32), True)
-                    for r in _DCT_SCALES]
-        branches.append(lambda: (tf.cast(tf.io.decode_png(contents, channels=3, dtype=tf.uint16), tf.float32)
-                                 / 257.0, True))
-        branches.append(lambda: pillow_decode(path, contents, tf.gather(scales, i)))
-        route = _route(contents, tf.gather(pillow, i))
-        branch = tf.where(route == _JPEG, tf.gather(scales, i), len(_DCT_SCALES) + route - _PNG)
+        # Each branch resizes its own decoded pixels, straight from uint8/uint16: casting a full-size image
+        # to float first would cost a copy as large as the photo.
+        branches = [lambda r=r: (fit(tf.io.decode_jpeg(contents, channels=3, ratio=r)), True) for r in _DCT_SCALES]
+        branches.append(lambda: (fit(tf.io.decode_png(contents, channels=3, dtype=tf.uint16)) / 257.0, True))
+        branches.append(lambda: pillow_branch(path, contents, scale))
+        route = _route(contents, needs_pillow)
+        branch = tf.where(route == _JPEG, scale, len(_DCT_SCALES) + route - _PNG)
         image, ok = tf.switch_case(branch, branches)
-        image = _to_channels(_resize(image, size, resize), channels)
+        image = _to_channels(image, channels)
         # A failed decode keeps the element's shape but gets label -1, for the filter that drops it.
-        return _to_uint8(image), tf.where(ok, tf.gather(labels, i), -1)
+        return image, tf.where(ok, label, -1)
 
+    load.elements = tf.data.Dataset.from_tensor_slices((paths, data.labels, data.pillow, scales))
     return load
 
 
@@ -209,22 +217,20 @@ def _pillow_decoder(index: DataIndex, split: str):
                                       stateful=False)
         image.set_shape((None, None, 3))
         ok.set_shape(())
-        return tf.cast(image, tf.float32), ok
+        return image, ok
 
     return pillow_decode
 
 
 def _memory_loader(data: Split, size, channels, resize):
-    images = tf.constant(data.images if data.images.ndim == 4 else data.images[..., None])
-    labels = tf.constant(data.labels, tf.int32)
+    images = data.images if data.images.ndim == 4 else data.images[..., None]
     same_size = tuple(images.shape[1:3]) == tuple(size)
 
-    def load(i):
-        image = tf.cast(tf.gather(images, i), tf.float32)
-        if not same_size:
-            image = _resize(image, size, resize)
-        return _to_uint8(_to_channels(image, channels)), tf.gather(labels, i)
+    def load(image, label):
+        image = tf.cast(image, tf.float32) if same_size else _resize(image, size, resize)
+        return _to_channels(image, channels), label
 
+    load.elements = tf.data.Dataset.from_tensor_slices((images, data.labels))
     return load
 
 

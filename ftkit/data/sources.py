@@ -85,9 +85,9 @@ class Split:
         return len(self.labels)
 
     def subset(self, rows: np.ndarray, name: str) -> Split:
-        take = (lambda a: None if a is None else a[rows])
-        return Split(name, self.labels[rows], take(self.paths), self.sizes[rows], self.pillow[rows],
-                     take(self.images))
+        paths = None if self.paths is None else self.paths[rows]
+        images = None if self.images is None else self.images[rows]
+        return Split(name, self.labels[rows], paths, self.sizes[rows], self.pillow[rows], images)
 
     def counts(self, num_classes: int) -> np.ndarray:
         return np.bincount(self.labels, minlength=num_classes)

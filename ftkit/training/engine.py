@@ -272,6 +272,7 @@ class Trainer:
         self.user_callbacks = list(callbacks)
         self.log = log
         self.cache = None
+        self.resume_rng: dict[str, list] = {}
         self.cache_version = -1  # bumps when a phase trains the backbone (cached features go stale)
         self.backbone_version = 0
 
@@ -335,6 +336,7 @@ class Trainer:
             if trainer is not self.assembled.model:
                 for layer in self.assembled.head_layers:
                     trainer.get_layer(layer.name).set_weights(layer.get_weights())
+                set_seed_states(trainer, self.resume_rng.get("trainer", []))
         self.trainer, self.cached = trainer, reason is None
         self.log(audit_line(phase, len(self.plan.phases), audit, cached=reason))
         return audit
@@ -414,8 +416,25 @@ class Trainer:
         return value > best if "accuracy" in self.recipe.train.monitor else value < best
 
 
+def seed_states(model) -> list[list[int]]:
+    """The states of the model's random generators (dropout), in variable order."""
+    return [v.numpy().tolist() for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def set_seed_states(model, states: list[list[int]]) -> None:
+    variables = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+    if len(variables) != len(states):
+        raise ValueError(f"The checkpoint has {len(states)} random-generator states but the model has "
+                         f"{len(variables)}. Received: {len(states)} states")
+    for variable, value in zip(variables, states, strict=True):
+        variable.assign(value)
+
+
 def _checkpoint(trainer: Trainer, state: runs.ResumeState, *, improved: bool) -> runs.ResumeState:
     folder = trainer.folder
+    state = dataclasses.replace(state, rng={
+        "model": seed_states(trainer.assembled.model),
+        "trainer": seed_states(trainer.trainer) if trainer.cached else []})
     runs.atomic_save_model(trainer.assembled.model, folder.last)
     if improved:
         tmp = folder.checkpoints / ".best.copy.keras"
@@ -495,6 +514,9 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
     trainer.build()
     if state.global_epoch > 0 and state.epoch_in_phase == 0:
         _load_model_weights(trainer, folder.last)
+    if state.global_epoch > 0:
+        set_seed_states(trainer.assembled.model, state.rng.get("model", []))
+        trainer.resume_rng = state.rng
     trainer.backbone_version = sum(1 for p in plan.phases[:state.phase] if not p.head_only)
     for phase in plan.phases[state.phase:]:
         resume_from = folder.last if (phase.index == state.phase and state.epoch_in_phase > 0) else None
@@ -574,11 +596,16 @@ def evaluate_after_training(trainer: Trainer, model) -> dict[str, dict]:
                                             batch_size=data.batch_size, allow_missing_classes=True)
         else:  # in-memory images (MNIST): nothing can fail to decode, so rows and predictions align
             images = data.dataset(split, with_weights=False).map(lambda x, y: x)
-            probs = model.predict(images, verbose=0)
+            probs = model.predict(images, verbose=recipe.train.verbose)
             reports[split] = evaluate_predictions(split_ids(data, split), rows.labels, probs, data.class_names,
                                                   out_dir, top_k=recipe.evaluate.top_k, model=loaded.source,
                                                   data=str(data.index.source))
     return reports
+
+
+def _cell(row: dict, key: str, width: int, spec: str) -> str:
+    value = row.get(key)
+    return f"{float(value):{width}{spec}}" if value not in (None, "") else " " * (width - 1) + "-"
 
 
 def summary_text(trainer: Trainer, state: runs.ResumeState, history: list[dict], reports: dict[str, dict]) -> str:
@@ -589,12 +616,9 @@ def summary_text(trainer: Trainer, state: runs.ResumeState, history: list[dict],
              f"{list(trainer.plan.image_shape)}, {len(trainer.plan.phases)} phase(s), {state.global_epoch} epoch(s)",
              f"{'epoch':>5} {'phase':<10} {'lr':>9} {'loss':>8} {'acc':>7} {'val_loss':>9} {'val_acc':>8} {'sec':>7}"]
     for row in history:
-        def fmt(key, width, spec):
-            value = row.get(key)
-            return f"{float(value):{width}{spec}}" if value not in (None, "") else " " * (width - 1) + "-"
-        lines.append(f"{int(row['epoch']) + 1:>5} {row['phase_name'][:10]:<10} {fmt('lr', 9, '.2e')} "
-                     f"{fmt('loss', 8, '.4f')} {fmt('accuracy', 7, '.4f')} {fmt('val_loss', 9, '.4f')} "
-                     f"{fmt('val_accuracy', 8, '.4f')} {fmt('seconds', 7, '.1f')}")
+        cells = [_cell(row, "lr", 9, ".2e"), _cell(row, "loss", 8, ".4f"), _cell(row, "accuracy", 7, ".4f"),
+                 _cell(row, "val_loss", 9, ".4f"), _cell(row, "val_accuracy", 8, ".4f"), _cell(row, "seconds", 7, ".1f")]
+        lines.append(f"{int(row['epoch']) + 1:>5} {row['phase_name'][:10]:<10} " + " ".join(cells))
     if state.best is not None:
         lines.append(f"best {recipe.train.monitor}: {state.best:.4f} at epoch {state.best_epoch + 1} "
                      f"(checkpoints/best.keras)")

@@ -160,7 +160,6 @@ def class_weights(spec, labels: np.ndarray, class_names: list[str]) -> np.ndarra
     if spec == "auto":
         from sklearn.utils.class_weight import compute_class_weight
 
-        classes = np.arange(len(class_names))
         present = np.unique(labels)
         weights = np.ones(len(class_names))
         weights[present] = compute_class_weight("balanced", classes=present, y=labels)

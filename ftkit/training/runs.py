@@ -42,6 +42,8 @@ class ResumeState:
     best_epoch: int | None
     checkpoint_sha256: str
     finished: bool = False
+    # Dropout's random-generator states, which Keras keeps out of saved weights: {"model": [...], "trainer": [...]}
+    rng: dict[str, list] = dataclasses.field(default_factory=dict)
 
 
 def recipe_digest(recipe_dict: dict[str, Any]) -> str:
