@@ -1,11 +1,12 @@
 """Throughput of ftkit's ResNet-50 and VGG-16 against keras.applications' on the same inputs, in one run.
 
-    python benchmarks/bench_zoo.py                 # batch 8 at 224x224, 2 warm-up steps, 3 x 3 timed steps
-    python benchmarks/bench_zoo.py --models resnet50 --batch 4 --repeats 5
+    python benchmarks/bench_zoo.py                 # batch 8 at 224x224, 3 warm-up steps, 6 timed repetitions
+    python benchmarks/bench_zoo.py --models resnet50 --batch 4 --repeats 10
 
 Both implementations get the same compiled training step (SGD, sparse categorical cross-entropy, no XLA)
-and the same inference call; repetitions alternate between them so background load hits both alike.
-The ratio is ftkit / keras.applications in images per second (target: >= 0.97).
+and the same inference call. Repetitions alternate between them in ABBA order, and the ratio is the median
+of the ratios of adjacent repetitions, so background load (other jobs on a shared machine) and drift hit
+both alike. The ratio is ftkit / keras.applications in images per second (target: >= 0.97).
 """
 
 from __future__ import annotations
@@ -59,12 +60,13 @@ def bench_pair(name: str, *, batch: int, size: int, warmup: int, repeats: int, s
         for call in calls.values():
             _time_steps(call, warmup)
         seconds = {impl: [] for impl in calls}
-        for _ in range(repeats):
-            for impl, call in calls.items():
-                seconds[impl].append(_time_steps(call, steps))
+        for repeat in range(repeats):
+            for impl in (("ftkit", "keras") if repeat % 2 == 0 else ("keras", "ftkit")):
+                seconds[impl].append(_time_steps(calls[impl], steps))
+        paired = [k / f for f, k in zip(seconds["ftkit"], seconds["keras"], strict=True)]
         rate = {impl: batch * steps / statistics.median(s) for impl, s in seconds.items()}
         rows.append({"model": name, "mode": mode, "ftkit": rate["ftkit"], "keras": rate["keras"],
-                     "ratio": rate["ftkit"] / rate["keras"]})
+                     "ratio": statistics.median(paired), "spread": (min(paired), max(paired))})
     return rows
 
 
@@ -73,22 +75,23 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=3, help="steps per timed repetition")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=1, help="steps per timed repetition")
     args = parser.parse_args()
 
     devices = ", ".join(d.device_type for d in tf.config.list_physical_devices())
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, devices: {devices}; "
           f"TF {tf.__version__}, Keras {keras.__version__}; batch {args.batch} at {args.size}x{args.size}, "
-          f"median of {args.repeats} x {args.steps} steps after {args.warmup} warm-up")
-    print("| model | step | ftkit img/s | keras.applications img/s | ratio |")
-    print("|---|---|---|---|---|")
+          f"{args.repeats} ABBA repetitions of {args.steps} step(s) after {args.warmup} warm-up", flush=True)
+    print("| model | step | ftkit img/s | keras.applications img/s | ratio (median) | ratio range |")
+    print("|---|---|---:|---:|---:|---:|")
     for name in args.models:
         for row in bench_pair(name, batch=args.batch, size=args.size, warmup=args.warmup,
                               repeats=args.repeats, steps=args.steps):
-            print(f"| {row['model']} | {row['mode']} | {row['ftkit']:.2f} | {row['keras']:.2f} | {row['ratio']:.3f} |",
-                  flush=True)
+            low, high = row["spread"]
+            print(f"| {row['model']} | {row['mode']} | {row['ftkit']:.2f} | {row['keras']:.2f} | {row['ratio']:.3f} "
+                  f"| {low:.2f}-{high:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
