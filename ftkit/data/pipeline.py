@@ -1,26 +1,38 @@
-"""The tf.data pipeline: parallel decode and resize, optional cache, seeded shuffle, batch, prefetch.
+"""The tf.data pipeline: parallel decode and resize, optional cache, seeded shuffle and augmentation, batch,
+prefetch.
 
 Output contract (docs/ARCHITECTURE.md): batches of ``(images, labels)``, images float32 ``[B, H, W, C]`` with
 raw values in 0..255 (the model carries its own normalisation), labels int32 ``[B]`` (or one-hot float32
 ``[B, K]`` when a per-batch function is given, whose contract takes one-hot labels).
 
-Each file is decoded on one of three routes, chosen per file without any Python in the hot path:
+Decoding. Files are read and decoded a batch-sized chunk at a time: each chunk is a small dataset whose
+decode map and batch tf.data fuses into one ``MapAndBatch`` (an ``ignore_errors``/``filter`` between the
+map and the batch stops that fusion and measured ~0.2 ms per image more CPU, BENCHMARKS.md), and chunks are
+interleaved in parallel. Per file the fast path is in-graph: ``tf.io.decode_jpeg`` at a reduced DCT scale
+(1/2, 1/4, 1/8) whenever the image stays at least as large as the target, or ``tf.io.decode_png`` at 16
+bits. Files the scan flagged (EXIF rotation, CMYK, alpha, GIF, BMP, WebP, TIFF) are decoded by Pillow
+(:func:`ftkit.data.decode.decode` in a ``tf.numpy_function``) in a dataset of their own, merged back in
+file order with ``choose_from_datasets``; splits without flagged files build no Pillow branch at all.
 
-- JPEG in-graph (``tf.io.decode_jpeg``) at a reduced DCT scale (1/2, 1/4, 1/8) whenever the image stays at
-  least as large as the target, which is what makes large photos cheap;
-- PNG in-graph (``tf.io.decode_png`` at 16 bits, so 8- and 16-bit files share one exact path);
-- Pillow (:func:`ftkit.data.decode.decode` in a ``tf.numpy_function``) for what the scan flagged (EXIF
-  rotation, CMYK, alpha, GIF, BMP, WebP, TIFF) and for any JPEG/PNG whose end marker is missing (truncated).
+Bad files. TensorFlow's decoders raise on damaged data and tf.data cannot catch an error inside a map, so
+a chunk whose fast path fails (a truncated file, a body the decoder rejects, a flagged file Pillow cannot
+read) is dropped by ``ignore_errors`` and decoded again element by element: each file is tried in-graph
+inside its own one-element dataset with ``ignore_errors``, which yields a flag instead of raising, and on
+failure goes to Pillow, which either decodes it or records it in ``index.skipped`` with its path, reason and
+detail (logged once, not once per epoch). No bad file ends an epoch and none is dropped unreported; the
+other files of the chunk are kept. The re-decode costs a chunk's worth of time, once per bad chunk and epoch.
 
-The Pillow route never raises: a file it cannot decode is dropped from the epoch, logged and appended to
-``index.skipped`` with its path and reason. As a last line of defence against a body that the in-graph
-decoders reject (damage the header scan cannot see), ``ignore_errors(log_warning=True)`` drops that element
-with a logged warning instead of ending the epoch; ``ftkit data check`` (a full decode) names such files.
+Seeds. ``per_image_fn`` and ``per_batch_fn`` that take a ``seed=`` keyword get a stateless seed (int64
+``[2]``) per element / per batch, drawn from ``tf.data.Dataset.random`` seeded from ``(seed, epoch, stage)``
+with ``rerandomize_each_iteration=True``: two datasets built with the same arguments give the same augmented
+batches (in deterministic order, parallel maps included), and each new iteration (epoch) of one dataset
+draws new seeds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -36,9 +48,10 @@ log = logging.getLogger("ftkit.data")
 
 RESIZE_MODES = ("stretch", "crop", "pad")
 _DCT_SCALES = (1, 2, 4, 8)
-_JPEG, _PNG, _PILLOW = 0, 1, 2
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"
+# Second words of the stateless seeds, so the image and the batch stage draw independent numbers.
+_IMAGE_STAGE, _BATCH_STAGE = 1, 2
 
 
 def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[int, int], channels: int = 3,
@@ -46,20 +59,31 @@ def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[in
                  cache: str | os.PathLike | None = None, shuffle_buffer: int | None = None,
                  per_image_fn: Callable | None = None, per_batch_fn: Callable | None = None,
                  one_hot: bool | None = None, deterministic: bool = False, drop_remainder: bool = False,
-                 repeat: bool = False) -> tf.data.Dataset:
+                 repeat: bool = False, epoch: int = 0, augment_decoded: bool | None = None) -> tf.data.Dataset:
     """A batched ``tf.data.Dataset`` of one split of ``index``, resized to ``image_size`` ``(H, W)``.
 
     ``resize``: ``"stretch"`` (ignore aspect), ``"crop"`` (centre crop to the target aspect) or ``"pad"``
     (letterbox with black). ``channels``: 3 (RGB) or 1 (luma, ITU-R 601). ``cache``: ``None``,
     ``"memory"``, or a folder where a file named after the split, size and content is written; the cache
-    holds decoded, resized images rounded to uint8, so later epochs skip decoding. With a cache, shuffling happens
-    after it in a buffer of ``shuffle_buffer`` images (default ``min(len, 2048)``); without, the whole file
-    order is shuffled, with ``seed``, differently every epoch.
+    holds decoded, resized images rounded to uint8, so later epochs skip decoding; it sits before any
+    augmentation. With a cache, shuffling happens after it in a buffer of ``shuffle_buffer`` images (default
+    ``min(len, 2048)``); without, the whole file order is shuffled, with ``seed``, differently every epoch.
 
-    ``per_image_fn(image float32 [H, W, C] in 0..255) -> float32 [H, W, C]`` runs before batching;
-    ``per_batch_fn(images, labels_onehot) -> (images, labels_onehot)`` after. ``one_hot`` (default: on
-    when ``per_batch_fn`` is given) turns labels into one-hot float32. Element order is fixed unless
-    ``shuffle`` is on and ``deterministic`` is off, which lets parallel decoding return out of order.
+    ``per_image_fn(image, [seed=]) -> float32 [H, W, C]`` runs before batching, ``per_batch_fn(images,
+    labels_onehot, [seed=]) -> (images, labels_onehot)`` after; each gets a stateless ``seed`` (int64 ``[2]``)
+    derived from ``(seed, epoch, element or batch position)`` when it takes that keyword (see the module
+    docstring). A ``per_batch_fn`` with the attribute ``ordered = True`` (its randomness comes from a
+    stateful generator) runs one batch at a time, in order. ``one_hot`` (default: on when ``per_batch_fn``
+    is given) turns labels into one-hot float32.
+
+    ``augment_decoded`` (default: ``per_image_fn.takes_decoded``, set by ``ftkit.augment`` for policies that
+    start with a random resized crop): ``per_image_fn`` receives each image as decoded (uint8, any size,
+    after the colour/EXIF policy and at the JPEG DCT scale that keeps it at least ``image_size``) and makes
+    ``image_size`` itself, so the crop is the only resample; ``resize`` then applies to nothing. With a
+    cache it receives the cached ``image_size`` image instead, because the cache holds resized images.
+
+    Element order is fixed unless ``shuffle`` is on and ``deterministic`` is off, which lets parallel decoding
+    and augmentation return out of order.
     """
     data = index[split]
     size = _check_args(image_size=image_size, channels=channels, resize=resize, batch_size=batch_size,
@@ -67,29 +91,46 @@ def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[in
     one_hot = per_batch_fn is not None if one_hot is None else one_hot
     if per_batch_fn is not None and not one_hot:
         raise ValueError("per_batch_fn takes one-hot labels (docs/ARCHITECTURE.md). Received: one_hot=False")
+    if augment_decoded is None:
+        augment_decoded = bool(getattr(per_image_fn, "takes_decoded", False))
+    if augment_decoded and per_image_fn is None:
+        raise ValueError("augment_decoded hands decoded images to per_image_fn, which is None. "
+                         "Received: augment_decoded=True, per_image_fn=None")
+    ordered = bool(deterministic or not shuffle)
+    full_size = augment_decoded and cache is None
     if data.images is not None:
-        load = _memory_loader(data, size, channels, resize)
+        source = _MemorySource(data, size, channels, resize)
     else:
-        load = _file_loader(index, data, size, channels, resize)
-    ds = load.elements
+        source = _FileSource(index, data, size, channels, resize, full_size=full_size)
+    ds = source.elements()
     if shuffle and cache is None:
         ds = ds.shuffle(max(len(data), 1), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    if data.images is None:
-        ds = ds.ignore_errors(log_warning=True).filter(lambda image, label: label >= 0)
-    if cache is not None:
+    image_fn = _image_stage(per_image_fn, size=size, channels=channels)
+    if cache is None:
+        if repeat:
+            ds = ds.repeat()
+        ds = _zip_seeds(ds, image_fn, seed=seed, epoch=epoch, stage=_IMAGE_STAGE)
+        ds = source.batches(ds, image_fn if image_fn else None, batch_size=batch_size,
+                            drop_remainder=drop_remainder, ordered=ordered)
+        if drop_remainder:  # a chunk that lost a bad file is short: merge it into full batches
+            ds = ds.rebatch(batch_size, drop_remainder=True)
+    else:
+        ds = source.batches(ds, None, batch_size=batch_size, drop_remainder=False, ordered=True, to_uint8=True)
         # The cache holds uint8 (rounded) pixels: 4x more images in the same memory than float32.
-        ds = ds.map(lambda image, label: (_to_uint8(image), label), num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.cache(_cache_file(cache, data, size, channels, resize))
+        ds = ds.unbatch().cache(_cache_file(cache, data, size, channels, resize))
         if shuffle:
             ds = ds.shuffle(shuffle_buffer or min(len(data), 2048), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = _finish(ds, size=size, channels=channels, batch_size=batch_size, drop_remainder=drop_remainder,
-                 per_image_fn=per_image_fn, per_batch_fn=per_batch_fn,
-                 num_classes=index.num_classes if one_hot else 0)
+        if repeat:
+            ds = ds.repeat()
+        if image_fn:
+            ds = _zip_seeds(ds, image_fn, seed=seed, epoch=epoch, stage=_IMAGE_STAGE)
+            ds = ds.map(_cached_image_map(image_fn), num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=ordered)
+    ds = _finish(ds, per_batch_fn=per_batch_fn, num_classes=index.num_classes if one_hot else 0, seed=seed,
+                 epoch=epoch, ordered=ordered)
     options = tf.data.Options()
-    options.deterministic = bool(deterministic or not shuffle)
+    options.deterministic = ordered
     return ds.with_options(options)
 
 
@@ -108,21 +149,76 @@ def _check_args(*, image_size, channels, resize, batch_size, cache) -> tuple[int
     return int(image_size[0]), int(image_size[1])
 
 
-def _finish(ds, *, size, channels, batch_size, drop_remainder, per_image_fn, per_batch_fn, num_classes):
-    if per_image_fn is not None:
-        ds = ds.map(lambda image, label: (tf.ensure_shape(tf.cast(per_image_fn(tf.cast(image, tf.float32)),
-                                                                  tf.float32), (*size, channels)), label),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+# --- seeds and the augmentation hooks --------------------------------------------------------------------
 
-    def to_float(images, labels):
+def _takes_seed(fn: Callable) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: called without a seed
+        return False
+    return "seed" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _seed_words(*, seed: int, epoch: int, stage: int) -> tf.data.Dataset:
+    """An endless stream of int64 words, a pure function of ``(seed, epoch, stage)`` and the iteration."""
+    word = int(np.random.SeedSequence([int(seed), int(epoch), stage]).generate_state(1, np.uint64)[0] >> 1)
+    return tf.data.Dataset.random(seed=word, rerandomize_each_iteration=True)
+
+
+def _zip_seeds(ds, fn, *, seed, epoch, stage):
+    """Pairs each element with a seed word when ``fn`` takes a seed; elements become ``(element, word)``."""
+    if fn is None or not fn.takes_seed:
+        return ds
+    return tf.data.Dataset.zip((ds, _seed_words(seed=seed, epoch=epoch, stage=stage)))
+
+
+def _stateless_seed(word, stage: int):
+    return tf.stack([word, tf.constant(stage, tf.int64)])
+
+
+def _image_stage(per_image_fn, *, size, channels):
+    """``per_image_fn`` as ``fn(image, [word]) -> float32 [*size, channels]``, or None."""
+    if per_image_fn is None:
+        return None
+    takes_seed = _takes_seed(per_image_fn)
+
+    def apply(image, word=None):
+        kwargs = {"seed": _stateless_seed(word, _IMAGE_STAGE)} if takes_seed and word is not None else {}
+        return tf.ensure_shape(tf.cast(per_image_fn(image, **kwargs), tf.float32), (*size, channels))
+
+    apply.takes_seed = takes_seed
+    return apply
+
+
+def _cached_image_map(image_fn):
+    if image_fn.takes_seed:
+        return lambda element, word: (image_fn(tf.cast(element[0], tf.float32), word), element[1])
+    return lambda image, label: (image_fn(tf.cast(image, tf.float32)), label)
+
+
+def _finish(ds, *, per_batch_fn, num_classes, seed, epoch, ordered):
+    """Float images, one-hot labels and the per-batch function, in one map; then prefetch."""
+    if not (num_classes or per_batch_fn or ds.element_spec[0].dtype != tf.float32):
+        return ds.prefetch(tf.data.AUTOTUNE)
+    takes_seed = per_batch_fn is not None and _takes_seed(per_batch_fn)
+    if takes_seed:
+        ds = tf.data.Dataset.zip((ds, _seed_words(seed=seed, epoch=epoch, stage=_BATCH_STAGE)))
+
+    def finish(batch, word=None):
+        images, labels = batch
+        images = tf.cast(images, tf.float32)
         labels = tf.one_hot(labels, num_classes, dtype=tf.float32) if num_classes else labels
-        return tf.cast(images, tf.float32), labels
+        if per_batch_fn is None:
+            return images, labels
+        kwargs = {"seed": _stateless_seed(word, _BATCH_STAGE)} if takes_seed else {}
+        return per_batch_fn(images, labels, **kwargs)
 
-    if num_classes or ds.element_spec[0].dtype != tf.float32:
-        ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
-    if per_batch_fn is not None:
-        ds = ds.map(per_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
+    # A stateful per-batch function (Keras / keras-cv layers with their own generator) reproduces only in order.
+    parallel = None if getattr(per_batch_fn, "ordered", False) else tf.data.AUTOTUNE
+    if takes_seed:
+        ds = ds.map(finish, num_parallel_calls=parallel, deterministic=ordered)
+    else:
+        ds = ds.map(lambda *batch: finish(batch), num_parallel_calls=parallel, deterministic=ordered)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -156,82 +252,171 @@ def dct_scales(sizes: np.ndarray, pillow: np.ndarray, size: tuple[int, int], res
     return np.clip(np.floor(np.log2(np.maximum(limit, 1.0))), 0, len(_DCT_SCALES) - 1).astype(np.int32)
 
 
-def _file_loader(index: DataIndex, data: Split, size, channels, resize):
-    paths = data.paths.astype(str) if len(data) else np.zeros(0, str)
-    scales = dct_scales(data.sizes, data.pillow, size, resize)
-    pillow_decode = _pillow_decoder(index, data.name)
+class _MemorySource:
+    """In-memory pixels (MNIST): nothing can fail to decode, so a plain map fused with the batch."""
 
-    def fit(image):
-        return _resize(image, size, resize)
+    def __init__(self, data: Split, size, channels, resize):
+        self._images = data.images if data.images.ndim == 4 else data.images[..., None]
+        self._labels = data.labels
+        self._same_size = tuple(self._images.shape[1:3]) == tuple(size)
+        self._size, self._channels, self._resize = size, channels, resize
 
-    def pillow_branch(path, contents, scale):
-        image, ok = pillow_decode(path, contents, scale)
-        return fit(image), ok
+    def elements(self) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices({"image": self._images, "label": self._labels})
 
-    def load(path, label, needs_pillow, scale):
-        contents = tf.io.read_file(path)
-        # One flat switch (JPEG at each DCT scale, PNG, Pillow): a nested one costs a second branch call.
+    def batches(self, ds, image_fn, *, batch_size, drop_remainder, ordered, to_uint8=False):
+        def load(row, word=None):
+            image = row["image"]
+            if not (to_uint8 and self._same_size):
+                image = tf.cast(image, tf.float32) if self._same_size else _resize(image, self._size, self._resize)
+            image = _to_channels(image, self._channels)
+            if to_uint8:
+                image = _to_uint8(image)
+            return (image_fn(image, word) if image_fn else image), row["label"]
+
+        return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered).batch(
+            batch_size, drop_remainder=drop_remainder)
+
+
+class _FileSource:
+    """Image files, decoded a chunk at a time (see the module docstring): in-graph, or by Pillow for the
+    files the scan flagged, with a per-element fallback for chunks in which something failed."""
+
+    def __init__(self, index: DataIndex, data: Split, size, channels, resize, *, full_size: bool):
+        self._index, self._split = index, data.name
+        self._columns = {
+            "path": data.paths.astype(str) if len(data) else np.zeros(0, str),
+            "label": data.labels,
+            "pillow": data.pillow,
+            "scale": dct_scales(data.sizes, data.pillow, size, resize),
+        }
+        graph = ~data.pillow
+        # Only the JPEG DCT scales this split needs get a branch; the PNG branch is always there.
+        self._scales = sorted({int(s) for s in self._columns["scale"][graph]}) or [0]
+        self._has_graph, self._has_pillow = bool(graph.any()), bool(data.pillow.any())
+        self._size, self._channels, self._resize, self._full_size = size, channels, resize, full_size
+
+    def elements(self) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices(self._columns)
+
+    def batches(self, ds, image_fn, *, batch_size, drop_remainder, ordered, to_uint8=False):
+        graph_load = self._loader(self._graph_decode, image_fn, to_uint8)
+        pillow_load = self._loader(self._strict_pillow_decode, image_fn, to_uint8)
+        fallback_load = self._fallback_loader(graph_load, image_fn, to_uint8)
+
+        def fast(rows):
+            if not self._has_pillow:
+                return rows.map(graph_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+            if not self._has_graph:
+                return rows.map(pillow_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+            flagged = _flag(rows)
+            graph = rows.filter(lambda row, *word: tf.logical_not(row["pillow"]))
+            pillow = rows.filter(lambda row, *word: row["pillow"])
+            return tf.data.Dataset.choose_from_datasets(
+                [graph.map(graph_load, num_parallel_calls=tf.data.AUTOTUNE),
+                 pillow.map(pillow_load, num_parallel_calls=tf.data.AUTOTUNE)], flagged)
+
+        def chunk(*rows):
+            rows = tf.data.Dataset.from_tensor_slices(rows if len(rows) > 1 else rows[0])
+            decoded = fast(rows).batch(batch_size).ignore_errors()
+            # Evaluated only when the fast path yielded nothing: take(1) stops at its batch.
+            rescued = rows.flat_map(fallback_load).filter(lambda image, label, ok: ok)
+            rescued = rescued.map(lambda image, label, ok: (image, label)).batch(batch_size)
+            return decoded.concatenate(rescued).take(1)
+
+        chunks = ds.batch(batch_size, drop_remainder=drop_remainder)
+        return chunks.interleave(chunk, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+
+    def _loader(self, decoder, image_fn, to_uint8):
+        def load(row, word=None):
+            image = _to_channels(decoder(row), self._channels)
+            if to_uint8:
+                image = _to_uint8(image)
+            return (image_fn(image, word) if image_fn else image), row["label"]
+
+        return load
+
+    def _fallback_loader(self, graph_load, image_fn, to_uint8):
+        """``row -> one-element dataset of (image, label, ok)``: the in-graph decode inside its own dataset,
+        whose ``ignore_errors`` turns a decoder error into an empty dataset, then Pillow if that was empty."""
+        def pillow_load(row, word=None):
+            image, ok = self._pillow_decode(row, after_graph=tf.logical_not(row["pillow"]))
+            image = _to_channels(image, self._channels)
+            if to_uint8:
+                image = _to_uint8(image)
+            return (image_fn(image, word) if image_fn else image), row["label"], ok
+
+        def attempt(*element):
+            one = tf.data.Dataset.from_tensors(element if len(element) > 1 else element[0])
+            graph = one.filter(lambda row, *word: tf.logical_not(row["pillow"]))
+            graph = graph.map(lambda *e: (*graph_load(*e), True)).ignore_errors()
+            return graph.concatenate(one.map(pillow_load)).take(1)
+
+        return attempt
+
+    def _fit(self, image):
+        """The target size (float32), or in full-size mode the decoded pixels as uint8."""
+        if self._full_size:
+            return image if image.dtype == tf.uint8 else _to_uint8(image)
+        return _resize(image, self._size, self._resize)
+
+    def _graph_decode(self, row):
+        contents = tf.io.read_file(row["path"])
+        length = tf.strings.length(contents)
+        tail = tf.strings.substr(contents, tf.maximum(length - 8, 0), 8)
+        is_png = tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE)
+        is_jpeg = tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff")
+        complete = tf.where(is_png, tf.equal(tail, _PNG_END), is_jpeg & tf.equal(tf.strings.substr(tail, 6, 2), b"\xff\xd9"))
+        # A missing end marker (truncation) or another format fails the chunk here, so the fallback sends
+        # the file to Pillow: the in-graph decoders would pad a truncated JPEG with grey instead of failing.
+        check = tf.debugging.Assert(complete, [row["path"]], name="complete_jpeg_or_png")
+        with tf.control_dependencies([check]):
+            contents = tf.identity(contents)
         # Each branch resizes its own decoded pixels, straight from uint8/uint16: casting a full-size image
         # to float first would cost a copy as large as the photo.
-        branches = [lambda r=r: (fit(tf.io.decode_jpeg(contents, channels=3, ratio=r)), True) for r in _DCT_SCALES]
-        branches.append(lambda: (fit(tf.io.decode_png(contents, channels=3, dtype=tf.uint16)) / 257.0, True))
-        branches.append(lambda: pillow_branch(path, contents, scale))
-        route = _route(contents, needs_pillow)
-        branch = tf.where(route == _JPEG, scale, len(_DCT_SCALES) + route - _PNG)
-        image, ok = tf.switch_case(branch, branches)
-        image = _to_channels(image, channels)
-        # A failed decode keeps the element's shape but gets label -1, for the filter that drops it.
-        return image, tf.where(ok, label, -1)
+        branches = [lambda r=_DCT_SCALES[s]: self._fit(tf.io.decode_jpeg(contents, channels=3, ratio=r))
+                    for s in self._scales]
+        branches.append(lambda: self._fit(tf.cast(tf.io.decode_png(contents, channels=3, dtype=tf.uint16),
+                                                  tf.float32) / 257.0))
+        position = tf.searchsorted(tf.constant(self._scales, tf.int32), row["scale"][None])[0]
+        branch = tf.where(is_png, len(self._scales), tf.minimum(position, len(self._scales) - 1))
+        return tf.switch_case(branch, branches)
 
-    load.elements = tf.data.Dataset.from_tensor_slices((paths, data.labels, data.pillow, scales))
-    return load
+    def _strict_pillow_decode(self, row):
+        image, ok = self._pillow_decode(row, after_graph=tf.constant(False))
+        # Failing here sends the chunk to the fallback, which drops the file (already recorded) and keeps the rest.
+        check = tf.debugging.Assert(ok, [row["path"]], name="pillow_decoded")
+        with tf.control_dependencies([check]):
+            return tf.identity(image)
 
+    def _pillow_decode(self, row, *, after_graph):
+        """``(fitted image, ok)``; a file Pillow cannot decode is recorded in ``index.skipped``."""
+        index, split, size = self._index, self._split, self._size
+        max_pixels = index.max_pixels
 
-def _route(contents, needs_pillow):
-    length = tf.strings.length(contents)
-    tail = tf.strings.substr(contents, tf.maximum(length - 8, 0), 8)
-    is_jpeg = tf.logical_and(tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff"),
-                             tf.equal(tf.strings.substr(tail, 6, 2), b"\xff\xd9"))
-    is_png = tf.logical_and(tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE), tf.equal(tail, _PNG_END))
-    route = tf.where(is_jpeg, _JPEG, tf.where(is_png, _PNG, _PILLOW))
-    return tf.where(needs_pillow, _PILLOW, route)
+        def decode_or_report(path: bytes, scale, rejected) -> tuple[np.ndarray, bool]:
+            path = path.decode()
+            try:
+                return decode.decode_file(path, scale=_DCT_SCALES[int(scale)], max_pixels=max_pixels), True
+            except decode.BadImage as bad:
+                reason, detail = bad.reason, bad.detail
+            except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises, the epoch goes on
+                reason, detail = decode.CORRUPT, f"{type(exc).__name__}: {exc}"
+            if rejected:
+                detail = f"the in-graph decoder failed on it, and Pillow: {detail}"
+            if index.record_skip(path, reason, detail, split):
+                log.warning("Skipped %s: %s (%s)", path, reason, detail)
+            return np.zeros((*size, 3), np.uint8), False
 
-
-def _pillow_decoder(index: DataIndex, split: str):
-    max_pixels = index.max_pixels
-
-    def decode_or_report(path: bytes, contents: bytes, scale) -> tuple[np.ndarray, bool]:
-        path = path.decode()
-        try:
-            return decode.decode(contents, scale=_DCT_SCALES[int(scale)], max_pixels=max_pixels), True
-        except decode.BadImage as bad:
-            reason, detail = bad.reason, bad.detail
-        except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises, the epoch goes on
-            reason, detail = decode.CORRUPT, f"{type(exc).__name__}: {exc}"
-        if index.record_skip(path, reason, detail, split):
-            log.warning("Skipped %s: %s (%s)", path, reason, detail)
-        return np.zeros((1, 1, 3), np.uint8), False
-
-    def pillow_decode(path, contents, scale):
-        image, ok = tf.numpy_function(decode_or_report, [path, contents, scale], [tf.uint8, tf.bool],
-                                      stateful=False)
+        image, ok = tf.numpy_function(decode_or_report, [row["path"], row["scale"], after_graph],
+                                      [tf.uint8, tf.bool], stateful=False)
         image.set_shape((None, None, 3))
         ok.set_shape(())
-        return image, ok
-
-    return pillow_decode
+        return self._fit(image), ok
 
 
-def _memory_loader(data: Split, size, channels, resize):
-    images = data.images if data.images.ndim == 4 else data.images[..., None]
-    same_size = tuple(images.shape[1:3]) == tuple(size)
-
-    def load(image, label):
-        image = tf.cast(image, tf.float32) if same_size else _resize(image, size, resize)
-        return _to_channels(image, channels), label
-
-    load.elements = tf.data.Dataset.from_tensor_slices((images, data.labels))
-    return load
+def _flag(rows):
+    return rows.map(lambda row, *word: tf.cast(row["pillow"], tf.int64))
 
 
 def _resize(image, size, resize):
@@ -256,6 +441,8 @@ def _to_channels(image, channels):
 
 
 def _to_uint8(image):
+    if image.dtype == tf.uint8:
+        return image
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
