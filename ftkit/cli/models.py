@@ -83,7 +83,7 @@ def _list(args: argparse.Namespace) -> int:
     ]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     if problems:
         print("\nproblems (these backbones cannot be used; the others are unaffected):", file=sys.stderr)
         for p in problems:

@@ -49,7 +49,6 @@ log = logging.getLogger("ftkit.data")
 RESIZE_MODES = ("stretch", "crop", "pad")
 _DCT_SCALES = (1, 2, 4, 8)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"IEND\xaeB`\x82"
 # Second words of the stateless seeds, so the image and the batch stage draw independent numbers.
 _IMAGE_STAGE, _BATCH_STAGE = 1, 2
 
@@ -316,9 +315,11 @@ class _FileSource:
                 [graph.map(graph_load, num_parallel_calls=tf.data.AUTOTUNE),
                  pillow.map(pillow_load, num_parallel_calls=tf.data.AUTOTUNE)], flagged)
 
-        def chunk(*rows):
-            rows = tf.data.Dataset.from_tensor_slices(rows if len(rows) > 1 else rows[0])
-            decoded = fast(rows).batch(batch_size).ignore_errors()
+        def chunk(*columns):
+            rows = tf.data.Dataset.from_tensor_slices(columns if len(columns) > 1 else columns[0])
+            count = tf.shape(columns[0]["label"])[0]
+            # After an error, batch() goes on with the elements behind it: only a whole chunk counts as a success.
+            decoded = fast(rows).batch(batch_size).ignore_errors().filter(lambda images, labels: tf.shape(labels)[0] == count)
             # Evaluated only when the fast path yielded nothing: take(1) stops at its batch.
             rescued = rows.flat_map(fallback_load).filter(lambda image, label, ok: ok)
             rescued = rescued.map(lambda image, label, ok: (image, label)).batch(batch_size)
@@ -362,25 +363,21 @@ class _FileSource:
 
     def _graph_decode(self, row):
         contents = tf.io.read_file(row["path"])
-        length = tf.strings.length(contents)
-        tail = tf.strings.substr(contents, tf.maximum(length - 8, 0), 8)
         is_png = tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE)
-        is_jpeg = tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff")
-        complete = tf.where(is_png, tf.equal(tail, _PNG_END), is_jpeg & tf.equal(tf.strings.substr(tail, 6, 2), b"\xff\xd9"))
-        # A missing end marker (truncation) or another format fails the chunk here, so the fallback sends
-        # the file to Pillow: the in-graph decoders would pad a truncated JPEG with grey instead of failing.
-        check = tf.debugging.Assert(complete, [row["path"]], name="complete_jpeg_or_png")
-        with tf.control_dependencies([check]):
-            contents = tf.identity(contents)
-        # Each branch resizes its own decoded pixels, straight from uint8/uint16: casting a full-size image
-        # to float first would cost a copy as large as the photo.
+        # Both decoders raise on truncated or non-JPEG/PNG data (a GIF when the scan read no header), which
+        # fails the chunk and sends the file to the fallback. Each branch resizes its own decoded pixels,
+        # straight from uint8/uint16: a float copy of a full-size photo first would cost as much as the resize.
+        return tf.cond(is_png, lambda: self._fit(tf.cast(tf.io.decode_png(contents, channels=3, dtype=tf.uint16),
+                                                         tf.float32) / 257.0),
+                       lambda: self._decode_jpeg(contents, row["scale"]))
+
+    def _decode_jpeg(self, contents, scale):
         branches = [lambda r=_DCT_SCALES[s]: self._fit(tf.io.decode_jpeg(contents, channels=3, ratio=r))
                     for s in self._scales]
-        branches.append(lambda: self._fit(tf.cast(tf.io.decode_png(contents, channels=3, dtype=tf.uint16),
-                                                  tf.float32) / 257.0))
-        position = tf.searchsorted(tf.constant(self._scales, tf.int32), row["scale"][None])[0]
-        branch = tf.where(is_png, len(self._scales), tf.minimum(position, len(self._scales) - 1))
-        return tf.switch_case(branch, branches)
+        if len(branches) == 1:
+            return branches[0]()
+        position = tf.searchsorted(tf.constant(self._scales, tf.int32), scale[None])[0]
+        return tf.switch_case(position, branches)
 
     def _strict_pillow_decode(self, row):
         image, ok = self._pillow_decode(row, after_graph=tf.constant(False))
