@@ -5,7 +5,9 @@ batching and whose ``per_batch_fn`` runs after batching; see docs/ARCHITECTURE.m
 end is all per image. The keras back end runs a leading random resized crop and flips per image as one
 in-graph resample of the decoded image (it can stand in for the loader's resize: ``per_image_fn`` accepts
 any input size and returns ``image_size``), and every other op per batch; MixUp/CutMix are per batch. Both take an optional stateless ``seed`` (int ``[2]``);
-``augment_images`` / ``augment_batches`` feed them one seed per element from
+``ftkit.data.make_dataset`` (which also hands ``per_image_fn`` the decoded image when the policy starts with
+a random resized crop: ``per_image_fn.takes_decoded``), ``augment_images`` and ``augment_batches`` feed them
+one seed per element from
 ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``, so the same seed gives the same
 augmented batches (in order, also with parallel calls) and each epoch still sees new augmentations.
 Validation, test and prediction data are never augmented (``training=False`` returns the data as is).
@@ -101,9 +103,16 @@ def build_augmentation(
     seed = config.seed if seed is None else seed
     image_size = (int(image_size[0]), int(image_size[1]))
     generator = tf.random.Generator.from_seed(seed)
+    recipe_seed = seed
 
     def fallback_seed():
         return generator.make_seeds(1)[:, 0]
+
+    def element_seed(given):
+        """The caller's per-element/per-batch seed with the recipe's seed folded in, so both matter."""
+        if given is None:
+            return fallback_seed()
+        return tf.random.experimental.stateless_fold_in(tf.cast(given, tf.int64), recipe_seed)
 
     per_image_fn = None
     if config.backend == "albumentations":
@@ -112,7 +121,9 @@ def build_augmentation(
         image_fn = build_per_image_fn(config.albumentations, image_size=image_size)
 
         def per_image_fn(image, seed=None):
-            return image_fn(image, fallback_seed() if seed is None else seed)
+            return image_fn(image, element_seed(seed))
+
+        per_image_fn.takes_decoded = _albumentations_crops_first(config.albumentations)
 
     batch_ops = config.ops
     if config.backend == "keras":
@@ -121,7 +132,9 @@ def build_augmentation(
             image_fn = build_image_resample(resample_ops, image_size=image_size)
 
             def per_image_fn(image, seed=None):
-                return image_fn(image, fallback_seed() if seed is None else seed)
+                return image_fn(image, element_seed(seed))
+
+            per_image_fn.takes_decoded = resample_ops[0][0] == "random_resized_crop"
 
     ops_fn = build_batch_ops(batch_ops, image_size=image_size, seed=seed) if batch_ops else None
     mix_fn = build_mixing(
@@ -134,18 +147,30 @@ def build_augmentation(
     if ops_fn or mix_fn:
 
         def per_batch_fn(images, labels, seed=None):
-            seeds = tf.unstack(tf.random.experimental.stateless_split(fallback_seed() if seed is None else seed, 2))
+            seeds = tf.unstack(tf.random.experimental.stateless_split(element_seed(seed), 2))
             images = ops_fn(images, seeds[0]) if ops_fn else tf.cast(images, tf.float32)
             labels = tf.cast(labels, tf.float32)
             return mix_fn(images, labels, seeds[1]) if mix_fn else (images, labels)
 
+    ordered = any(name not in STATELESS_OPS for name, _ in config.ops)
+    if per_batch_fn is not None:
+        per_batch_fn.ordered = ordered  # make_dataset then runs it one batch at a time, in order
     return Augmentation(
         per_image_fn=per_image_fn,
         per_batch_fn=per_batch_fn,
         uses_mixing=config.uses_mixing,
         seed=seed,
-        ordered_batches=any(name not in STATELESS_OPS for name, _ in config.ops),
+        ordered_batches=ordered,
     )
+
+
+def _albumentations_crops_first(spec: dict[str, Any]) -> bool:
+    """True when the serialised pipeline starts with a RandomResizedCrop, which makes the output size from
+    any input: the data pipeline can then hand it the decoded image (one resample instead of two)."""
+    node = spec.get("transform", {})
+    while node.get("transforms"):
+        node = node["transforms"][0]
+    return node.get("__class_fullname__", "").rsplit(".", 1)[-1] == "RandomResizedCrop"
 
 
 def standard_policy(backend: str, *, image_size: tuple[int, int] = (224, 224), seed: int = 0) -> AugmentConfig:

@@ -90,7 +90,10 @@ class ColorJitter(_Op):
 
 
 class RandAugment(_Op):
-    """RandAugment (Cubuk et al. 2020): ``num_ops`` random ops per image at a shared ``magnitude``."""
+    """RandAugment (Cubuk et al. 2020): ``num_ops`` random ops per image at a shared ``magnitude``.
+
+    keras-cv's layer draws from its own stateful generator: reproducible only in order, not under parallel
+    maps (see :data:`ORDER_DEPENDENT_OPS`)."""
 
     num_ops: int = Field(2, ge=1, le=10)
     magnitude: float = Field(0.5, ge=0.0, le=1.0)
@@ -100,7 +103,10 @@ class RandAugment(_Op):
 
 
 class AugMix(_Op):
-    """AugMix (Hendrycks et al. 2020): a Dirichlet mix of ``num_chains`` augmentation chains."""
+    """AugMix (Hendrycks et al. 2020): a Dirichlet mix of ``num_chains`` augmentation chains.
+
+    Keras' layer draws from its own stateful generator: reproducible only in order, not under parallel
+    maps (see :data:`ORDER_DEPENDENT_OPS`)."""
 
     severity: float = Field(0.3, gt=0.0, le=1.0)
     num_chains: int = Field(3, ge=1, le=10)
@@ -138,7 +144,10 @@ class Cutout(_Op):
 
 
 class GridMask(_Op):
-    """GridMask (Chen et al. 2020) via keras-cv: a rotated grid of masked squares."""
+    """GridMask (Chen et al. 2020) via keras-cv: a rotated grid of masked squares.
+
+    keras-cv's layer draws from its own stateful generator: reproducible only in order, not under parallel
+    maps (see :data:`ORDER_DEPENDENT_OPS`)."""
 
     ratio_factor: tuple[float, float] = (0.0, 0.5)
     rotation_factor: float = Field(0.15, ge=0.0, le=0.5)
@@ -163,6 +172,12 @@ OPS: dict[str, type[_Op]] = {
     "cutout": Cutout,
     "grid_mask": GridMask,
 }
+
+
+# Ops whose library layer draws from its own stateful generator, which no per-batch seed reaches: the same
+# seed gives the same batches only when batches are augmented one at a time, in order, by a freshly built
+# augmentation. Every other op takes all its randomness from the per-batch stateless seed.
+ORDER_DEPENDENT_OPS = frozenset({"rand_augment", "aug_mix", "grid_mask"})
 
 
 def parse_op(item: Any) -> tuple[str, _Op]:
@@ -244,6 +259,8 @@ class AugmentConfig(BaseModel):
     ``ops`` (keras back end) is a list of ``{op_name: {params}}`` applied in order; ``albumentations``
     (albumentations back end) is albumentations' serialised dict. ``mix_prob`` is the probability that a
     batch is mixed; with both MixUp and CutMix set, ``switch_prob`` is the probability of CutMix.
+    ``parallel_reproducible: true`` rejects the ops of :data:`ORDER_DEPENDENT_OPS` (RandAugment, AugMix,
+    GridMask), whose batches reproduce only when augmented in order, not under parallel maps.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -256,6 +273,7 @@ class AugmentConfig(BaseModel):
     cutmix: CutMixConfig | None = None
     mix_prob: float = Field(1.0, ge=0.0, le=1.0)
     switch_prob: float = Field(0.5, ge=0.0, le=1.0)
+    parallel_reproducible: bool = False
 
     @field_validator("ops", mode="before")
     @classmethod
@@ -279,6 +297,13 @@ class AugmentConfig(BaseModel):
             raise ValueError(
                 f"`ops` are for the keras back end only. Received: backend={self.backend!r}, "
                 f"ops={[name for name, _ in self.ops]}"
+            )
+        stateful = [name for name, _ in self.ops if name in ORDER_DEPENDENT_OPS]
+        if self.parallel_reproducible and stateful:
+            raise ValueError(
+                f"ops {stateful} draw from their layer's own generator and reproduce only in order, not under "
+                f"parallel maps; with parallel_reproducible: true the allowed ops are "
+                f"{', '.join(n for n in OPS if n not in ORDER_DEPENDENT_OPS)}. Received: ops={[n for n, _ in self.ops]}"
             )
         if self.backend == "albumentations" and self.albumentations is None:
             raise ValueError("backend 'albumentations' needs an `albumentations` pipeline. Received: albumentations=None")

@@ -14,16 +14,24 @@ here with stateless ``tf.image`` / matrix ops on per-image random parameters:
   and values are clipped once at the end;
 - flip, random erasing and cutout: a per-image select / box mask, one pass over the batch.
 
-Rotation, zoom, translation and AugMix use Keras core layers, RandAugment and GridMask keras-cv layers
-(keras-cv's RandAugment measured ~3.5x faster than Keras core's); these draw from their layer's own seeded
-generator, so they reproduce when batches are augmented in order (``Augmentation.augment_batches``).
+Rotation, zoom and translation use Keras core layers through their ``get_random_transformation(seed=...)``
+/ ``transform_images`` split, with a seed object that hands out numbers derived from the batch's stateless
+seed: reproducible under parallel maps like the ops above. AugMix (Keras core), RandAugment and GridMask
+(keras-cv; its RandAugment measured ~3.5x faster than Keras core's) draw inside the layer from the layer's
+own stateful generator, which no argument reaches (AugMix picks its chains with Python's ``random`` at
+trace time, seeded here from the layer seed): they are in :data:`ORDER_DEPENDENT_OPS` and reproduce only
+when batches are augmented one at a time, in order, by a freshly built augmentation (``ordered`` on the
+per-batch function makes ``ftkit.data.make_dataset`` and ``Augmentation.augment_batches`` do that).
 """
 
 from __future__ import annotations
 
 import math
+import random
+import threading
 from collections.abc import Callable
 
+import keras
 import tensorflow as tf
 
 from ftkit.augment import config as C
@@ -202,6 +210,27 @@ def _cutout(params: C.Cutout, *, image_size, layer_seed) -> OpFn:
     return fn
 
 
+class _StatelessSeed(keras.random.SeedGenerator):
+    """Stands in for a layer's ``SeedGenerator`` in ``get_random_transformation(seed=...)``: each draw gets
+    a new stateless seed folded from the batch's seed, so the layer keeps no state between batches."""
+
+    def __init__(self, seed):  # no super().__init__: that would create a state variable
+        self._seed = tf.cast(seed, tf.int64)
+        self._draws = 0
+
+    def next(self, ordered=True):
+        self._draws += 1
+        return tf.random.experimental.stateless_fold_in(self._seed, self._draws)
+
+
+def _stateless_layer_op(layer) -> OpFn:
+    def fn(images, seed):
+        transformation = layer.get_random_transformation(images, training=True, seed=_StatelessSeed(seed))
+        return layer.transform_images(images, transformation, training=True)
+
+    return fn
+
+
 def _layer_op(layer) -> OpFn:
     def fn(images, seed):
         return layer(images, training=True)
@@ -209,10 +238,27 @@ def _layer_op(layer) -> OpFn:
     return fn
 
 
-def _rotation(params: C.Rotation, *, image_size, layer_seed) -> OpFn:
-    import keras
+_PY_RANDOM_LOCK = threading.Lock()
 
-    return _layer_op(
+
+def _trace_seeded_layer_op(layer, seed: int) -> OpFn:
+    """Keras' AugMix picks its chains with Python's global ``random`` while tracing: seed it for the trace
+    (and restore it), so two traces of the same recipe build the same chains."""
+
+    def fn(images, op_seed):
+        with _PY_RANDOM_LOCK:
+            state = random.getstate()
+            random.seed(seed)
+            try:
+                return layer(images, training=True)
+            finally:
+                random.setstate(state)
+
+    return fn
+
+
+def _rotation(params: C.Rotation, *, image_size, layer_seed) -> OpFn:
+    return _stateless_layer_op(
         keras.layers.RandomRotation(
             params.factor, fill_mode=params.fill_mode, fill_value=params.fill_value, seed=layer_seed
         )
@@ -220,9 +266,7 @@ def _rotation(params: C.Rotation, *, image_size, layer_seed) -> OpFn:
 
 
 def _zoom(params: C.Zoom, *, image_size, layer_seed) -> OpFn:
-    import keras
-
-    return _layer_op(
+    return _stateless_layer_op(
         keras.layers.RandomZoom(
             (-params.factor, params.factor), fill_mode=params.fill_mode, fill_value=params.fill_value, seed=layer_seed
         )
@@ -230,9 +274,7 @@ def _zoom(params: C.Zoom, *, image_size, layer_seed) -> OpFn:
 
 
 def _translation(params: C.Translation, *, image_size, layer_seed) -> OpFn:
-    import keras
-
-    return _layer_op(
+    return _stateless_layer_op(
         keras.layers.RandomTranslation(
             params.factor, params.factor, fill_mode=params.fill_mode, fill_value=params.fill_value, seed=layer_seed
         )
@@ -240,13 +282,12 @@ def _translation(params: C.Translation, *, image_size, layer_seed) -> OpFn:
 
 
 def _aug_mix(params: C.AugMix, *, image_size, layer_seed) -> OpFn:
-    import keras
-
-    return _layer_op(
+    return _trace_seeded_layer_op(
         keras.layers.AugMix(
             value_range=(0, 255), num_chains=params.num_chains, chain_depth=params.chain_depth,
             factor=params.severity, alpha=params.alpha, seed=layer_seed,
-        )
+        ),
+        layer_seed,
     )
 
 
@@ -287,8 +328,9 @@ BUILDERS = {
     "grid_mask": _grid_mask,
 }
 
-# Ops whose randomness comes only from the per-batch stateless seed (may run on batches in any order).
-STATELESS_OPS = frozenset({"random_resized_crop", "flip", "color_jitter", "random_erasing", "cutout"})
+# Ops whose randomness comes only from the per-batch stateless seed (may run on batches in any order);
+# the others are config.ORDER_DEPENDENT_OPS.
+STATELESS_OPS = frozenset(C.OPS) - C.ORDER_DEPENDENT_OPS
 
 
 def split_resample(ops: list[tuple[str, C._Op]]) -> tuple[list, list]:
