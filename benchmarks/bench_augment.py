@@ -15,6 +15,7 @@ Run: python benchmarks/bench_augment.py [--rounds 3] [--no-ops]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -152,11 +153,13 @@ def bench_ops(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-ops", action="store_true", help="skip the op-by-op table")
     args = parser.parse_args()
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {len(tf.config.list_physical_devices('GPU'))} GPU(s)")
+    print(f"load average before: {os.getloadavg()}")
     bench_pipelines(args.rounds)
+    print(f"load average after the pipelines: {os.getloadavg()}")
     if not args.no_ops:
         bench_ops(repeats=5)
 

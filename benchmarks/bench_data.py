@@ -193,7 +193,9 @@ def main() -> None:
     if args.child_stream:
         return _child_stream(args.child_stream)
     if not args.skip_loaders:
+        print(f"load average before: {os.getloadavg()}")
         bench_loaders(args.repeats)
+        print(f"load average after: {os.getloadavg()}")
     if not args.skip_scan:
         bench_scan(args.scan_files)
 

@@ -72,6 +72,9 @@ class TrainConfig(_Section):
     validation_steps: PositiveInt | None = None
     monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
     deterministic: bool = False  # enable_op_determinism: bit-reproducible runs and resumes, slower on GPU
+    # auto: multi_worker when TF_CONFIG (or --workers) describes a cluster, mirrored with several GPUs, else
+    # default. data.batch_size and the learning rates are global (per step, all replicas together).
+    strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
     verbose: Literal[0, 1, 2] = 1
 
     @field_validator("class_weight")
@@ -210,6 +213,10 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     data = recipe.to_dict()
     info = backbone_info(recipe.backbone.name)
     small = max(info.min_input_shape[0], 32), max(info.min_input_shape[1], 32)
+    if info.aux_taps and recipe.data.image_size:
+        # Auxiliary classifiers have their own minimum (GoogLeNet's 5x5/3 pool needs a 65x65 input), which the
+        # metadata's headless minimum does not describe: keep the recipe's size.
+        small = tuple(recipe.data.image_size)
     data["data"].update(image_size=list(small), batch_size=min(recipe.data.batch_size, 4),
                         samples_per_class=SMOKE_SAMPLES_PER_CLASS, eval_samples_per_class=SMOKE_SAMPLES_PER_CLASS)
     data["backbone"].update(weights=None, init_from=None)

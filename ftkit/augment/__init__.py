@@ -4,12 +4,12 @@
 batching and whose ``per_batch_fn`` runs after batching; see docs/ARCHITECTURE.md. The albumentations back
 end is all per image. The keras back end runs a leading random resized crop and flips per image as one
 in-graph resample of the decoded image (it can stand in for the loader's resize: ``per_image_fn`` accepts
-any input size and returns ``image_size``), and every other op per batch; MixUp/CutMix are per batch. Both take an optional stateless ``seed`` (int ``[2]``);
+any input size and returns ``image_size``), and every other op per batch; MixUp/CutMix are per batch. Both
+take an optional stateless ``seed`` (int ``[2]``), into which the recipe's seed is folded;
 ``ftkit.data.make_dataset`` (which also hands ``per_image_fn`` the decoded image when the policy starts with
 a random resized crop: ``per_image_fn.takes_decoded``), ``augment_images`` and ``augment_batches`` feed them
-one seed per element from
-``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``, so the same seed gives the same
-augmented batches (in order, also with parallel calls) and each epoch still sees new augmentations.
+one seed per element from ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``, so the same
+seed gives the same augmented batches (in order, also with parallel calls) and each epoch still sees new augmentations.
 Validation, test and prediction data are never augmented (``training=False`` returns the data as is).
 """
 

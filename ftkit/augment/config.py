@@ -303,7 +303,8 @@ class AugmentConfig(BaseModel):
             raise ValueError(
                 f"ops {stateful} draw from their layer's own generator and reproduce only in order, not under "
                 f"parallel maps; with parallel_reproducible: true the allowed ops are "
-                f"{', '.join(n for n in OPS if n not in ORDER_DEPENDENT_OPS)}. Received: ops={[n for n, _ in self.ops]}"
+                f"{', '.join(n for n in OPS if n not in ORDER_DEPENDENT_OPS)}. "
+                f"Received: ops={[n for n, _ in self.ops]}"
             )
         if self.backend == "albumentations" and self.albumentations is None:
             raise ValueError("backend 'albumentations' needs an `albumentations` pipeline. Received: albumentations=None")

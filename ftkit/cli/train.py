@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,6 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder to write (default: runs/<recipe>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run where it stopped")
     p.add_argument("--smoke", action="store_true", help="shrink the recipe to a run of seconds (pipeline check)")
+    _add_distribution_arguments(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("export", help="export a run's model (uint8 images in, probabilities out)",
@@ -34,12 +36,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_lr_find)
 
 
+def _add_distribution_arguments(p: argparse.ArgumentParser) -> None:
+    from ftkit.distribute import CLUSTERS, DEFAULT_JOIN_TIMEOUT, STRATEGIES
+
+    g = p.add_argument_group("distributed training (see README, 'Distributed training')")
+    g.add_argument("--strategy", choices=STRATEGIES,
+                   help="override train.strategy: auto (multi_worker with a cluster, mirrored with several GPUs, "
+                        "else default), default, mirrored, multi_worker")
+    g.add_argument("--workers", metavar="HOST:PORT,HOST:PORT,...",
+                   help="the multi-worker cluster, chief first (writes TF_CONFIG); same list on every worker")
+    g.add_argument("--worker-index", type=int, metavar="N", help="this worker's position in --workers")
+    g.add_argument("--cluster", choices=CLUSTERS, default="tf_config",
+                   help="where the cluster comes from: TF_CONFIG (default) or Slurm's environment (srun)")
+    g.add_argument("--join-timeout", type=float, default=DEFAULT_JOIN_TIMEOUT, metavar="SECONDS",
+                   help="give up (exit status 75) when the cluster has not formed after this long")
+
+
 def _train(args) -> int:
+    from ftkit import distribute
     from ftkit.training import train
 
     if args.recipe is None and args.resume is None:
         raise ValueError("ftkit train needs a RECIPE or --resume RUN_DIR. Received: neither")
-    train(args.recipe, overrides=args.overrides, out=args.out, smoke=args.smoke, resume=args.resume)
+    if (args.workers is None) != (args.worker_index is None):
+        raise ValueError("--workers and --worker-index go together. "
+                         f"Received: workers={args.workers!r}, worker_index={args.worker_index!r}")
+    if args.workers is not None:
+        distribute.use_workers(args.workers, args.worker_index)
+    try:
+        train(args.recipe, overrides=args.overrides, out=args.out, smoke=args.smoke, resume=args.resume,
+              strategy=args.strategy, cluster=args.cluster, join_timeout=args.join_timeout)
+    except distribute.WorkerLostError as exc:
+        print(f"ftkit train: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,8 +10,10 @@ Public API (stable; the training, augmentation and evaluation stages call it):
   reason, detail, split) and dataset-level ``problems``; ``summary()`` is the run-record view.
 - :func:`make_dataset(index, split, *, image_size, channels=3, resize="stretch", batch_size=32,
   shuffle=False, seed=0, cache=None, per_image_fn=None, per_batch_fn=None, one_hot=None,
-  deterministic=False, drop_remainder=False, repeat=False) <ftkit.data.pipeline.make_dataset>`: batches of
-  float32 ``[B, H, W, C]`` raw 0..255 images and int32 ``[B]`` labels. No normalisation: the model carries it.
+  deterministic=False, drop_remainder=False, repeat=False, epoch=0, augment_decoded=None)
+  <ftkit.data.pipeline.make_dataset>`: batches of float32 ``[B, H, W, C]`` raw 0..255 images and int32 ``[B]``
+  labels. No normalisation: the model carries it. Augmentation functions that take ``seed=`` get stateless
+  seeds from ``(seed, epoch, position)``, so the same arguments give the same augmented batches.
 - :func:`distribute(ds, strategy=None)`: distribute under a strategy, or prefetch onto the GPU.
 - :func:`save_class_names` / :func:`load_class_names`: the class order saved with a run.
 - :func:`check(source, ...) -> DoctorReport <ftkit.data.doctor.check>`: the ``ftkit data check`` report.
@@ -19,7 +21,7 @@ Public API (stable; the training, augmentation and evaluation stages call it):
   first frame of animations, 16-bit kept until the final rounding).
 
 Bad files never crash an epoch and are never modified: ``policy="skip"`` (default) skips and records each
-with its reason; ``policy="strict"`` raises :class:`DataError` listing every bad file before training.
+with its reason (files found bad only when the pipeline decodes them are appended to ``index.skipped``); ``policy="strict"`` raises :class:`DataError` listing every bad file before training.
 
 TensorFlow is imported only when the pipeline is used, so scanning and the doctor stay light.
 """

@@ -7,12 +7,12 @@ raw values in 0..255 (the model carries its own normalisation), labels int32 ``[
 
 Decoding. Files are read and decoded a batch-sized chunk at a time: each chunk is a small dataset whose
 decode map and batch tf.data fuses into one ``MapAndBatch`` (an ``ignore_errors``/``filter`` between the
-map and the batch stops that fusion and measured ~0.2 ms per image more CPU, BENCHMARKS.md), and chunks are
+map and the batch stops that fusion and measured 0.1-0.25 ms per image more CPU, BENCHMARKS.md), and chunks are
 interleaved in parallel. Per file the fast path is in-graph: ``tf.io.decode_jpeg`` at a reduced DCT scale
 (1/2, 1/4, 1/8) whenever the image stays at least as large as the target, or ``tf.io.decode_png`` at 16
 bits. Files the scan flagged (EXIF rotation, CMYK, alpha, GIF, BMP, WebP, TIFF) are decoded by Pillow
-(:func:`ftkit.data.decode.decode` in a ``tf.numpy_function``) in a dataset of their own, merged back in
-file order with ``choose_from_datasets``; splits without flagged files build no Pillow branch at all.
+(:func:`ftkit.data.decode.decode` in a ``tf.numpy_function``); splits without flagged files build no Pillow
+branch at all, and a split of JPEGs only (the scan read the headers) no PNG branch.
 
 Bad files. TensorFlow's decoders raise on damaged data and tf.data cannot catch an error inside a map, so
 a chunk whose fast path fails (a truncated file, a body the decoder rejects, a flagged file Pillow cannot
@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from ftkit.data import decode
-from ftkit.data.sources import DataIndex, Split
+from ftkit.data.sources import CODECS, DataIndex, Split
 
 log = logging.getLogger("ftkit.data")
 
@@ -283,16 +283,17 @@ class _FileSource:
 
     def __init__(self, index: DataIndex, data: Split, size, channels, resize, *, full_size: bool):
         self._index, self._split = index, data.name
-        self._columns = {
-            "path": data.paths.astype(str) if len(data) else np.zeros(0, str),
-            "label": data.labels,
-            "pillow": data.pillow,
-            "scale": dct_scales(data.sizes, data.pillow, size, resize),
-        }
+        scales = dct_scales(data.sizes, data.pillow, size, resize)
         graph = ~data.pillow
-        # Only the JPEG DCT scales this split needs get a branch; the PNG branch is always there.
-        self._scales = sorted({int(s) for s in self._columns["scale"][graph]}) or [0]
+        # Only the decoders and columns this split needs: each one costs every element a little.
+        self._scales = sorted({int(s) for s in scales[graph]}) or [0]
+        self._codecs = {int(c) for c in data.codecs[graph]}
         self._has_graph, self._has_pillow = bool(graph.any()), bool(data.pillow.any())
+        self._columns = {"path": data.paths.astype(str) if len(data) else np.zeros(0, str), "label": data.labels}
+        if self._has_pillow or len(self._scales) > 1:
+            self._columns["scale"] = scales
+        if self._has_pillow:
+            self._columns["pillow"] = data.pillow
         self._size, self._channels, self._resize, self._full_size = size, channels, resize, full_size
 
     def elements(self) -> tf.data.Dataset:
@@ -308,18 +309,19 @@ class _FileSource:
                 return rows.map(graph_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
             if not self._has_graph:
                 return rows.map(pillow_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
-            flagged = _flag(rows)
-            graph = rows.filter(lambda row, *word: tf.logical_not(row["pillow"]))
-            pillow = rows.filter(lambda row, *word: row["pillow"])
-            return tf.data.Dataset.choose_from_datasets(
-                [graph.map(graph_load, num_parallel_calls=tf.data.AUTOTUNE),
-                 pillow.map(pillow_load, num_parallel_calls=tf.data.AUTOTUNE)], flagged)
+            # A per-element cond: splitting each chunk into a graph and a Pillow dataset merged back in order
+            # by choose_from_datasets measured no cheaper (hymenoptera, one GIF: 4.0 vs 3.8 CPU ms per image).
+            def either(row, *word):
+                return tf.cond(row["pillow"], lambda: pillow_load(row, *word), lambda: graph_load(row, *word))
+
+            return rows.map(either, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
 
         def chunk(*columns):
             rows = tf.data.Dataset.from_tensor_slices(columns if len(columns) > 1 else columns[0])
             count = tf.shape(columns[0]["label"])[0]
             # After an error, batch() goes on with the elements behind it: only a whole chunk counts as a success.
-            decoded = fast(rows).batch(batch_size).ignore_errors().filter(lambda images, labels: tf.shape(labels)[0] == count)
+            decoded = fast(rows).batch(batch_size).ignore_errors()
+            decoded = decoded.filter(lambda images, labels: tf.shape(labels)[0] == count)
             # Evaluated only when the fast path yielded nothing: take(1) stops at its batch.
             rescued = rows.flat_map(fallback_load).filter(lambda image, label, ok: ok)
             rescued = rescued.map(lambda image, label, ok: (image, label)).batch(batch_size)
@@ -341,7 +343,7 @@ class _FileSource:
         """``row -> one-element dataset of (image, label, ok)``: the in-graph decode inside its own dataset,
         whose ``ignore_errors`` turns a decoder error into an empty dataset, then Pillow if that was empty."""
         def pillow_load(row, word=None):
-            image, ok = self._pillow_decode(row, after_graph=tf.logical_not(row["pillow"]))
+            image, ok = self._pillow_decode(row, after_graph=tf.logical_not(_flagged(row)))
             image = _to_channels(image, self._channels)
             if to_uint8:
                 image = _to_uint8(image)
@@ -349,7 +351,7 @@ class _FileSource:
 
         def attempt(*element):
             one = tf.data.Dataset.from_tensors(element if len(element) > 1 else element[0])
-            graph = one.filter(lambda row, *word: tf.logical_not(row["pillow"]))
+            graph = one.filter(lambda row, *word: tf.logical_not(_flagged(row)))
             graph = graph.map(lambda *e: (*graph_load(*e), True)).ignore_errors()
             return graph.concatenate(one.map(pillow_load)).take(1)
 
@@ -363,13 +365,20 @@ class _FileSource:
 
     def _graph_decode(self, row):
         contents = tf.io.read_file(row["path"])
-        is_png = tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE)
-        # Both decoders raise on truncated or non-JPEG/PNG data (a GIF when the scan read no header), which
-        # fails the chunk and sends the file to the fallback. Each branch resizes its own decoded pixels,
-        # straight from uint8/uint16: a float copy of a full-size photo first would cost as much as the resize.
-        return tf.cond(is_png, lambda: self._fit(tf.cast(tf.io.decode_png(contents, channels=3, dtype=tf.uint16),
-                                                         tf.float32) / 257.0),
-                       lambda: self._decode_jpeg(contents, row["scale"]))
+        # Both decoders raise on truncated or foreign data, which fails the chunk and sends the file to the
+        # fallback. Each branch resizes its own decoded pixels, straight from uint8/uint16: a float copy of a
+        # full-size photo first would cost as much as the resize.
+        def jpeg():
+            return self._decode_jpeg(contents, row.get("scale"))
+
+        def png():
+            return self._fit(tf.cast(tf.io.decode_png(contents, channels=3, dtype=tf.uint16), tf.float32) / 257.0)
+
+        if self._codecs == {CODECS["JPEG"]}:
+            return jpeg()
+        if self._codecs == {CODECS["PNG"]}:
+            return png()
+        return tf.cond(tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE), png, jpeg)
 
     def _decode_jpeg(self, contents, scale):
         branches = [lambda r=_DCT_SCALES[s]: self._fit(tf.io.decode_jpeg(contents, channels=3, ratio=r))
@@ -405,15 +414,16 @@ class _FileSource:
                 log.warning("Skipped %s: %s (%s)", path, reason, detail)
             return np.zeros((*size, 3), np.uint8), False
 
-        image, ok = tf.numpy_function(decode_or_report, [row["path"], row["scale"], after_graph],
+        scale = row.get("scale", tf.constant(self._scales[0], tf.int32))
+        image, ok = tf.numpy_function(decode_or_report, [row["path"], scale, after_graph],
                                       [tf.uint8, tf.bool], stateful=False)
         image.set_shape((None, None, 3))
         ok.set_shape(())
         return self._fit(image), ok
 
 
-def _flag(rows):
-    return rows.map(lambda row, *word: tf.cast(row["pillow"], tf.int64))
+def _flagged(row):
+    return row.get("pillow", tf.constant(False))
 
 
 def _resize(image, size, resize):

@@ -34,6 +34,9 @@ OUTSIDE_CLASS = "not in a class folder"
 UNKNOWN_CLASS = "class not in the training classes"
 NO_LABEL = "no label"
 
+# Split.codecs values; 0 means the header was not read (verify="none").
+CODECS = {"JPEG": 1, "PNG": 2}
+
 MNIST_CLASS_NAMES = [str(d) for d in range(10)]
 _MNIST_FILES = {"train": "train", "test": "t10k"}
 
@@ -63,7 +66,9 @@ class Split:
 
     ``paths`` (object array of str) is ``None`` for in-memory sources, whose uint8 pixels are in ``images``
     (``[N, H, W]`` or ``[N, H, W, C]``). ``sizes`` holds each file's stored ``(width, height)`` (0 when not
-    read), ``pillow`` marks files the in-graph decoders would get wrong (see :mod:`ftkit.data.decode`).
+    read), ``pillow`` marks files the in-graph decoders would get wrong (see :mod:`ftkit.data.decode`),
+    ``codecs`` holds each file's format as the header read it (:data:`CODECS`: 0 unknown, 1 JPEG, 2 PNG,
+    3 other), so the pipeline builds only the decoders a split needs.
     """
 
     name: str
@@ -72,6 +77,7 @@ class Split:
     sizes: np.ndarray | None = None
     pillow: np.ndarray | None = None
     images: np.ndarray | None = None
+    codecs: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.labels)
@@ -80,6 +86,8 @@ class Split:
             self.sizes = np.zeros((n, 2), np.int32)
         if self.pillow is None:
             self.pillow = np.zeros(n, bool)
+        if self.codecs is None:
+            self.codecs = np.zeros(n, np.int8)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -87,7 +95,8 @@ class Split:
     def subset(self, rows: np.ndarray, name: str) -> Split:
         paths = None if self.paths is None else self.paths[rows]
         images = None if self.images is None else self.images[rows]
-        return Split(name, self.labels[rows], paths, self.sizes[rows], self.pillow[rows], images)
+        return Split(name, self.labels[rows], paths, self.sizes[rows], self.pillow[rows], images,
+                     self.codecs[rows])
 
     def counts(self, num_classes: int) -> np.ndarray:
         return np.bincount(self.labels, minlength=num_classes)
@@ -329,6 +338,7 @@ class _Rows:
     widths: array.array = dataclasses.field(default_factory=lambda: array.array("i"))
     heights: array.array = dataclasses.field(default_factory=lambda: array.array("i"))
     pillow: array.array = dataclasses.field(default_factory=lambda: array.array("b"))
+    codecs: array.array = dataclasses.field(default_factory=lambda: array.array("b"))
 
 
 def _inspect(entries: Entries, skipped: list[Skipped], *, verify: str, max_pixels: int | None,
@@ -355,6 +365,7 @@ def _inspect(entries: Entries, skipped: list[Skipped], *, verify: str, max_pixel
                 acc.widths.append(header.width if header else 0)
                 acc.heights.append(header.height if header else 0)
                 acc.pillow.append(bool(header and header.needs_pillow))
+                acc.codecs.append(CODECS.get(header.format, 3) if header else 0)
     return rows
 
 
@@ -374,7 +385,9 @@ def _build_index(rows: dict[str, _Rows], skipped: list[Skipped], folders: list[t
         paths[:] = acc.paths
         sizes = np.stack([np.frombuffer(acc.widths, np.int32), np.frombuffer(acc.heights, np.int32)], axis=-1)
         pillow = np.frombuffer(acc.pillow, np.int8).astype(bool)
-        splits[split] = Split(split, labels[keep], paths[keep], sizes.reshape(-1, 2)[keep], pillow[keep])
+        codecs = np.frombuffer(acc.codecs, np.int8)
+        splits[split] = Split(split, labels[keep], paths[keep], sizes.reshape(-1, 2)[keep], pillow[keep],
+                              codecs=codecs[keep])
     splits = carve_splits(splits, fractions=fractions, seed=seed)
     index = DataIndex(names, splits, skipped, [], source, kind, max_pixels)
     present = {split: set(acc.classes) for split, acc in rows.items()}

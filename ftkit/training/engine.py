@@ -11,6 +11,10 @@ Each epoch is one ``fit`` call on a dataset whose order is a pure function of ``
 it, the model and its optimizer state go to ``checkpoints/last.keras`` and the position in the schedule to
 ``state.json``, so ``--resume`` continues mid-phase with the same batches, optimizer state and
 learning-rate position as an uninterrupted run.
+
+Under a distributed strategy (``train.strategy``, :mod:`ftkit.distribute`) the same schedule runs with the
+custom step of :mod:`ftkit.training.replicas` instead of ``fit`` (same global-batch semantics); only the
+chief writes the run folder, and the final evaluation runs on the chief alone.
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ftkit import distribute
 from ftkit.recipe import Recipe, dump_recipe, load_recipe
 from ftkit.schedule import AUX, HEAD, Phase, lr_at, resolve_phases
-from ftkit.training import runs
+from ftkit.training import replicas, runs
 from ftkit.training.features import cache_reason, compute_features
 from ftkit.training.inputs import TrainingData, load_data, split_ids
 
@@ -54,16 +61,15 @@ class RunResult:
     best: float | None
     best_epoch: int | None
     reports: dict[str, dict]
+    model: Any = None  # the trained inference model (also in memory on non-chief workers, which save nothing)
 
     def __fspath__(self) -> str:
         return str(self.path)
 
 
-def get_strategy(name: str | None = None):
-    """The ``tf.distribute`` strategy models and optimizers are built under (the default one for now)."""
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy()
+def get_strategy(name: str | None = None, **options):
+    """The ``tf.distribute`` strategy called ``name`` (:func:`ftkit.distribute.make_strategy`); default: one device."""
+    return distribute.make_strategy(name or "default", **options)
 
 
 # -- planning -------------------------------------------------------------------------------------------
@@ -267,8 +273,14 @@ def multipliers_by_variable(model, groups: dict[str, list], phase: Phase) -> dic
 class Trainer:
     """Trains one planned run into one run folder, phase by phase, epoch by epoch."""
 
-    def __init__(self, plan: Plan, folder: runs.RunFolder, *, callbacks: Sequence[Any] = (), log=print):
+    def __init__(self, plan: Plan, folder: runs.RunFolder, *, callbacks: Sequence[Any] = (), log=print,
+                 strategy=None):
         self.plan, self.folder, self.recipe = plan, folder, plan.recipe
+        self.strategy = strategy or get_strategy()
+        self.distributed = distribute.is_distributed(self.strategy)
+        self.chief = distribute.is_chief(self.strategy)
+        self.steps: replicas.DistributedSteps | None = None
+        self.rows: list[dict[str, Any]] = []  # history rows of the epochs this process trained
         self.user_callbacks = list(callbacks)
         self.log = log
         self.cache = None
@@ -284,7 +296,7 @@ class Trainer:
 
         keras.utils.set_random_seed(self.recipe.train.seed)
         keras.mixed_precision.set_global_policy(self.recipe.train.precision)
-        with get_strategy().scope():
+        with self.strategy.scope():
             self.assembled = build_model(self.recipe.backbone.name, num_classes=self.plan.data.num_classes,
                                          image_shape=self.plan.image_shape, head=self.recipe.head,
                                          weights=self.recipe.backbone.weights, seed=self.recipe.train.seed)
@@ -318,11 +330,12 @@ class Trainer:
                 self.log("feature cache: computing backbone features once (inference mode, no augmentation)")
                 self.cache = compute_features(self.assembled, data, ("train", "val"))
                 self.cache_version = self.backbone_version
-            trainer = head_model(self.assembled, num_classes=data.num_classes, config=self.recipe.head,
-                                 seed=self.recipe.train.seed)
+            with self.strategy.scope():
+                trainer = head_model(self.assembled, num_classes=data.num_classes, config=self.recipe.head,
+                                     seed=self.recipe.train.seed)
         else:
             trainer = self.assembled.model
-        with get_strategy().scope():
+        with self.strategy.scope():
             optimizer = make_optimizer(self.recipe, phase, steps_per_epoch=steps,
                                        multiplier_by_id=multipliers_by_variable(trainer, self.assembled.groups, phase))
             multi = trainer is self.assembled.model and self.assembled.has_aux
@@ -338,6 +351,14 @@ class Trainer:
                     trainer.get_layer(layer.name).set_weights(layer.get_weights())
                 set_seed_states(trainer, self.resume_rng.get("trainer", []))
         self.trainer, self.cached = trainer, reason is None
+        if self.distributed:
+            if self.recipe.train.jit_compile and phase.index == 0:
+                self.log("jit_compile: off under a distributed strategy (its custom step all-reduces between the "
+                         "forward and the update, outside XLA)")
+            multi = trainer is self.assembled.model and self.assembled.has_aux
+            weights = [1.0] + [self.recipe.head.aux_loss_weight] * (len(self.assembled.output_names) - 1 if multi else 0)
+            self.steps = replicas.DistributedSteps(self.strategy, trainer, trainer.optimizer, loss_weights=weights,
+                                                   label_smoothing=self.recipe.head.label_smoothing)
         self.log(audit_line(phase, len(self.plan.phases), audit, cached=reason))
         return audit
 
@@ -371,6 +392,63 @@ class Trainer:
         val = self._for_outputs(data.dataset("val", with_weights=False)) if data.has("val") else None
         return train, val
 
+    def _distributed_datasets(self, global_epoch: int):
+        """Train and val datasets split per replica (:mod:`ftkit.training.replicas`), built per worker."""
+        from ftkit.augment import build_augmentation
+
+        data, batch = self.plan.data, self.plan.data.batch_size
+        order = data.train_order(global_epoch)
+        if self.cached:
+            cache = self.cache
+            make_train = lambda rows, size: cache.dataset("train", order=rows, batch_size=size)  # noqa: E731
+            make_val = lambda rows, size: cache.dataset("val", order=rows, with_weights=False, batch_size=size)  # noqa: E731
+            has_val = "val" in cache.features
+        else:
+            augment, augmentation = self.recipe.augment, None
+            if augment.backend != "none" or augment.uses_mixing:
+                # One pipeline per worker; worker w's seed is offset so workers do not draw the same transforms.
+                pipeline = distribute.task_of(self.strategy)[1]
+                augmentation = build_augmentation(augment, image_size=data.image_size, num_classes=data.num_classes,
+                                                  seed=augment.seed * 100_003 + global_epoch + 1_000_003 * pipeline)
+            make_train = lambda rows, size: data.dataset("train", order=rows, augmentation=augmentation,  # noqa: E731
+                                                         batch_size=size)
+            make_val = lambda rows, size: data.dataset("val", order=rows, with_weights=False, batch_size=size)  # noqa: E731
+            has_val = data.has("val")
+        train = replicas.distribute(self.strategy, make_train, order, global_batch=batch, steps=self.steps_per_epoch())
+        val = None
+        if has_val:
+            val = replicas.distribute(self.strategy, make_val, np.arange(data.count("val")), global_batch=batch,
+                                      steps=self.validation_steps())
+        return train, val
+
+    def _fit_distributed(self, phase: Phase, global_epoch: int, callbacks: list) -> dict[str, float]:
+        import keras
+
+        train, val = self._distributed_datasets(global_epoch)
+        callback_list = keras.callbacks.CallbackList(callbacks, model=self.trainer, epochs=global_epoch + 1,
+                                                     steps=self.steps_per_epoch(), verbose=0)
+        bns = [layer for layer in _weighted_layers(self.trainer)
+               if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+        try:
+            with replicas.synchronized_batchnorm(bns):
+                callback_list.on_train_begin()
+                callback_list.on_epoch_begin(global_epoch)
+                logs = self.steps.train_epoch(train, steps=self.steps_per_epoch(), callbacks=callback_list)
+                if val is not None:
+                    logs.update(self.steps.evaluate(val, steps=self.validation_steps()))
+                callback_list.on_epoch_end(global_epoch, logs)
+                callback_list.on_train_end(logs)
+        except Exception as exc:
+            if replicas.worker_lost(exc):
+                raise distribute.WorkerLostError(
+                    f"A worker of this multi-worker run stopped answering during epoch {global_epoch + 1} "
+                    f"({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}). Restart every worker with "
+                    f"--resume {self.folder.root} to continue from the last completed epoch. "
+                    f"Received: {distribute.describe(self.strategy)}"
+                ) from exc
+            raise
+        return logs
+
     def _for_outputs(self, ds):
         if not self.assembled.has_aux:
             return ds
@@ -380,19 +458,23 @@ class Trainer:
     def run_epoch(self, phase: Phase, global_epoch: int) -> dict[str, Any]:
         import keras
 
-        train, val = self._datasets(global_epoch)
-        callbacks = [keras.callbacks.TensorBoard(log_dir=str(self.folder.root / runs.TENSORBOARD)),
-                     *self.user_callbacks]
+        callbacks = [*([keras.callbacks.TensorBoard(log_dir=str(self.folder.root / runs.TENSORBOARD))]
+                       if self.chief else []), *self.user_callbacks]
         start = time.perf_counter()
-        history = self.trainer.fit(train, validation_data=val, initial_epoch=global_epoch, epochs=global_epoch + 1,
-                                   steps_per_epoch=self.steps_per_epoch(), validation_steps=self.validation_steps(),
-                                   callbacks=callbacks, verbose=self.recipe.train.verbose, shuffle=False)
+        if self.distributed:
+            logs = self._fit_distributed(phase, global_epoch, callbacks)
+        else:
+            train, val = self._datasets(global_epoch)
+            history = self.trainer.fit(train, validation_data=val, initial_epoch=global_epoch,
+                                       epochs=global_epoch + 1, steps_per_epoch=self.steps_per_epoch(),
+                                       validation_steps=self.validation_steps(), callbacks=callbacks,
+                                       verbose=self.recipe.train.verbose, shuffle=False)
+            logs = {k: v[-1] for k, v in history.history.items()}
         seconds = time.perf_counter() - start
         if self.cached:
             from ftkit.head import copy_head_weights
 
             copy_head_weights(self.trainer, self.assembled)
-        logs = {k: v[-1] for k, v in history.history.items()}
         step = int(self.trainer.optimizer.iterations.numpy())
         row = {"epoch": global_epoch, "phase": phase.index, "phase_name": phase.name,
                "lr": float(lr_at(max(step - 1, 0), phase=phase, steps_per_epoch=self.steps_per_epoch())),
@@ -435,6 +517,8 @@ def _checkpoint(trainer: Trainer, state: runs.ResumeState, *, improved: bool) ->
     state = dataclasses.replace(state, rng={
         "model": seed_states(trainer.assembled.model),
         "trainer": seed_states(trainer.trainer) if trainer.cached else []})
+    if not folder.writable:
+        return state
     runs.atomic_save_model(trainer.assembled.model, folder.last)
     if improved:
         tmp = folder.checkpoints / ".best.copy.keras"
@@ -447,18 +531,29 @@ def _checkpoint(trainer: Trainer, state: runs.ResumeState, *, improved: bool) ->
 
 def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[str] | dict | None = None,
           out: str | Path | None = None, smoke: bool = False, resume: str | Path | None = None,
-          callbacks: Sequence[Any] = (), log=print) -> RunResult:
+          callbacks: Sequence[Any] = (), log=print, strategy: str | None = None, cluster: str = "tf_config",
+          join_timeout: float = distribute.DEFAULT_JOIN_TIMEOUT) -> RunResult:
     """``ftkit train``: plan, train every phase, save the run folder, evaluate; or continue ``resume``.
 
     ``recipe`` is a YAML path, a dict or a :class:`Recipe`. With ``resume`` (a run folder) the run's own
-    ``recipe.yaml`` is used; a recipe given as well must resolve to the same recipe.
+    ``recipe.yaml`` is used; a recipe given as well must resolve to the same recipe. ``strategy`` overrides
+    ``train.strategy`` (a run may resume under another strategy); ``cluster`` and ``join_timeout`` go to
+    :func:`ftkit.distribute.make_strategy`. In a multi-worker run every worker calls this with the same
+    arguments (a shared ``out``/``resume`` folder for resuming); only the chief writes.
     """
     import keras
 
     if resume is not None:
-        folder = runs.RunFolder(resume)
-        saved = load_recipe(folder.root / runs.RECIPE_FILE)
-        state = folder.read_state()
+        state = runs.RunFolder(resume).read_state()
+        saved = load_recipe(runs.RunFolder(resume).root / runs.RECIPE_FILE)
+        resolved = saved
+    else:
+        resolved = load_recipe(recipe, overrides=overrides, smoke=smoke)
+    # Made before TensorFlow runs anything: MultiWorkerMirroredStrategy configures the runtime at start-up.
+    active = get_strategy(strategy or resolved.train.strategy, cluster=cluster, join_timeout=join_timeout)
+    writable = distribute.is_chief(active)
+    if resume is not None:
+        folder = runs.RunFolder(resume, writable=writable)
         if state.finished:
             raise ValueError(f"{folder.root} finished its schedule; there is nothing to resume. Start a new run "
                              f"(backbone.init_from can start from its weights). Received: resume={str(resume)!r}")
@@ -473,18 +568,16 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
         if state.recipe_sha256 != runs.recipe_digest(saved.to_dict()):
             raise ValueError(f"{folder.root / runs.RECIPE_FILE} was edited after the run started. "
                              f"Received: resume={str(resume)!r}")
-        resolved = saved
     else:
-        resolved = load_recipe(recipe, overrides=overrides, smoke=smoke)
-        folder = runs.RunFolder(out or _default_out(recipe))
-        if folder.root.exists() and any(folder.root.iterdir()):
+        folder = runs.RunFolder(out or _default_out(recipe), writable=writable)
+        if writable and folder.root.exists() and any(folder.root.iterdir()):
             raise ValueError(f"The run folder exists and is not empty; pick another --out or --resume it. "
-                                  f"Received: out={str(folder.root)!r}")
+                             f"Received: out={str(folder.root)!r}")
         state = None
     plan = plan_run(resolved)
     previous_policy = keras.mixed_precision.global_policy().name
     try:
-        return _train(plan, folder, state=state, callbacks=callbacks, log=log)
+        return _train(plan, folder, state=state, callbacks=callbacks, log=log, strategy=active)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -494,15 +587,22 @@ def _default_out(recipe) -> Path:
     return Path(DEFAULT_RUNS_DIR) / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None, callbacks, log) -> RunResult:
+def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None, callbacks, log,
+           strategy) -> RunResult:
     import tensorflow as tf
 
     recipe = plan.recipe
     if recipe.train.deterministic:
         tf.config.experimental.enable_op_determinism()
+    if distribute.is_distributed(strategy):
+        log(distribute.describe(strategy))
+    if not folder.writable:
+        log(f"this worker trains in step with the others; the chief writes {folder.root}")
+        log = _silent
     folder.create()
-    if state is None:
+    if state is None and folder.writable:
         dump_recipe(recipe, folder.root / runs.RECIPE_FILE, header="# resolved recipe written by ftkit train")
+    if state is None:
         state = runs.ResumeState(recipe_sha256=runs.recipe_digest(recipe.to_dict()), phase=0, epoch_in_phase=0,
                                  global_epoch=0, global_step=0, seed=recipe.train.seed, best=None, best_epoch=None,
                                  checkpoint_sha256="")
@@ -510,7 +610,7 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
         folder.truncate_history(state.global_epoch)
         log(f"resuming {folder.root}: phase {state.phase + 1}, epoch {state.epoch_in_phase + 1} of that phase")
     folder.write_meta(_run_meta(plan))
-    trainer = Trainer(plan, folder, callbacks=callbacks, log=log)
+    trainer = Trainer(plan, folder, callbacks=callbacks, log=log, strategy=strategy)
     trainer.build()
     if state.global_epoch > 0 and state.epoch_in_phase == 0:
         _load_model_weights(trainer, folder.last)
@@ -524,6 +624,7 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
         for epoch in range(state.epoch_in_phase if phase.index == state.phase else 0, phase.epochs):
             row = trainer.run_epoch(phase, state.global_epoch)
             folder.append_history(row)
+            trainer.rows.append(row)
             value = trainer.monitor_value(row)
             improved = trainer.better(value, state.best)
             done_in_phase = epoch + 1
@@ -536,6 +637,10 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
         if not phase.head_only:
             trainer.backbone_version += 1
     return _finish(trainer, state, log=log)
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of non-chief workers: the chief reports for the whole cluster."""
 
 
 def _load_model_weights(trainer: Trainer, path: Path) -> None:
@@ -561,6 +666,9 @@ def _finish(trainer: Trainer, state: runs.ResumeState, *, log) -> RunResult:
 
     folder = trainer.folder
     model = inference_model(trainer.assembled)
+    if not folder.writable:  # a non-chief worker: the chief saves, evaluates and reports
+        return RunResult(path=folder.root, history=trainer.rows, best=state.best, best_epoch=state.best_epoch,
+                         reports={}, model=model)
     runs.atomic_save_model(model, folder.root / runs.INFERENCE_MODEL)
     folder.write_state(dataclasses.replace(state, finished=True))
     folder.plot_curves()
@@ -568,7 +676,7 @@ def _finish(trainer: Trainer, state: runs.ResumeState, *, log) -> RunResult:
     history = folder.read_history()
     log(summary_text(trainer, state, history, reports))
     return RunResult(path=folder.root, history=history, best=state.best, best_epoch=state.best_epoch,
-                     reports=reports)
+                     reports=reports, model=model)
 
 
 def evaluate_after_training(trainer: Trainer, model) -> dict[str, dict]:

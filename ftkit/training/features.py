@@ -25,7 +25,8 @@ class FeatureCache:
     sample_weights: np.ndarray | None
     batch_size: int
 
-    def dataset(self, split: str, *, order: np.ndarray | None = None, with_weights: bool = True):
+    def dataset(self, split: str, *, order: np.ndarray | None = None, with_weights: bool = True,
+                batch_size: int | None = None):
         import tensorflow as tf
 
         feats, labels = self.features[split], self.labels[split]
@@ -34,7 +35,7 @@ class FeatureCache:
         tensors = (feats, labels)
         if with_weights and self.sample_weights is not None:
             tensors = (feats, labels, labels @ self.sample_weights)
-        return tf.data.Dataset.from_tensor_slices(tensors).batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+        return tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size or self.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def cache_reason(*, phase, augment, enabled: bool) -> str | None:

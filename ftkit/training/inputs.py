@@ -59,14 +59,18 @@ class TrainingData:
             return self.index
         return dataclasses.replace(self.index, splits={**self.index.splits, split: data.subset(order, split)})
 
-    def dataset(self, split: str, *, order: np.ndarray | None = None, augmentation=None, with_weights: bool = True):
-        """Batches of ``(images float32 0..255, one-hot labels[, sample weights])`` in the given order."""
+    def dataset(self, split: str, *, order: np.ndarray | None = None, augmentation=None, with_weights: bool = True,
+                batch_size: int | None = None):
+        """Batches of ``(images float32 0..255, one-hot labels[, sample weights])`` in the given order.
+
+        ``batch_size`` overrides the recipe's (global) batch: a distributed run asks for per-replica chunks.
+        """
         import tensorflow as tf
 
         from ftkit.data import make_dataset
 
         ds = make_dataset(self.ordered(split, order), split, image_size=self.image_size, channels=self.channels,
-                          resize=self.resize, batch_size=self.batch_size, shuffle=False, one_hot=True,
+                          resize=self.resize, batch_size=batch_size or self.batch_size, shuffle=False, one_hot=True,
                           per_image_fn=augmentation.per_image_fn if augmentation else None)
         if augmentation is not None:
             ds = augmentation.augment_batches(ds, training=True)

@@ -47,9 +47,14 @@ class ResumeState:
 
 
 def recipe_digest(recipe_dict: dict[str, Any]) -> str:
-    """A digest of what determines the training (the ``train.verbose`` display flag left out)."""
+    """A digest of what determines the training.
+
+    Left out: the ``train.verbose`` display flag, and ``train.strategy``, since a distributed run computes
+    the same global-batch steps as a single-device one, so a run may resume under another strategy.
+    """
     data = json.loads(json.dumps(recipe_dict, sort_keys=True))
     data.get("train", {}).pop("verbose", None)
+    data.get("train", {}).pop("strategy", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -87,14 +92,20 @@ def atomic_save_model(model, path: str | Path) -> None:
 
 
 class RunFolder:
-    """Paths and writers of one run folder."""
+    """Paths and writers of one run folder.
 
-    def __init__(self, root: str | Path):
+    ``writable=False`` (the non-chief workers of a multi-worker run) turns every writer into a no-op, so
+    that exactly one process writes the folder while all of them can read it to resume.
+    """
+
+    def __init__(self, root: str | Path, *, writable: bool = True):
         self.root = Path(root)
         self.checkpoints = self.root / CHECKPOINTS
+        self.writable = writable
 
     def create(self) -> RunFolder:
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if self.writable:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
         return self
 
     @property
@@ -110,10 +121,12 @@ class RunFolder:
         return self.checkpoints / BEST
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        atomic_write_text(self.root / RUN_META, json.dumps(meta, indent=2))
+        if self.writable:
+            atomic_write_text(self.root / RUN_META, json.dumps(meta, indent=2))
 
     def write_state(self, state: ResumeState) -> None:
-        atomic_write_text(self.state_path, json.dumps(dataclasses.asdict(state), indent=2))
+        if self.writable:
+            atomic_write_text(self.state_path, json.dumps(dataclasses.asdict(state), indent=2))
 
     def read_state(self) -> ResumeState:
         if not self.state_path.is_file():
@@ -132,6 +145,8 @@ class RunFolder:
     def append_history(self, row: dict[str, Any]) -> None:
         # Written by hand rather than with keras.callbacks.CSVLogger: one file spans several fit() calls
         # (one per epoch, phases with different models) and needs the phase columns.
+        if not self.writable:
+            return
         path = self.root / HISTORY
         new = not path.is_file()
         with open(path, "a", newline="") as fp:
@@ -149,6 +164,8 @@ class RunFolder:
 
     def truncate_history(self, epochs: int) -> None:
         """Drop rows after ``epochs`` (those of an epoch whose checkpoint was never completed)."""
+        if not self.writable:
+            return
         rows = self.read_history()[:epochs]
         path = self.root / HISTORY
         path.unlink(missing_ok=True)
@@ -158,7 +175,7 @@ class RunFolder:
     def plot_curves(self) -> Path | None:
         """Loss and accuracy per epoch, phase boundaries marked, as ``curves.png``."""
         rows = self.read_history()
-        if not rows:
+        if not rows or not self.writable:
             return None
         import matplotlib
 
