@@ -139,3 +139,44 @@ def test_bad_body_behind_a_valid_header_is_reported_and_the_epoch_goes_on(tmp_pa
     assert all("in-graph decoder failed" in s.detail for s in index.skipped)
     good = np.concatenate([x.numpy() for x, _ in make_dataset(index, "train", image_size=(8, 8), batch_size=64)])
     np.testing.assert_allclose(good[:, 4, 4, 0], [0, 40, 80, 120] * 2, atol=3)  # the rest of the chunk survives
+
+
+def test_crop_plan_windows_lie_inside_the_image_within_the_policy_ranges():
+    plan = build_augmentation(standard_policy("keras"), image_size=SIZE, num_classes=2).per_image_fn.crop_plan
+    shape = tf.constant([300, 400, 3], tf.int32)
+    windows, flipped = [], []
+    for k in range(40):
+        window, finish = plan(shape, tf.constant([k, 7], tf.int64))
+        y, x, h, w = window.numpy().tolist()
+        windows.append((y, x, h, w))
+        assert 0 <= y and 0 <= x and y + h <= 300 and x + w <= 400
+        assert 0.08 * 0.9 <= h * w / (300 * 400) <= 1.0 and 0.75 * 0.9 <= w / h <= 4 / 3 * 1.1
+        ramp = tf.cast(tf.tile(tf.range(64)[None, :, None], [64, 1, 3]), tf.uint8)
+        out = finish(ramp).numpy()
+        assert out.shape == (*SIZE, 3) and out.dtype == np.float32
+        flipped.append(bool(out[0, 0, 0] > out[0, -1, 0]))  # only horizontal flips in the standard policy
+    assert len(set(windows)) == 40 and 5 < sum(flipped) < 35
+
+
+@pytest.mark.slow
+def test_jpeg_fast_path_is_seeded_keeps_png_and_reports_bad_files(photos, tmp_path, monkeypatch):
+    root = tmp_path / "mixed"
+    shutil.copytree(photos, root)
+    Image.open(next((root / "cats").iterdir())).save(root / "cats" / "again.png")
+    (root / "dogs" / "body.jpg").write_bytes(_bad_jpeg())
+    crops = []
+    decode_and_crop = tf.io.decode_and_crop_jpeg
+    monkeypatch.setattr(tf.io, "decode_and_crop_jpeg", lambda *a, **k: crops.append(1) or decode_and_crop(*a, **k))
+    index = scan(root, val_fraction=0.0)
+    config = standard_policy("keras")
+    first, again = _epochs(index, config, seed=5), _epochs(index, config, seed=5)
+    assert crops  # the JPEGs went through decode_and_crop_jpeg
+    images = [x for epoch in first for x, _ in epoch]
+    assert [sum(len(x) for x, _ in epoch) for epoch in first] == [7, 7]  # 6 JPEGs and the PNG; the bad file skipped
+    assert all(x.dtype == np.float32 and x.shape[1:] == (*SIZE, 3) and 0 <= x.min() and x.max() <= 255
+               for x in images)
+    for (x1, y1), (x2, y2) in zip(first[0] + first[1], again[0] + again[1], strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(first[0][0][0], _epochs(index, config, seed=6, epochs=1)[0][0][0])
+    assert [(Path(s.path).name, s.reason) for s in index.skipped] == [("body.jpg", decode.CORRUPT)]

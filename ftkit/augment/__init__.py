@@ -7,7 +7,8 @@ in-graph resample of the decoded image (it can stand in for the loader's resize:
 any input size and returns ``image_size``), and every other op per batch; MixUp/CutMix are per batch. Both
 take an optional stateless ``seed`` (int ``[2]``), into which the recipe's seed is folded;
 ``ftkit.data.make_dataset`` (which also hands ``per_image_fn`` the decoded image when the policy starts with
-a random resized crop: ``per_image_fn.takes_decoded``), ``augment_images`` and ``augment_batches`` feed them
+a random resized crop: ``per_image_fn.takes_decoded``, and for JPEGs in the keras back end only the crop
+window: ``per_image_fn.crop_plan``), ``augment_images`` and ``augment_batches`` feed them
 one seed per element from ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``, so the same
 seed gives the same augmented batches (in order, also with parallel calls) and each epoch still sees new augmentations.
 Validation, test and prediction data are never augmented (``training=False`` returns the data as is).
@@ -91,6 +92,7 @@ def build_augmentation(
     from ftkit.augment.keras_backend import (
         STATELESS_OPS,
         build_batch_ops,
+        build_crop_plan,
         build_image_resample,
         split_resample,
     )
@@ -135,6 +137,10 @@ def build_augmentation(
                 return image_fn(image, element_seed(seed))
 
             per_image_fn.takes_decoded = resample_ops[0][0] == "random_resized_crop"
+            if per_image_fn.takes_decoded:
+                # make_dataset's JPEG fast path: crop drawn from the header, only the crop decoded.
+                crop_plan = build_crop_plan(resample_ops, image_size=image_size)
+                per_image_fn.crop_plan = lambda shape, seed: crop_plan(shape, element_seed(seed))
 
     ops_fn = build_batch_ops(batch_ops, image_size=image_size, seed=seed) if batch_ops else None
     mix_fn = build_mixing(

@@ -12,7 +12,10 @@ interleaved in parallel. Per file the fast path is in-graph: ``tf.io.decode_jpeg
 (1/2, 1/4, 1/8) whenever the image stays at least as large as the target, or ``tf.io.decode_png`` at 16
 bits. Files the scan flagged (EXIF rotation, CMYK, alpha, GIF, BMP, WebP, TIFF) are decoded by Pillow
 (:func:`ftkit.data.decode.decode` in a ``tf.numpy_function``); splits without flagged files build no Pillow
-branch at all, and a split of JPEGs only (the scan read the headers) no PNG branch.
+branch at all, and a split of JPEGs only (the scan read the headers) no PNG branch. When ``per_image_fn``
+carries a ``crop_plan`` (the keras back end's policies that start with a random resized crop), a JPEG's crop
+window is drawn from its header shape and ``tf.io.decode_and_crop_jpeg`` decodes only those pixels, resized
+once (TensorFlow's ResNet input pipeline); PNGs and Pillow files still go through ``per_image_fn``.
 
 Bad files. TensorFlow's decoders raise on damaged data and tf.data cannot catch an error inside a map, so
 a chunk whose fast path fails (a truncated file, a body the decoder rejects, a flagged file Pillow cannot
@@ -97,14 +100,15 @@ def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[in
                          "Received: augment_decoded=True, per_image_fn=None")
     ordered = bool(deterministic or not shuffle)
     full_size = augment_decoded and cache is None
+    image_fn = _image_stage(per_image_fn, size=size, channels=channels)
     if data.images is not None:
         source = _MemorySource(data, size, channels, resize)
     else:
-        source = _FileSource(index, data, size, channels, resize, full_size=full_size)
+        crop_plan = getattr(image_fn, "crop_plan", None) if full_size and channels == 3 else None
+        source = _FileSource(index, data, size, channels, resize, full_size=full_size, crop_plan=crop_plan)
     ds = source.elements()
     if shuffle and cache is None:
         ds = ds.shuffle(max(len(data), 1), seed=seed, reshuffle_each_iteration=True)
-    image_fn = _image_stage(per_image_fn, size=size, channels=channels)
     if cache is None:
         if repeat:
             ds = ds.repeat()
@@ -186,6 +190,9 @@ def _image_stage(per_image_fn, *, size, channels):
         return tf.ensure_shape(tf.cast(per_image_fn(image, **kwargs), tf.float32), (*size, channels))
 
     apply.takes_seed = takes_seed
+    crop_plan = getattr(per_image_fn, "crop_plan", None)
+    if crop_plan is not None and takes_seed:
+        apply.crop_plan = lambda shape, word: crop_plan(shape, _stateless_seed(word, _IMAGE_STAGE))
     return apply
 
 
@@ -281,7 +288,7 @@ class _FileSource:
     """Image files, decoded a chunk at a time (see the module docstring): in-graph, or by Pillow for the
     files the scan flagged, with a per-element fallback for chunks in which something failed."""
 
-    def __init__(self, index: DataIndex, data: Split, size, channels, resize, *, full_size: bool):
+    def __init__(self, index: DataIndex, data: Split, size, channels, resize, *, full_size: bool, crop_plan=None):
         self._index, self._split = index, data.name
         scales = dct_scales(data.sizes, data.pillow, size, resize)
         graph = ~data.pillow
@@ -295,12 +302,16 @@ class _FileSource:
         if self._has_pillow:
             self._columns["pillow"] = data.pillow
         self._size, self._channels, self._resize, self._full_size = size, channels, resize, full_size
+        self._crop_plan = crop_plan
 
     def elements(self) -> tf.data.Dataset:
         return tf.data.Dataset.from_tensor_slices(self._columns)
 
     def batches(self, ds, image_fn, *, batch_size, drop_remainder, ordered, to_uint8=False):
-        graph_load = self._loader(self._graph_decode, image_fn, to_uint8)
+        if self._crop_plan is not None:
+            graph_load = self._crop_loader(image_fn)
+        else:
+            graph_load = self._loader(self._graph_decode, image_fn, to_uint8)
         pillow_load = self._loader(self._strict_pillow_decode, image_fn, to_uint8)
         fallback_load = self._fallback_loader(graph_load, image_fn, to_uint8)
 
@@ -339,6 +350,26 @@ class _FileSource:
 
         return load
 
+    def _crop_loader(self, image_fn):
+        """The in-graph loader when ``per_image_fn`` starts with a random resized crop (``crop_plan``): a JPEG's
+        crop is drawn from its header shape and only the crop's pixels are decoded, then resized once (TensorFlow's
+        ResNet input pipeline); a PNG is decoded whole and goes through ``image_fn`` as on the other path."""
+        def load(row, word):
+            contents = tf.io.read_file(row["path"])
+
+            def jpeg():
+                # Always at DCT scale 1: the crop window is in full-size pixels, and a crop of 8-100% of the
+                # image rarely leaves room for a downscale at the target size.
+                window, finish = self._crop_plan(tf.io.extract_jpeg_shape(contents), word)
+                return finish(tf.io.decode_and_crop_jpeg(contents, window, channels=3))
+
+            def png():
+                return image_fn(self._decode_png(contents), word)
+
+            return tf.ensure_shape(self._by_codec(contents, jpeg, png), (*self._size, 3)), row["label"]
+
+        return load
+
     def _fallback_loader(self, graph_load, image_fn, to_uint8):
         """``row -> one-element dataset of (image, label, ok)``: the in-graph decode inside its own dataset,
         whose ``ignore_errors`` turns a decoder error into an empty dataset, then Pillow if that was empty."""
@@ -368,17 +399,19 @@ class _FileSource:
         # Both decoders raise on truncated or foreign data, which fails the chunk and sends the file to the
         # fallback. Each branch resizes its own decoded pixels, straight from uint8/uint16: a float copy of a
         # full-size photo first would cost as much as the resize.
-        def jpeg():
-            return self._decode_jpeg(contents, row.get("scale"))
+        return self._by_codec(contents, lambda: self._decode_jpeg(contents, row.get("scale")),
+                              lambda: self._decode_png(contents))
 
-        def png():
-            return self._fit(tf.cast(tf.io.decode_png(contents, channels=3, dtype=tf.uint16), tf.float32) / 257.0)
-
+    def _by_codec(self, contents, jpeg, png):
+        """``jpeg()`` or ``png()`` for this file; a branch only where the split has both codecs."""
         if self._codecs == {CODECS["JPEG"]}:
             return jpeg()
         if self._codecs == {CODECS["PNG"]}:
             return png()
         return tf.cond(tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE), png, jpeg)
+
+    def _decode_png(self, contents):
+        return self._fit(tf.cast(tf.io.decode_png(contents, channels=3, dtype=tf.uint16), tf.float32) / 257.0)
 
     def _decode_jpeg(self, contents, scale):
         branches = [lambda r=_DCT_SCALES[s]: self._fit(tf.io.decode_jpeg(contents, channels=3, ratio=r))
