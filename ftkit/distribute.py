@@ -13,8 +13,8 @@
 
 A cluster that never forms is a hang inside TensorFlow's C++ start-up (no Python exception, and the
 process ignores SIGTERM while it waits), so :func:`make_strategy` arms a watchdog: when the strategy is not
-up after ``join_timeout`` seconds it prints which workers did not answer and ends the process with
-:data:`JOIN_TIMEOUT_EXIT`. A worker that dies later is detected by the coordination service's heartbeats;
+up after ``join_timeout`` seconds it prints which workers did not answer and kills the process (SIGKILL,
+exit status 137 in a shell). A worker that dies later is detected by the coordination service's heartbeats;
 the training loop turns that into :class:`WorkerLostError`.
 """
 
@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
-import threading
 from typing import Any
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 CLUSTERS = ("tf_config", "slurm")
 DEFAULT_JOIN_TIMEOUT = 300.0
-JOIN_TIMEOUT_EXIT = 75  # EX_TEMPFAIL: the cluster may form on a later try
 
 _STRATEGY_CACHE: dict[str, Any] = {}
 
@@ -156,45 +153,58 @@ def _multi_worker(*, cluster: str, join_timeout: float, collective_timeout: floa
 
 
 class _JoinWatchdog:
-    """Ends the process with a clear message when the cluster has not formed after ``timeout`` seconds.
+    """Kills this process with a clear message when the cluster has not formed after ``timeout`` seconds.
 
-    TensorFlow blocks in C++ until every task has joined, with no deadline and no way to interrupt it from
-    Python; a timer thread is the only place left to give up from.
+    TensorFlow waits for every task inside one C++ call that holds the GIL, with no deadline: no Python
+    thread or signal handler of this process runs until it returns. So the watchdog is a small separate
+    process: it waits on a pipe from this one; if the pipe is not closed within ``timeout`` (the strategy is
+    up, or this process died), it names the workers that do not answer and sends SIGKILL.
     """
 
     def __init__(self, resolver, timeout: float):
         self.resolver, self.timeout = resolver, float(timeout)
-        self.timer = threading.Timer(self.timeout, self._fire)
-        self.timer.daemon = True
+        self.process = None
 
     def start(self) -> None:
-        if self.timeout > 0:
-            self.timer.start()
+        import subprocess
+
+        if self.timeout <= 0:
+            return
+        payload = {"pid": os.getpid(), "timeout": self.timeout, "cluster": self.resolver.cluster_spec().as_dict(),
+                   "me": f"{self.resolver.task_type}:{self.resolver.task_id}"}
+        self.process = subprocess.Popen([sys.executable, "-c", _WATCHDOG_SOURCE, json.dumps(payload)],
+                                        stdin=subprocess.PIPE)
 
     def cancel(self) -> None:
-        self.timer.cancel()
-
-    def _fire(self) -> None:
-        spec = self.resolver.cluster_spec().as_dict()
-        me = f"{self.resolver.task_type}:{self.resolver.task_id}"
-        silent = [f"{job}:{i} ({address})" for job, addresses in spec.items() for i, address in
-                  enumerate(addresses) if f"{job}:{i}" != me and not _answers(address)]
-        sys.stderr.write(
-            f"\nftkit train: error: the multi-worker cluster did not form within {self.timeout:.0f} s; "
-            f"{', '.join(silent) or 'some worker'} never joined (no answer on its port). Start every worker with the "
-            f"same worker list and its own index, check the addresses and firewalls, or raise --join-timeout. "
-            f"Received: this task {me}, cluster={spec}\n")
-        sys.stderr.flush()
-        os._exit(JOIN_TIMEOUT_EXIT)
+        if self.process is not None:
+            self.process.stdin.close()
+            self.process.wait()
 
 
-def _answers(address: str) -> bool:
+# Runs in the watchdog process: standard library only, so it starts in milliseconds.
+_WATCHDOG_SOURCE = r"""
+import json, os, select, signal, socket, sys
+job = json.loads(sys.argv[1])
+if select.select([sys.stdin], [], [], job["timeout"])[0]:
+    sys.exit(0)
+def answers(address):
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=1.0):
-            return True
+        socket.create_connection((host, int(port)), timeout=1.0).close()
+        return True
     except OSError:
         return False
+silent = [f"{job_name}:{i} ({address})" for job_name, addresses in job["cluster"].items()
+          for i, address in enumerate(addresses) if f"{job_name}:{i}" != job["me"] and not answers(address)]
+sys.stderr.write(
+    f"\nftkit train: error: the multi-worker cluster did not form within {job['timeout']:.0f} s; "
+    f"{', '.join(silent) or 'some worker'} never joined (no answer on its port). Start every worker with the same "
+    f"worker list and its own index, check the addresses and firewalls, or raise --join-timeout. This process "
+    f"is killed (SIGKILL): TensorFlow cannot be interrupted while it waits. "
+    f"Received: this task {job['me']}, cluster={job['cluster']}\n")
+sys.stderr.flush()
+os.kill(job["pid"], signal.SIGKILL)
+"""
 
 
 def is_distributed(strategy) -> bool:
@@ -226,7 +236,10 @@ def is_chief(strategy) -> bool:
 def describe(strategy) -> str:
     """One audit line: the strategy, its replicas and this process's place in the cluster."""
     task_type, task_id, workers = task_of(strategy)
-    name = type(strategy).__name__.lstrip("_")
+    # MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy; the default one's is private.
+    names = {"CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy",
+             "_DefaultDistributionStrategy": "default strategy"}
+    name = names.get(type(strategy).__name__, type(strategy).__name__)
     where = f", {task_type} {task_id} of {workers} workers" if workers > 1 else ""
     role = " (chief: writes the run folder)" if workers > 1 and is_chief(strategy) else ""
     return f"strategy: {name}, {strategy.num_replicas_in_sync} replica(s){where}{role}"

@@ -40,7 +40,7 @@ def main(job_path: str) -> int:
                        join_timeout=job.get("join_timeout", 60), callbacks=callbacks, log=print)
     except distribute.WorkerLostError as exc:
         print(f"WORKER LOST: {exc}", flush=True)
-        return 1
+        os._exit(1)  # as the CLI does: a normal exit waits at the shutdown barrier for the dead worker
     np.savez(job["weights"], *result.model.get_weights())
     return 0
 

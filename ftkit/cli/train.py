@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -49,7 +50,8 @@ def _add_distribution_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cluster", choices=CLUSTERS, default="tf_config",
                    help="where the cluster comes from: TF_CONFIG (default) or Slurm's environment (srun)")
     g.add_argument("--join-timeout", type=float, default=DEFAULT_JOIN_TIMEOUT, metavar="SECONDS",
-                   help="give up (exit status 75) when the cluster has not formed after this long")
+                   help="give up (the process is killed: status 137) when the cluster has not formed after this "
+                        "long")
 
 
 def _train(args) -> int:
@@ -67,8 +69,10 @@ def _train(args) -> int:
         train(args.recipe, overrides=args.overrides, out=args.out, smoke=args.smoke, resume=args.resume,
               strategy=args.strategy, cluster=args.cluster, join_timeout=args.join_timeout)
     except distribute.WorkerLostError as exc:
-        print(f"ftkit train: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"ftkit train: error: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # A normal exit would wait at the coordination service's shutdown barrier for the dead worker.
+        os._exit(1)
     return 0
 
 

@@ -20,6 +20,7 @@ chief writes the run folder, and the final evaluation runs on the chief alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import shutil
 import time
@@ -399,10 +400,9 @@ class Trainer:
         data, batch = self.plan.data, self.plan.data.batch_size
         order = data.train_order(global_epoch)
         if self.cached:
-            cache = self.cache
-            make_train = lambda rows, size: cache.dataset("train", order=rows, batch_size=size)  # noqa: E731
-            make_val = lambda rows, size: cache.dataset("val", order=rows, with_weights=False, batch_size=size)  # noqa: E731
-            has_val = "val" in cache.features
+            make_train = functools.partial(_cached_rows, self.cache, "train", with_weights=True)
+            make_val = functools.partial(_cached_rows, self.cache, "val", with_weights=False)
+            has_val = "val" in self.cache.features
         else:
             augment, augmentation = self.recipe.augment, None
             if augment.backend != "none" or augment.uses_mixing:
@@ -410,9 +410,8 @@ class Trainer:
                 pipeline = distribute.task_of(self.strategy)[1]
                 augmentation = build_augmentation(augment, image_size=data.image_size, num_classes=data.num_classes,
                                                   seed=augment.seed * 100_003 + global_epoch + 1_000_003 * pipeline)
-            make_train = lambda rows, size: data.dataset("train", order=rows, augmentation=augmentation,  # noqa: E731
-                                                         batch_size=size)
-            make_val = lambda rows, size: data.dataset("val", order=rows, with_weights=False, batch_size=size)  # noqa: E731
+            make_train = functools.partial(_image_rows, data, "train", augmentation=augmentation, with_weights=True)
+            make_val = functools.partial(_image_rows, data, "val", augmentation=None, with_weights=False)
             has_val = data.has("val")
         train = replicas.distribute(self.strategy, make_train, order, global_batch=batch, steps=self.steps_per_epoch())
         val = None
@@ -442,7 +441,7 @@ class Trainer:
             if replicas.worker_lost(exc):
                 raise distribute.WorkerLostError(
                     f"A worker of this multi-worker run stopped answering during epoch {global_epoch + 1} "
-                    f"({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}). Restart every worker with "
+                    f"({replicas.lost_detail(exc)}). Restart every worker with "
                     f"--resume {self.folder.root} to continue from the last completed epoch. "
                     f"Received: {distribute.describe(self.strategy)}"
                 ) from exc
@@ -496,6 +495,14 @@ class Trainer:
         if best is None:
             return True
         return value > best if "accuracy" in self.recipe.train.monitor else value < best
+
+
+def _cached_rows(cache, split: str, rows, batch_size: int, *, with_weights: bool):
+    return cache.dataset(split, order=rows, with_weights=with_weights, batch_size=batch_size)
+
+
+def _image_rows(data: TrainingData, split: str, rows, batch_size: int, *, augmentation, with_weights: bool):
+    return data.dataset(split, order=rows, augmentation=augmentation, with_weights=with_weights, batch_size=batch_size)
 
 
 def seed_states(model) -> list[list[int]]:

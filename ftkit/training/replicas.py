@@ -22,6 +22,7 @@ Semantics, chosen so that a distributed epoch equals a single-device epoch with 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -208,3 +209,13 @@ def worker_lost(exc: BaseException) -> bool:
 
     return isinstance(exc, tf.errors.UnavailableError | tf.errors.DeadlineExceededError | tf.errors.AbortedError |
                       tf.errors.CancelledError)
+
+
+def lost_detail(exc: BaseException) -> str:
+    """The useful part of TensorFlow's message about a lost peer: the tasks it names, or its first line."""
+    text = str(exc)
+    marker = text.find("unhealthy")  # "The following tasks are unhealthy (stopped sending heartbeats): ..."
+    tasks = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", text[marker:]))) if marker >= 0 else []
+    if tasks:
+        return f"{type(exc).__name__}: stopped sending heartbeats: {', '.join(tasks)}"
+    return f"{type(exc).__name__}: {text.strip().splitlines()[0][:200] if text.strip() else ''}"
