@@ -375,6 +375,13 @@ class Trainer:
         cap = self.recipe.train.validation_steps
         return min(steps, cap) if cap else steps
 
+    def _fit_verbosity(self) -> int:
+        """Keras' progress bar redraws many times a second: in a log file (no terminal) one line per epoch."""
+        import sys
+
+        verbose = self.recipe.train.verbose
+        return 2 if verbose == 1 and not sys.stdout.isatty() else verbose
+
     def _datasets(self, global_epoch: int):
         from ftkit.augment import build_augmentation
 
@@ -467,7 +474,7 @@ class Trainer:
             history = self.trainer.fit(train, validation_data=val, initial_epoch=global_epoch,
                                        epochs=global_epoch + 1, steps_per_epoch=self.steps_per_epoch(),
                                        validation_steps=self.validation_steps(), callbacks=callbacks,
-                                       verbose=self.recipe.train.verbose, shuffle=False)
+                                       verbose=self._fit_verbosity(), shuffle=False)
             logs = {k: v[-1] for k, v in history.history.items()}
         seconds = time.perf_counter() - start
         if self.cached:
@@ -739,7 +746,8 @@ def summary_text(trainer: Trainer, state: runs.ResumeState, history: list[dict],
                      f"(checkpoints/best.keras)")
     for split, report in reports.items():
         acc = report.get("accuracy")
-        lines.append(f"{split}: accuracy {acc:.4f}" if isinstance(acc, float) else f"{split}: see report/{split}")
+        where = trainer.folder.root / "report" / split / "report.html"
+        lines.append(f"{split}: accuracy {acc:.4f}, report {where}" if isinstance(acc, float) else f"{split}: see {where}")
     lines.append(f"inference model: {trainer.folder.root / runs.INFERENCE_MODEL} (raw 0..255 images -> probabilities)")
     lines.append("=" * 72)
     return "\n".join(lines)
