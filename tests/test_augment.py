@@ -192,8 +192,10 @@ def test_preview_png_has_the_grid_size(shared_data, tmp_path):
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
-        "data": {"root": str(shared_data / "catsdogs"), "image_size": [40, 48]},
+        "data": {"train": str(shared_data / "catsdogs"), "image_size": [40, 48]},
         "augment": standard_policy("keras").to_recipe(),
+        "backbone": {"name": "resnet18"},
+        "schedule": {"preset": "freeze"},
     }))
     out = tmp_path / "grid.png"
     assert main(["augment", "preview", str(recipe), "--out", str(out), "--samples", "3", "--variants", "4"]) == 0
@@ -208,6 +210,7 @@ def test_preview_reports_a_missing_data_root(tmp_path):
     from ftkit.augment.preview import preview
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("data: {root: no/such/folder}\naugment: {backend: none}\n")
-    with pytest.raises(FileNotFoundError, match="Received: root='no/such/folder'"):
+    recipe.write_text("data: {train: no/such/folder}\naugment: {backend: none}\n"
+                      "backbone: {name: resnet18}\nschedule: {preset: freeze}\n")
+    with pytest.raises(FileNotFoundError, match="Received: data.train='no/such/folder'"):
         preview(recipe, out=tmp_path / "x.png")

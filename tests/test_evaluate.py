@@ -224,3 +224,15 @@ def test_compare_refuses_different_images(runs, data_dir, tmp_path):
         compare_runs(runs["a"], tmp_path / "b_subset")
     with pytest.raises(FileNotFoundError, match="No predictions.csv.*b_subset"):
         compare_runs(runs["a"], tmp_path)
+
+
+def test_compare_finds_a_training_runs_split_reports(tmp_path):
+    """``ftkit train`` writes RUN/report/{val,test}/predictions.csv; compare takes the run folders."""
+    from ftkit.evaluate.compare import find_predictions
+
+    for split in ("val", "test"):
+        folder = tmp_path / "run" / "report" / split
+        folder.mkdir(parents=True)
+        (folder / "predictions.csv").write_text("path,true,predicted\n")
+    assert find_predictions(tmp_path / "run") == tmp_path / "run" / "report" / "test" / "predictions.csv"
+    assert find_predictions(tmp_path / "run", split="val") == tmp_path / "run" / "report" / "val" / "predictions.csv"

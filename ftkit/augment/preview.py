@@ -16,25 +16,33 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
 def read_recipe_sections(recipe: str | Path) -> tuple[dict[str, Any], AugmentConfig, Path]:
-    """The recipe's ``data`` mapping, validated ``augment`` section and the training image folder."""
-    import yaml
+    """The recipe's ``data`` section, validated ``augment`` section and the training image folder.
 
-    recipe = Path(recipe)
-    document = yaml.safe_load(recipe.read_text()) or {}
-    if not isinstance(document.get("data"), dict) or "root" not in document["data"]:
-        raise ValueError(f"the recipe needs a `data: {{root: FOLDER}}` section. Received: data={document.get('data')!r}")
-    config = AugmentConfig.model_validate(document.get("augment") or {})
-    return document["data"], config, _training_folder(document["data"]["root"], recipe=recipe)
+    The whole recipe is validated by the recipe loader, so preview accepts exactly what ``ftkit train`` does.
+    """
+    from ftkit.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    data = loaded.data.model_dump()
+    size = data.get("image_size")
+    if size is None:  # the backbone's own input size, as training uses
+        from ftkit.backbones import backbone_info
+
+        data["image_size"] = list(backbone_info(loaded.backbone.name).default_input_shape[:2])
+    return data, loaded.augment, _training_folder(loaded.data.train, recipe=Path(recipe))
 
 
 def _training_folder(root: str, *, recipe: Path) -> Path:
     """``root/train`` if present, else ``root``; a relative root is looked up from the working folder,
-    then from the recipe's folder."""
+    then from the recipe's folder. Preview samples images from class folders (not CSV or MNIST sources)."""
     candidates = [Path(root), recipe.parent / root] if not Path(root).is_absolute() else [Path(root)]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate / "train" if (candidate / "train").is_dir() else candidate
-    raise FileNotFoundError(f"data root not found; looked in {[str(c) for c in candidates]}. Received: root={root!r}")
+    raise FileNotFoundError(
+        f"augment preview needs data.train to be a folder of class folders; looked in "
+        f"{[str(c) for c in candidates]}. Received: data.train={root!r}"
+    )
 
 
 def sample_images(folder: Path, *, count: int) -> list[tuple[np.ndarray, int]]:

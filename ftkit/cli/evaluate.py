@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_b", metavar="RUN_B", help="run folder, report folder or predictions.csv")
     p.add_argument("--out", metavar="DIR", help="write compare.json, compare.md and compare.html here")
     p.add_argument("--json", action="store_true", help="print the full comparison as JSON")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="which of a training run's evaluations (RUN/report/SPLIT) to compare (default: test)")
     p.set_defaults(func=_compare)
 
 
@@ -86,7 +88,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from ftkit.evaluate.compare import compare_runs, render_markdown
 
-    result = compare_runs(args.run_a, args.run_b, out_dir=args.out)
+    result = compare_runs(args.run_a, args.run_b, out_dir=args.out, split=args.split)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

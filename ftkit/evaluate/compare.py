@@ -36,10 +36,12 @@ class EvaluatedRun:
     class_names: list[str]
 
 
-def find_predictions(run_or_report: str | Path) -> Path:
-    """``predictions.csv`` of a run folder (``RUN/report/``), a report folder, or the file itself."""
+def find_predictions(run_or_report: str | Path, *, split: str = "test") -> Path:
+    """``predictions.csv`` of a run folder (``RUN/report/`` or, as ``ftkit train`` writes it,
+    ``RUN/report/<split>/``), a report folder, or the file itself."""
     path = Path(run_or_report)
-    for candidate in (path, path / FILES["predictions"], path / REPORT_DIR / FILES["predictions"]):
+    for candidate in (path, path / FILES["predictions"], path / REPORT_DIR / FILES["predictions"],
+                      path / REPORT_DIR / split / FILES["predictions"]):
         if candidate.is_file() and candidate.name.endswith(".csv"):
             return candidate
     found = sorted(str(p) for p in path.glob(f"**/{FILES['predictions']}")) if path.is_dir() else []
@@ -50,8 +52,8 @@ def find_predictions(run_or_report: str | Path) -> Path:
     )
 
 
-def load_evaluated(run_or_report: str | Path) -> EvaluatedRun:
-    source = find_predictions(run_or_report)
+def load_evaluated(run_or_report: str | Path, *, split: str = "test") -> EvaluatedRun:
+    source = find_predictions(run_or_report, split=split)
     paths, true, predicted, probs, class_names = read_predictions_csv(source)
     if len(set(paths)) != len(paths):
         raise ValueError(f"{source} lists some paths more than once. Received: {len(paths)} rows, {len(set(paths))} paths")
@@ -141,9 +143,10 @@ def _cell_differences(true_idx, a_idx, b_idx, class_names) -> tuple[list, list]:
     return delta.tolist(), cells
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path, *, out_dir: str | Path | None = None) -> dict:
+def compare_runs(run_a: str | Path, run_b: str | Path, *, out_dir: str | Path | None = None,
+                 split: str = "test") -> dict:
     """Compare two evaluated runs; writes compare.json/.md/.html to ``out_dir`` when given."""
-    a, b = load_evaluated(run_a), load_evaluated(run_b)
+    a, b = load_evaluated(run_a, split=split), load_evaluated(run_b, split=split)
     check_comparable(a, b)
     class_names = a.class_names
     index = {name: i for i, name in enumerate(class_names)}
