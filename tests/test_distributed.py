@@ -61,7 +61,10 @@ def _env() -> dict[str, str]:
 
 
 def test_cluster_config_from_a_worker_list(monkeypatch):
-    monkeypatch.delenv("TF_CONFIG", raising=False)
+    # use_workers writes os.environ itself: setenv first so monkeypatch restores the variable afterwards
+    # (a TF_CONFIG left behind turns `auto` into multi_worker for every later test in this process).
+    monkeypatch.setenv("TF_CONFIG", "")
+    monkeypatch.delenv("TF_CONFIG")
     config = distribute.use_workers("10.0.0.1:2222, 10.0.0.2:2222", 1)
     assert config == {"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}, "task": {"type": "worker", "index": 1}}
     assert json.loads(os.environ["TF_CONFIG"]) == config
