@@ -6,6 +6,7 @@ import ftkit
 from ftkit.backbones._builder import build_backbone
 
 TINY = "tiny_bn_test"
+QUIET = dict(log=lambda *a: None)  # train(..., **QUIET): no summary printed during tests
 TINY_AUX = "tiny_aux_test"
 PREPROCESSING = {"scale": 1 / 255, "mean": (0.1307,), "std": (0.3081,), "channel_order": "RGB"}
 

@@ -21,3 +21,8 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="module")
+def mnist(shared_data) -> str:
+    return str(shared_data / "mnist")

@@ -21,24 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _training_helpers import TINY_AUX, mnist_recipe, register_tiny
+from _training_helpers import QUIET, TINY_AUX, mnist_recipe, register_tiny
 
 from ftkit import distribute
 from ftkit.recipe import RecipeError, load_recipe
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "_distributed_worker.py"
-QUIET = dict(log=lambda *a: None)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _tiny():
     register_tiny()
 
-
-@pytest.fixture(scope="module")
-def mnist(shared_data):
-    return str(shared_data / "mnist")
 
 
 def _free_ports(n: int) -> list[int]:

@@ -8,21 +8,15 @@ import shutil
 
 import numpy as np
 import pytest
-from _training_helpers import TINY_AUX, mnist_recipe, register_tiny
+from _training_helpers import QUIET, TINY_AUX, mnist_recipe, register_tiny
 
 from ftkit.recipe import load_recipe
-
-QUIET = dict(log=lambda *a: None)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _tiny():
     register_tiny()
 
-
-@pytest.fixture(scope="module")
-def mnist(shared_data):
-    return str(shared_data / "mnist")
 
 
 def _checksum(layers, *, attrs=("weights",)) -> dict[str, str]:

@@ -4,9 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from _training_helpers import TINY, mnist_recipe, register_tiny
-
-QUIET = dict(log=lambda *a: None)
+from _training_helpers import QUIET, TINY, mnist_recipe, register_tiny
 
 
 @pytest.fixture(scope="module", autouse=True)
