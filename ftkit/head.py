@@ -18,6 +18,7 @@ from ftkit.schedule import AUX, HEAD
 BACKBONE_LAYER = "backbone"
 FEATURES_LAYER = "head_pool"
 LOGITS_LAYER = "logits"
+INIT_MATCHES = ("exact", "by_name")  # backbone.init_match
 
 
 class HeadConfig(BaseModel):
@@ -167,8 +168,14 @@ def copy_head_weights(source, assembled: Assembled) -> None:
         layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
-def load_backbone_from_run(assembled: Assembled, run_dir) -> None:
-    """``backbone.init_from``: load the backbone weights of an earlier run (its final ``model.keras``)."""
+def load_backbone_from_run(assembled: Assembled, run_dir, *, match: str = "exact") -> str:
+    """``backbone.init_from``: load the backbone weights of an earlier run (its final ``model.keras``).
+
+    ``match="exact"``: the earlier backbone must have the same weight tensors, all of which are copied.
+    ``match="by_name"``: each layer whose name and weight shapes agree is copied and every other layer keeps
+    its initial values, the way the VGG paper started its deeper nets from a trained shallower one (VGG-19
+    from VGG-16: 16 conv and dense layers share names). Returns a line saying what was copied.
+    """
     from pathlib import Path
 
     import keras
@@ -179,19 +186,51 @@ def load_backbone_from_run(assembled: Assembled, run_dir) -> None:
             f"backbone.init_from must be a run folder written by `ftkit train` (it holds model.keras). "
             f"Received: init_from={str(run_dir)!r}"
         )
+    if match not in INIT_MATCHES:
+        raise ValueError(f"init_match must be one of {INIT_MATCHES}. Received: init_match={match!r}")
     earlier = keras.saving.load_model(path, compile=False)
     try:
         source = earlier.get_layer(BACKBONE_LAYER)
     except ValueError as exc:
         raise ValueError(f"{path} has no nested layer {BACKBONE_LAYER!r}; it was not written by ftkit train. "
                          f"Received: init_from={str(run_dir)!r}") from exc
+    if match == "by_name":
+        return _load_matching_layers(assembled.backbone, source, path)
     target_weights = assembled.backbone.get_weights()
     source_weights = source.get_weights()
     shapes = [w.shape for w in target_weights], [w.shape for w in source_weights]
     if shapes[0] != shapes[1]:
         raise ValueError(
             f"The backbone in {path} does not match this recipe's backbone (different architecture, channels "
-            f"or layer sizes: {len(source_weights)} vs {len(target_weights)} weight tensors). "
+            f"or layer sizes: {len(source_weights)} vs {len(target_weights)} weight tensors); "
+            f"backbone.init_match: by_name copies only the layers whose names and shapes agree. "
             f"Received: init_from={str(run_dir)!r}"
         )
     assembled.backbone.set_weights(source_weights)
+    return f"init_from {run_dir}: all {len(target_weights)} weight tensors of the backbone copied"
+
+
+def _load_matching_layers(target, source, path) -> str:
+    """Copies the weights of same-named, same-shaped layers; raises when no layer matches."""
+    by_name = {layer.name: layer for layer in source.layers if layer.weights}
+    copied, fresh, mismatched = [], [], []
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        other = by_name.get(layer.name)
+        if other is None:
+            fresh.append(layer.name)
+        elif [w.shape for w in other.get_weights()] != [tuple(w.shape) for w in layer.weights]:
+            mismatched.append(layer.name)
+        else:
+            layer.set_weights(other.get_weights())
+            copied.append(layer.name)
+    if not copied:
+        raise ValueError(f"backbone.init_match: by_name found no layer of this backbone in {path} with the same "
+                         f"name and weight shapes (this backbone's layers: {', '.join(fresh + mismatched)})")
+    line = f"init_from {path.parent}: {len(copied)} of {len(copied) + len(fresh) + len(mismatched)} layers copied"
+    if fresh:
+        line += f"; not in the earlier run, left at their initial values: {', '.join(fresh)}"
+    if mismatched:
+        line += f"; other shapes there, left at their initial values: {', '.join(mismatched)}"
+    return line

@@ -57,6 +57,9 @@ class BackboneConfig(_Section):
     name: str
     weights: str | None = None  # None, a named set ("imagenet"), a weights file, or a hashed URL
     init_from: str | None = None  # a run folder whose backbone weights initialise this one
+    # exact: the same architecture, every weight copied; by_name: the layers whose names and shapes agree
+    # (a deeper net started from a trained shallower one, as the VGG paper did), the rest stay as initialised
+    init_match: Literal["exact", "by_name"] = "exact"
 
 
 class TrainConfig(_Section):

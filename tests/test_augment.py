@@ -112,19 +112,78 @@ def test_mix_prob_zero_leaves_batch_and_labels_alone(batch):
     np.testing.assert_array_equal(soft.numpy(), labels.numpy())
 
 
-def test_albumentations_back_end_any_input_size_uint8_and_float(photos, repo_root):
+def _albumentations(*transforms, **config):
+    import albumentations as A
+
+    spec = A.to_dict(A.Compose(list(transforms)))
+    return build_augmentation(AugmentConfig(backend="albumentations", albumentations=spec, **config),
+                              image_size=SIZE, num_classes=2)
+
+
+def test_albumentations_leading_crop_runs_in_graph_the_rest_per_batch(photos, repo_root, batch):
     section = yaml.safe_load((repo_root / "recipes" / "augment" / "albumentations_standard.yaml").read_text())
     aug = build_augmentation(section["augment"], image_size=SIZE, num_classes=2)
-    assert aug.per_batch_fn is None and not aug.uses_mixing
+    assert aug.per_image_fn.takes_decoded and aug.per_image_fn.crop_plan and not aug.uses_mixing
     image = photos[0][0]
     for candidate in (tf.constant(image), tf.cast(image, tf.float32)):
         out = aug.per_image_fn(candidate, seed=_seed(0, 7))
         assert out.shape == (*SIZE, 3) and out.dtype == tf.float32
-        assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 255.0
-    same = aug.per_image_fn(tf.constant(image), seed=_seed(0, 7))
-    other = aug.per_image_fn(tf.constant(image), seed=_seed(0, 8))
-    np.testing.assert_array_equal(out.numpy(), same.numpy())
-    assert not np.array_equal(out.numpy(), other.numpy())
+    np.testing.assert_array_equal(out.numpy(), aug.per_image_fn(tf.constant(image), seed=_seed(0, 7)).numpy())
+    assert not np.array_equal(out.numpy(), aug.per_image_fn(tf.constant(image), seed=_seed(0, 8)).numpy())
+    images, labels = batch
+    jittered, same_labels = aug.per_batch_fn(images, labels, seed=_seed(0, 7))
+    assert jittered.shape == images.shape and jittered.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(jittered)) and float(tf.reduce_max(jittered)) <= 255.0
+    np.testing.assert_array_equal(same_labels.numpy(), labels.numpy())
+    np.testing.assert_array_equal(jittered.numpy(), aug.per_batch_fn(images, labels, seed=_seed(0, 7))[0].numpy())
+    assert not np.array_equal(jittered.numpy(), aug.per_batch_fn(images, labels, seed=_seed(0, 8))[0].numpy())
+    # Each image of a batch draws its own jitter: the same image twice in one batch comes out differently.
+    twice, _ = aug.per_batch_fn(tf.stack([images[0], images[0]]), labels[:2], seed=_seed(0, 7))
+    assert not np.array_equal(twice[0].numpy(), twice[1].numpy())
+
+
+def test_albumentations_in_graph_crop_keeps_scale_and_ratio(photos):
+    import albumentations as A
+
+    image = photos[0][0]
+    height, width = image.shape[:2]
+    # scale 1 at the image's own aspect: the only window is the whole image, resampled once to SIZE.
+    whole = _albumentations(A.RandomResizedCrop(size=SIZE, scale=(1.0, 1.0), ratio=(width / height,) * 2))
+    out = whole.per_image_fn(tf.constant(image), seed=_seed(0, 1))
+    expected = tf.image.crop_and_resize(tf.constant(image)[None], [[0.0, 0.0, 1.0, 1.0]], [0], SIZE)[0]
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=0.01)
+    assert whole.per_batch_fn is None  # nothing after the crop
+    # Windows of 9-11% of the area, near square, drawn from the header for JPEGs: the crop plan's windows.
+    small = _albumentations(A.RandomResizedCrop(size=SIZE, scale=(0.09, 0.11), ratio=(0.9, 1.1)))
+    for word in range(5):
+        window, _ = small.per_image_fn.crop_plan(tf.constant([height, width, 3]), _seed(0, word))
+        y, x, h, w = window.numpy()
+        assert 0.085 <= h * w / (height * width) <= 0.115 and 0.85 <= w / h <= 1.15, (h, w)
+        assert 0 <= y <= height - h and 0 <= x <= width - w
+
+
+def test_albumentations_without_leading_crop_runs_per_batch_on_resized_images(batch):
+    import albumentations as A
+
+    aug = _albumentations(A.HorizontalFlip(p=1.0))
+    assert aug.per_image_fn is None
+    images, labels = batch
+    flipped, _ = aug.per_batch_fn(images, labels, seed=_seed(0, 1))
+    np.testing.assert_array_equal(flipped.numpy(), np.round(images.numpy())[:, :, ::-1])
+
+
+def test_albumentations_crop_in_graph_off_runs_the_whole_pipeline_per_image(photos):
+    import albumentations as A
+
+    aug = _albumentations(A.RandomResizedCrop(size=SIZE), A.HorizontalFlip(p=0.5), crop_in_graph=False)
+    assert aug.per_batch_fn is None and aug.per_image_fn.takes_decoded
+    assert getattr(aug.per_image_fn, "crop_plan", None) is None
+    out = aug.per_image_fn(tf.constant(photos[0][0]), seed=_seed(0, 3))
+    assert out.shape == (*SIZE, 3) and out.dtype == tf.float32
+    np.testing.assert_array_equal(out.numpy(), aug.per_image_fn(tf.constant(photos[0][0]), seed=_seed(0, 3)).numpy())
+    # A crop that albumentations draws with p < 1 cannot move into the graph: also per image.
+    partial = _albumentations(A.RandomResizedCrop(size=SIZE, p=0.5), A.HorizontalFlip(p=0.5))
+    assert partial.per_batch_fn is None and getattr(partial.per_image_fn, "crop_plan", None) is None
 
 
 def _pipeline(config, photos, seed):

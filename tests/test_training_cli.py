@@ -81,6 +81,52 @@ def test_init_from_loads_the_backbone_of_an_earlier_run(run, shared_data, tmp_pa
         np.testing.assert_array_equal(a, b)  # frozen all along: exactly the earlier run's backbone
 
 
+def _tiny_deeper(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=10,
+                 classifier_activation="softmax", name=None):
+    """tiny_bn_test with one more conv-BN-ReLU (``stage1b``), as VGG-19 is VGG-16 with more convolutions."""
+    from _training_helpers import _conv_bn, _top
+    from keras import layers
+
+    from ftkit.backbones._builder import build_backbone
+
+    def body(x):
+        x = _conv_bn(x, 4, "stem")
+        x = layers.MaxPooling2D(name="pool")(x)
+        return _conv_bn(_conv_bn(x, 8, "stage1"), 8, "stage1b")
+
+    return build_backbone(_tiny_deeper, body=body, head=_top, include_top=include_top, weights=weights,
+                          input_tensor=input_tensor, input_shape=input_shape, pooling=pooling, classes=classes,
+                          classifier_activation=classifier_activation, name=name)
+
+
+def test_init_match_by_name_copies_the_shared_layers_and_reports_the_rest(run, shared_data, tmp_path):
+    import keras
+
+    import ftkit
+    from _training_helpers import _META
+    from ftkit.training import train
+
+    if "tiny_deeper_test" not in ftkit.list_backbones():
+        ftkit.register_backbone("tiny_deeper_test", _tiny_deeper, **_META)
+    recipe = mnist_recipe(str(shared_data / "mnist"), backbone="tiny_deeper_test",
+                          phases=[{"train": "head", "epochs": 1, "lr": 0.05}])
+    recipe["backbone"]["init_from"] = str(run.path)
+    with pytest.raises(ValueError, match="init_match: by_name copies only"):
+        train(recipe, out=tmp_path / "exact", **QUIET)
+    recipe["backbone"]["init_match"] = "by_name"
+    lines = []
+    second = train(recipe, out=tmp_path / "by_name", log=lines.append)
+    assert any("4 of 6 layers copied" in line and "left at their initial values: stage1b_conv, stage1b_bn" in line
+               for line in lines), lines
+    before = keras.saving.load_model(run.path / "model.keras").get_layer("backbone")
+    after = keras.saving.load_model(second.path / "model.keras").get_layer("backbone")
+    for name in ("stem_conv", "stem_bn", "stage1_conv", "stage1_bn"):  # frozen all along: the earlier weights
+        for a, b in zip(before.get_layer(name).get_weights(), after.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+    fresh = after.get_layer("stage1b_conv").get_weights()[0]
+    assert fresh.shape == (3, 3, 8, 8) and not np.array_equal(fresh, after.get_layer("stage1_conv").get_weights()[0])
+
+
 def test_lr_find_writes_plot_and_suggests_a_rate(shared_data, tmp_path):
     from ftkit.training import lr_find
 

@@ -2,7 +2,8 @@
 
 ``build_augmentation`` returns an ``Augmentation`` whose ``per_image_fn`` runs in the tf.data map before
 batching and whose ``per_batch_fn`` runs after batching; see docs/ARCHITECTURE.md. The albumentations back
-end is all per image. The keras back end runs a leading random resized crop and flips per image as one
+end runs a leading RandomResizedCrop in the graph per image and the rest of its pipeline per batch
+(``ftkit.augment.albumentations_backend``). The keras back end runs a leading random resized crop and flips per image as one
 in-graph resample of the decoded image (it can stand in for the loader's resize: ``per_image_fn`` accepts
 any input size and returns ``image_size``), and every other op per batch; MixUp/CutMix are per batch. Both
 take an optional stateless ``seed`` (int ``[2]``), into which the recipe's seed is folded;
@@ -117,32 +118,25 @@ def build_augmentation(
         return tf.random.experimental.stateless_fold_in(tf.cast(given, tf.int64), recipe_seed)
 
     per_image_fn = None
+    ops_fn = None
     if config.backend == "albumentations":
-        from ftkit.augment.albumentations_backend import build_per_image_fn
+        from ftkit.augment.albumentations_backend import build_albumentations
 
-        image_fn = build_per_image_fn(config.albumentations, image_size=image_size)
-
-        def per_image_fn(image, seed=None):
-            return image_fn(image, element_seed(seed))
-
-        per_image_fn.takes_decoded = _albumentations_crops_first(config.albumentations)
-
-    batch_ops = config.ops
+        image_fn, ops_fn = build_albumentations(config.albumentations, image_size=image_size,
+                                                crop_in_graph=config.crop_in_graph)
+        if image_fn is not None:
+            per_image_fn = _seeded_image_fn(image_fn, element_seed)
     if config.backend == "keras":
         resample_ops, batch_ops = split_resample(config.ops)
         if resample_ops:
             image_fn = build_image_resample(resample_ops, image_size=image_size)
-
-            def per_image_fn(image, seed=None):
-                return image_fn(image, element_seed(seed))
-
-            per_image_fn.takes_decoded = resample_ops[0][0] == "random_resized_crop"
-            if per_image_fn.takes_decoded:
+            if resample_ops[0][0] == "random_resized_crop":
                 # make_dataset's JPEG fast path: crop drawn from the header, only the crop decoded.
-                crop_plan = build_crop_plan(resample_ops, image_size=image_size)
-                per_image_fn.crop_plan = lambda shape, seed: crop_plan(shape, element_seed(seed))
-
-    ops_fn = build_batch_ops(batch_ops, image_size=image_size, seed=seed) if batch_ops else None
+                image_fn.takes_decoded = True
+                image_fn.crop_plan = build_crop_plan(resample_ops, image_size=image_size)
+            per_image_fn = _seeded_image_fn(image_fn, element_seed)
+        if batch_ops:
+            ops_fn = build_batch_ops(batch_ops, image_size=image_size, seed=seed)
     mix_fn = build_mixing(
         mixup_alpha=config.mixup.alpha if config.mixup else None,
         cutmix_alpha=config.cutmix.alpha if config.cutmix else None,
@@ -170,13 +164,17 @@ def build_augmentation(
     )
 
 
-def _albumentations_crops_first(spec: dict[str, Any]) -> bool:
-    """True when the serialised pipeline starts with a RandomResizedCrop, which makes the output size from
-    any input: the data pipeline can then hand it the decoded image (one resample instead of two)."""
-    node = spec.get("transform", {})
-    while node.get("transforms"):
-        node = node["transforms"][0]
-    return node.get("__class_fullname__", "").rsplit(".", 1)[-1] == "RandomResizedCrop"
+def _seeded_image_fn(image_fn, element_seed):
+    """``image_fn(image, seed)`` as ``per_image_fn(image, seed=None)``, the recipe's seed folded in; its
+    ``takes_decoded`` and ``crop_plan`` carried over for make_dataset."""
+    def per_image_fn(image, seed=None):
+        return image_fn(image, element_seed(seed))
+
+    per_image_fn.takes_decoded = bool(getattr(image_fn, "takes_decoded", False))
+    crop_plan = getattr(image_fn, "crop_plan", None)
+    if crop_plan is not None:
+        per_image_fn.crop_plan = lambda shape, seed: crop_plan(shape, element_seed(seed))
+    return per_image_fn
 
 
 def standard_policy(backend: str, *, image_size: tuple[int, int] = (224, 224), seed: int = 0) -> AugmentConfig:

@@ -1,13 +1,26 @@
-"""The ``albumentations`` back end: the recipe's albumentations pipeline, per image, in the tf.data map.
+"""The ``albumentations`` back end: the recipe's albumentations pipeline, in the tf.data pipeline.
 
-albumentations works on uint8 numpy arrays, so it runs through ``tf.numpy_function`` inside
-``map(num_parallel_calls=AUTOTUNE)``. The Python parts hold the GIL but OpenCV releases it inside its
-kernels, so parallel calls overlap the heavy work. OpenCV's own thread pool is switched off
-(``cv2.setNumThreads(0)``): tf.data already runs one call per core, and nested pools oversubscribe the
-cores (measured in BENCHMARKS.md).
+albumentations works on uint8 numpy arrays, so it runs through ``tf.numpy_function``. Where it runs:
 
-Each call gets its own seed (from the element's seed), and each tf.data worker thread its own copy of the
-pipeline, because ``Compose.set_random_seed`` mutates the pipeline and parallel calls would race on it.
+- A leading ``RandomResizedCrop`` (``p=1``, linear interpolation, in a top-level ``Compose`` with ``p=1``)
+  runs in the graph unless ``crop_in_graph: false``, with the keras back end's code and the transform's
+  ``scale`` and ``ratio``, then one bilinear resample to ``image_size``. On JPEGs it is
+  ``tf.io.decode_and_crop_jpeg`` of a window drawn from the file's header, so only the crop's pixels are
+  decoded (TensorFlow's ResNet input pipeline; ``stateless_sample_distorted_bounding_box``: 10 attempts,
+  then the whole image, ratio drawn uniformly); on other files a crop of the decoded image (ratio drawn
+  log-uniformly as albumentations does, the box clipped to the image instead of redrawn). albumentations
+  itself redraws 10 times and then takes a centre crop. Decoding a whole photo only to crop 8-100% of it
+  and resize cost more than the rest of the standard policy (BENCHMARKS.md).
+- The other transforms run per batch: one ``numpy_function`` call per batch, each image through the
+  pipeline in turn (parallel batches overlap in OpenCV, which releases the GIL). One call per image cost
+  ~0.1 ms of TensorFlow-to-Python overhead per image on top of the transforms.
+- With ``crop_in_graph: false`` a leading crop keeps the old route: the whole pipeline per image on the
+  decoded, full-size image.
+
+OpenCV's own thread pool is switched off (``cv2.setNumThreads(0)``): tf.data already runs one call per
+core, and nested pools oversubscribe the cores. Each image gets its own seed (from the batch's or the
+element's seed), and each tf.data worker thread its own copy of the pipeline, because
+``Compose.set_random_seed`` mutates the pipeline and parallel calls would race on it.
 """
 
 from __future__ import annotations
@@ -62,20 +75,99 @@ def _share_random_state(node, numpy_random, python_random) -> None:
         _share_random_state(child, numpy_random, python_random)
 
 
-def build_per_image_fn(spec: dict[str, Any], *, image_size: tuple[int, int]):
-    """``fn(image [H,W,C] uint8 or float 0..255, seed [2] int) -> float32 [*image_size, C]`` in 0..255."""
+def _split_leading_crop(spec: dict[str, Any]):
+    """``(crop, rest)``: the leading RandomResizedCrop that can run in the graph (or None) and the serialised
+    pipeline of the transforms after it (None when none are left)."""
+    import cv2
+
+    transform = spec["transform"]
+    children = transform.get("transforms") or []
+    if transform.get("__class_fullname__", "").rsplit(".", 1)[-1] != "Compose" or not children:
+        return None, spec
+    pipeline = load_albumentations(spec)
+    first = pipeline.transforms[0]
+    if (type(first).__name__ != "RandomResizedCrop" or first.p < 1.0 or pipeline.p < 1.0
+            or first.interpolation != cv2.INTER_LINEAR):
+        return None, spec
+    rest = dict(transform, transforms=children[1:])
+    return first, ({**spec, "transform": rest} if children[1:] else None)
+
+
+def build_albumentations(spec: dict[str, Any], *, image_size: tuple[int, int], crop_in_graph: bool = True):
+    """``(image_fn, batch_fn)`` for the data pipeline, either may be None (see the module docstring).
+
+    ``image_fn(image [H,W,C] any size, seed [2] int) -> float32 [*image_size, C]`` (with ``takes_decoded``
+    and, for the in-graph crop, ``crop_plan``); ``batch_fn(images [B,*image_size,C] 0..255, seed [2] int) ->
+    float32`` images in 0..255.
+    """
     import cv2
 
     cv2.setNumThreads(0)
+    crop, rest = _split_leading_crop(spec) if crop_in_graph else (None, spec)
+    if crop is None and _crops_first(spec):  # any input size: hand it the decoded image, per image
+        return _per_image_fn(spec, image_size=image_size), None
+    image_fn = _in_graph_crop(crop, image_size=image_size) if crop is not None else None
+    batch_fn = _per_batch_fn(rest, image_size=image_size) if rest is not None else None
+    return image_fn, batch_fn
+
+
+def _crops_first(spec: dict[str, Any]) -> bool:
+    """True when the serialised pipeline starts with a RandomResizedCrop, which makes the output size from
+    any input: the data pipeline can then hand it the decoded image (one resample instead of two)."""
+    node = spec.get("transform", {})
+    while node.get("transforms"):
+        node = node["transforms"][0]
+    return node.get("__class_fullname__", "").rsplit(".", 1)[-1] == "RandomResizedCrop"
+
+
+def _in_graph_crop(crop, *, image_size):
+    from ftkit.augment import config as C
+    from ftkit.augment.keras_backend import build_crop_plan, build_image_resample
+
+    ops = [("random_resized_crop", C.RandomResizedCrop(scale=tuple(crop.scale), ratio=tuple(crop.ratio)))]
+    resample = build_image_resample(ops, image_size=image_size)
+
+    def fn(image, seed):
+        return resample(image, seed)
+
+    fn.takes_decoded = True
+    fn.crop_plan = build_crop_plan(ops, image_size=image_size)
+    return fn
+
+
+def _image_seed(seed) -> int:
+    # 32 bits of (seed, element) entropy: albumentations seeds Python's and NumPy's generators with it.
+    return int(np.random.SeedSequence([int(s) & 0xFFFFFFFF for s in seed]).generate_state(1)[0])
+
+
+def _per_image_fn(spec, *, image_size):
     pipeline = AlbumentationsPipeline(spec, image_size=image_size)
 
     def run(image, seed):
-        # 32 bits of (seed, element) entropy: albumentations seeds Python's and NumPy's generators with it.
-        return pipeline(image, int(np.random.SeedSequence([int(s) & 0xFFFFFFFF for s in seed]).generate_state(1)[0]))
+        return pipeline(image, _image_seed(seed))
 
     def fn(image, seed):
         out = tf.numpy_function(run, [image, seed], tf.uint8, stateful=False)
         out.set_shape([*image_size, image.shape[-1]])
+        return tf.cast(out, tf.float32)
+
+    fn.takes_decoded = True
+    return fn
+
+
+def _per_batch_fn(spec, *, image_size):
+    pipeline = AlbumentationsPipeline(spec, image_size=image_size)
+
+    def run(images, seed):
+        seeds = np.random.SeedSequence([int(s) & 0xFFFFFFFF for s in seed]).generate_state(max(len(images), 1))
+        return np.stack([pipeline(image, int(word)) for image, word in zip(images, seeds, strict=False)]) \
+            if len(images) else images
+
+    def fn(images, seed):
+        images = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8) if images.dtype != tf.uint8 \
+            else images
+        out = tf.numpy_function(run, [images, seed], tf.uint8, stateful=False)
+        out.set_shape([images.shape[0], *image_size, images.shape[-1]])
         return tf.cast(out, tf.float32)
 
     return fn

@@ -274,6 +274,9 @@ class AugmentConfig(BaseModel):
     mix_prob: float = Field(1.0, ge=0.0, le=1.0)
     switch_prob: float = Field(0.5, ge=0.0, le=1.0)
     parallel_reproducible: bool = False
+    # albumentations back end: a leading RandomResizedCrop (p=1, linear) runs in the graph, on JPEGs as
+    # decode-and-crop (ftkit.augment.albumentations_backend); false keeps it in albumentations, per image
+    crop_in_graph: bool = True
 
     @field_validator("ops", mode="before")
     @classmethod

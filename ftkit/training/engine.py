@@ -302,7 +302,8 @@ class Trainer:
                                          image_shape=self.plan.image_shape, head=self.recipe.head,
                                          weights=self.recipe.backbone.weights, seed=self.recipe.train.seed)
         if self.recipe.backbone.init_from:
-            load_backbone_from_run(self.assembled, self.recipe.backbone.init_from)
+            self.log(load_backbone_from_run(self.assembled, self.recipe.backbone.init_from,
+                                            match=self.recipe.backbone.init_match))
 
     def _compile(self, model, optimizer, *, multi_output: bool):
         import keras
