@@ -351,7 +351,7 @@ class _FileSource:
             return decoded.concatenate(rescued).take(1)
 
         chunks = ds.batch(batch_size, drop_remainder=drop_remainder)
-        return chunks.interleave(chunk, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+        return chunks.interleave(chunk, cycle_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
 
     def _loader(self, decoder, image_fn, to_uint8):
         def load(row, word=None):
