@@ -145,14 +145,10 @@ def _in_graph_crop(crop, *, image_size):
     from ftkit.augment.keras_backend import build_crop_plan, build_image_resample
 
     ops = [("random_resized_crop", C.RandomResizedCrop(scale=tuple(crop.scale), ratio=tuple(crop.ratio)))]
-    resample = build_image_resample(ops, image_size=image_size)
-
-    def fn(image, seed):
-        return resample(image, seed)
-
-    fn.takes_decoded = True
-    fn.crop_plan = build_crop_plan(ops, image_size=image_size)
-    return fn
+    resample = build_image_resample(ops, image_size=image_size)  # the transform's `size` gives way to image_size
+    resample.takes_decoded = True
+    resample.crop_plan = build_crop_plan(ops, image_size=image_size)
+    return resample
 
 
 def _image_seed(seed) -> int:
