@@ -8,7 +8,7 @@ in-graph resample of the decoded image (it can stand in for the loader's resize:
 any input size and returns ``image_size``), and every other op per batch; MixUp/CutMix are per batch. Both
 take an optional stateless ``seed`` (int ``[2]``), into which the recipe's seed is folded;
 ``ftkit.data.make_dataset`` (which also hands ``per_image_fn`` the decoded image when the policy starts with
-a random resized crop: ``per_image_fn.takes_decoded``, and for JPEGs in the keras back end only the crop
+a random resized crop: ``per_image_fn.takes_decoded``, and for JPEGs in either back end only the crop
 window: ``per_image_fn.crop_plan``), ``augment_images`` and ``augment_batches`` feed them
 one seed per element from ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``, so the same
 seed gives the same augmented batches (in order, also with parallel calls) and each epoch still sees new augmentations.
@@ -93,7 +93,6 @@ def build_augmentation(
     from ftkit.augment.keras_backend import (
         STATELESS_OPS,
         build_batch_ops,
-        build_crop_plan,
         build_image_resample,
         split_resample,
     )
@@ -106,7 +105,6 @@ def build_augmentation(
     seed = config.seed if seed is None else seed
     image_size = (int(image_size[0]), int(image_size[1]))
     generator = tf.random.Generator.from_seed(seed)
-    recipe_seed = seed
 
     def fallback_seed():
         return generator.make_seeds(1)[:, 0]
@@ -115,7 +113,7 @@ def build_augmentation(
         """The caller's per-element/per-batch seed with the recipe's seed folded in, so both matter."""
         if given is None:
             return fallback_seed()
-        return tf.random.experimental.stateless_fold_in(tf.cast(given, tf.int64), recipe_seed)
+        return tf.random.experimental.stateless_fold_in(tf.cast(given, tf.int64), seed)
 
     per_image_fn = None
     ops_fn = None
@@ -130,10 +128,6 @@ def build_augmentation(
         resample_ops, batch_ops = split_resample(config.ops)
         if resample_ops:
             image_fn = build_image_resample(resample_ops, image_size=image_size)
-            if resample_ops[0][0] == "random_resized_crop":
-                # make_dataset's JPEG fast path: crop drawn from the header, only the crop decoded.
-                image_fn.takes_decoded = True
-                image_fn.crop_plan = build_crop_plan(resample_ops, image_size=image_size)
             per_image_fn = _seeded_image_fn(image_fn, element_seed)
         if batch_ops:
             ops_fn = build_batch_ops(batch_ops, image_size=image_size, seed=seed)

@@ -348,12 +348,19 @@ def split_resample(ops: list[tuple[str, C._Op]]) -> tuple[list, list]:
 
 
 def build_image_resample(ops: list[tuple[str, C._Op]], *, image_size: tuple[int, int]):
-    """``fn(image [H,W,C] any size and dtype, seed) -> float32 [*image_size, C]`` for ``split_resample``'s ops."""
+    """``fn(image [H,W,C] any size and dtype, seed) -> float32 [*image_size, C]`` for ``split_resample``'s ops.
+
+    When the ops start with ``random_resized_crop``, ``fn.takes_decoded`` is set (make_dataset hands it the
+    decoded image) and ``fn.crop_plan`` (make_dataset's JPEG decode-and-crop fast path, :func:`build_crop_plan`).
+    """
     resample = build_resample(ops, image_size=tuple(image_size))
 
     def fn(image, seed):
         return resample(image[None], seed)[0]
 
+    fn.takes_decoded = ops[0][0] == "random_resized_crop"
+    if fn.takes_decoded:
+        fn.crop_plan = build_crop_plan(ops, image_size=image_size)
     return fn
 
 

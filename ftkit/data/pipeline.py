@@ -7,13 +7,13 @@ raw values in 0..255 (the model carries its own normalisation), labels int32 ``[
 
 Decoding. Files are read and decoded a batch-sized chunk at a time: each chunk is a small dataset whose
 decode map and batch tf.data fuses into one ``MapAndBatch`` (an ``ignore_errors``/``filter`` between the
-map and the batch stops that fusion and measured 0.1-0.25 ms per image more CPU, BENCHMARKS.md), and chunks are
-interleaved in parallel. Per file the fast path is in-graph: ``tf.io.decode_jpeg`` at a reduced DCT scale
+map and the batch stops that fusion and measured 0.1-0.25 ms per image more CPU, BENCHMARKS.md); chunks are
+interleaved one at a time, each decoded with one call per core. Per file the fast path is in-graph: ``tf.io.decode_jpeg`` at a reduced DCT scale
 (1/2, 1/4, 1/8) whenever the image stays at least as large as the target, or ``tf.io.decode_png`` at 16
 bits. Files the scan flagged (EXIF rotation, CMYK, alpha, GIF, BMP, WebP, TIFF) are decoded by Pillow
 (:func:`ftkit.data.decode.decode` in a ``tf.numpy_function``); splits without flagged files build no Pillow
 branch at all, and a split of JPEGs only (the scan read the headers) no PNG branch. When ``per_image_fn``
-carries a ``crop_plan`` (the keras back end's policies that start with a random resized crop), a JPEG's crop
+carries a ``crop_plan`` (either back end's policies that start with a random resized crop), a JPEG's crop
 window is drawn from its header shape and ``tf.io.decode_and_crop_jpeg`` decodes only those pixels, resized
 once (TensorFlow's ResNet input pipeline); PNGs and Pillow files still go through ``per_image_fn``.
 
