@@ -174,6 +174,32 @@ def test_shuffle_is_seeded_and_reshuffles_each_epoch(tmp_path):
         int(os.path.basename(p)[:2]) for p in index["train"].paths]
 
 
+def test_failed_batches_anywhere_come_back_in_order(tmp_path):
+    """A batch in which the in-graph decoder raises (first, consecutive middle ones, last) is decoded again
+    file by file and put back where it was: every good file once, in the index order."""
+    from test_data_augment_pipeline import _bad_png
+
+    root = _numbered(tmp_path, n=24)
+    for name in ("a/000.png", "a/13x.png", "a/17x.png", "b/99x.png"):  # sorted: first, two middle batches, last
+        (root / name).write_bytes(_bad_png())
+    index = scan(root, val_fraction=0.0)
+    names = [os.path.basename(p) for p in index["train"].paths]
+    assert len(names) == 28 and index.skipped == []
+    expected = [int(n[:2]) for n in names if len(n) == 6]
+    ds = make_dataset(index, "train", image_size=(4, 4), batch_size=5)
+    sizes = [len(labels) for _, labels in ds]
+    assert _order(ds) == expected and sum(sizes) == 24 and max(sizes) == 5
+    assert sorted(os.path.basename(s.path) for s in index.skipped) == ["000.png", "13x.png", "17x.png", "99x.png"]
+
+    dropped = make_dataset(index, "train", image_size=(4, 4), batch_size=5, drop_remainder=True)
+    got = _order(dropped)
+    assert [len(labels) for _, labels in dropped] == [5] * 4 and got == expected[:20]  # rows 25-27 are the remainder
+
+    endless = make_dataset(index, "train", image_size=(4, 4), batch_size=5, repeat=True)
+    assert _order(endless.take(2 * len(sizes))) == expected * 2
+    assert len(index.skipped) == 4  # recorded once, not once per pass
+
+
 @pytest.mark.parametrize("cache", ["memory", "folder"])
 def test_cache_gives_the_same_images(tmp_path, good_folder, cache):
     index = scan(good_folder, val_fraction=0.0)

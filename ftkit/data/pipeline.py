@@ -5,25 +5,27 @@ Output contract (docs/ARCHITECTURE.md): batches of ``(images, labels)``, images 
 raw values in 0..255 (the model carries its own normalisation), labels int32 ``[B]`` (or one-hot float32
 ``[B, K]`` when a per-batch function is given, whose contract takes one-hot labels).
 
-Decoding. Files are read and decoded a batch-sized chunk at a time: each chunk is a small dataset whose
-decode map and batch tf.data fuses into one ``MapAndBatch`` (an ``ignore_errors``/``filter`` between the
-map and the batch stops that fusion and measured 0.1-0.25 ms per image more CPU, BENCHMARKS.md); chunks are
-interleaved one at a time, each decoded with one call per core. Per file the fast path is in-graph: ``tf.io.decode_jpeg`` at a reduced DCT scale
-(1/2, 1/4, 1/8) whenever the image stays at least as large as the target, or ``tf.io.decode_png`` at 16
-bits. Files the scan flagged (EXIF rotation, CMYK, alpha, GIF, BMP, WebP, TIFF) are decoded by Pillow
-(:func:`ftkit.data.decode.decode` in a ``tf.numpy_function``); splits without flagged files build no Pillow
-branch at all, and a split of JPEGs only (the scan read the headers) no PNG branch. When ``per_image_fn``
-carries a ``crop_plan`` (either back end's policies that start with a random resized crop), a JPEG's crop
-window is drawn from its header shape and ``tf.io.decode_and_crop_jpeg`` decodes only those pixels, resized
-once (TensorFlow's ResNet input pipeline); PNGs and Pillow files still go through ``per_image_fn``.
+Decoding. Files are read, decoded and resized by one ``map`` that tf.data fuses with the ``batch`` after it
+(``MapAndBatch``), at one call per core, as the Keras loader does. Per file the fast path is in-graph:
+``tf.io.decode_jpeg`` at a reduced DCT scale (1/2, 1/4, 1/8) whenever the image stays at least as large as
+the target, or ``tf.io.decode_png`` at 16 bits. Files the scan flagged (EXIF rotation, CMYK, alpha, GIF,
+BMP, WebP, TIFF) are decoded by Pillow (:func:`ftkit.data.decode.decode` in a ``tf.numpy_function``);
+splits without flagged files build no Pillow branch at all, and a split of JPEGs only (the scan read the
+headers) no PNG branch. When ``per_image_fn`` carries a ``crop_plan`` (either back end's policies that
+start with a random resized crop), a JPEG's crop window is drawn from its header shape and
+``tf.io.decode_and_crop_jpeg`` decodes only those pixels, resized once (TensorFlow's ResNet input
+pipeline); PNGs and Pillow files still go through ``per_image_fn``.
 
-Bad files. TensorFlow's decoders raise on damaged data and tf.data cannot catch an error inside a map, so
-a chunk whose fast path fails (a truncated file, a body the decoder rejects, a flagged file Pillow cannot
-read) is dropped by ``ignore_errors`` and decoded again element by element: each file is tried in-graph
-inside its own one-element dataset with ``ignore_errors``, which yields a flag instead of raising, and on
-failure goes to Pillow, which either decodes it or records it in ``index.skipped`` with its path, reason and
-detail (logged once, not once per epoch). No bad file ends an epoch and none is dropped unreported; the
-other files of the chunk are kept. The re-decode costs a chunk's worth of time, once per bad chunk and epoch.
+Bad files. TensorFlow's decoders raise on damaged data, and tf.data cannot catch an error inside a map: the
+fused map-and-batch turns it into a failed batch, which ``ignore_errors`` drops whole. Every batch carries
+the positions of its files, so the batch after a failed one (or an end marker after the last) shows the
+gap, and the gap's files are decoded again one by one: each is tried in-graph inside its own one-element
+dataset with ``ignore_errors``, which yields a flag instead of raising, and on failure goes to Pillow, which
+either decodes it or records it in ``index.skipped`` with its path, reason and detail (logged once, not once
+per epoch). The rescued files go back where they were, so batches keep the index order; no bad file ends an
+epoch and none is dropped unreported. The re-decode costs a batch's worth of time, once per failed batch and
+epoch. (The first design decoded every batch-sized chunk as its own nested dataset so that a failure stayed
+inside it; its start-up per chunk made it 27-44% dearer in CPU per image than the Keras loader.)
 
 Seeds. ``per_image_fn`` and ``per_batch_fn`` that take a ``seed=`` keyword get a stateless seed (int64
 ``[2]``) per element / per batch, drawn from ``tf.data.Dataset.random`` seeded from ``(seed, epoch, stage)``
@@ -52,11 +54,11 @@ log = logging.getLogger("ftkit.data")
 RESIZE_MODES = ("stretch", "crop", "pad")
 _DCT_SCALES = (1, 2, 4, 8)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Parallel decodes inside one chunk: the usable cores. AUTOTUNE starts each new chunk's iterator near one
-# call at a time and has no time to ramp up within 32 files (hymenoptera/train: 375 vs 516 images/s).
-_CHUNK_PARALLELISM = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2)
+# Parallel decodes: the usable cores. Decoding is CPU-bound; on 2 cores AUTOTUNE and 2 measured alike
+# (map-and-batch over catsdogs/train: 1.57 vs 1.61 CPU ms per image).
+_PARALLELISM = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2)
 # Second words of the stateless seeds, so the image and the batch stage draw independent numbers.
-_IMAGE_STAGE, _BATCH_STAGE = 1, 2
+_IMAGE_STAGE, _BATCH_STAGE, _ORDER_STAGE, _END_STAGE = 1, 2, 3, 4
 
 
 def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[int, int], channels: int = 3,
@@ -109,19 +111,11 @@ def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[in
     else:
         crop_plan = getattr(image_fn, "crop_plan", None) if full_size and channels == 3 else None
         source = _FileSource(index, data, size, channels, resize, full_size=full_size, crop_plan=crop_plan)
-    ds = source.elements()
-    if shuffle and cache is None:
-        ds = ds.shuffle(max(len(data), 1), seed=seed, reshuffle_each_iteration=True)
     if cache is None:
-        if repeat:
-            ds = ds.repeat()
-        ds = _zip_seeds(ds, image_fn, seed=seed, epoch=epoch, stage=_IMAGE_STAGE)
-        ds = source.batches(ds, image_fn if image_fn else None, batch_size=batch_size,
-                            drop_remainder=drop_remainder, ordered=ordered)
-        if drop_remainder:  # a chunk that lost a bad file is short: merge it into full batches
-            ds = ds.rebatch(batch_size, drop_remainder=True)
+        ds = source.batches(image_fn, batch_size=batch_size, drop_remainder=drop_remainder, shuffle=shuffle,
+                            seed=seed, epoch=epoch, repeat=repeat, ordered=ordered)
     else:
-        ds = source.batches(ds, None, batch_size=batch_size, drop_remainder=False, ordered=True, to_uint8=True)
+        ds = source.batches(None, batch_size=batch_size, drop_remainder=False, to_uint8=True)
         # The cache holds uint8 (rounded) pixels: 4x more images in the same memory than float32.
         ds = ds.unbatch().cache(_cache_file(cache, data, size, channels, resize))
         if shuffle:
@@ -270,10 +264,15 @@ class _MemorySource:
         self._same_size = tuple(self._images.shape[1:3]) == tuple(size)
         self._size, self._channels, self._resize = size, channels, resize
 
-    def elements(self) -> tf.data.Dataset:
-        return tf.data.Dataset.from_tensor_slices({"image": self._images, "label": self._labels})
+    def batches(self, image_fn, *, batch_size, drop_remainder, shuffle=False, seed=0, epoch=0, repeat=False,
+                ordered=True, to_uint8=False):
+        ds = tf.data.Dataset.from_tensor_slices({"image": self._images, "label": self._labels})
+        if shuffle:
+            ds = ds.shuffle(max(len(self._labels), 1), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = _zip_seeds(ds, image_fn, seed=seed, epoch=epoch, stage=_IMAGE_STAGE)
 
-    def batches(self, ds, image_fn, *, batch_size, drop_remainder, ordered, to_uint8=False):
         def load(row, word=None):
             image = row["image"]
             if not (to_uint8 and self._same_size):
@@ -288,8 +287,8 @@ class _MemorySource:
 
 
 class _FileSource:
-    """Image files, decoded a chunk at a time (see the module docstring): in-graph, or by Pillow for the
-    files the scan flagged, with a per-element fallback for chunks in which something failed."""
+    """Image files, decoded in one ``map`` fused with ``batch`` (see the module docstring): in-graph, or by
+    Pillow for the files the scan flagged, with a per-element rescue for batches in which something failed."""
 
     def __init__(self, index: DataIndex, data: Split, size, channels, resize, *, full_size: bool, crop_plan=None):
         self._index, self._split = index, data.name
@@ -307,51 +306,40 @@ class _FileSource:
         self._size, self._channels, self._resize, self._full_size = size, channels, resize, full_size
         self._crop_plan = crop_plan
 
-    def elements(self) -> tf.data.Dataset:
-        return tf.data.Dataset.from_tensor_slices(self._columns)
+    def batches(self, image_fn, *, batch_size, drop_remainder, shuffle=False, seed=0, epoch=0, repeat=False,
+                ordered=True, to_uint8=False):
+        """Batches of one pass over the split (endless passes with ``repeat``), always in order (``ordered`` is
+        moot: the rescue finds a failed batch by the gap it leaves in the positions).
 
-    def batches(self, ds, image_fn, *, batch_size, drop_remainder, ordered, to_uint8=False):
+        Unshuffled, the pass is built once, at the top level, and each element's seed word comes from a seeded
+        stream that moves on with every iteration. Shuffled, each iteration draws a word that fixes the
+        pass's order and seeds, and builds its pass inside ``flat_map``, which delays the first batch
+        (hymenoptera/train: ~190 -> ~300 ms), so the unshuffled path, which training takes, avoids it."""
         if self._crop_plan is not None:
             graph_load = self._crop_loader(image_fn)
         else:
             graph_load = self._loader(self._graph_decode, image_fn, to_uint8)
         pillow_load = self._loader(self._strict_pillow_decode, image_fn, to_uint8)
-        fallback_load = self._fallback_loader(graph_load, image_fn, to_uint8)
-
-        def fast(rows, flagged):
-            """The chunk's rows decoded and batched (map then batch, which tf.data fuses)."""
-            def batched(loader, part):
-                return part.map(loader, num_parallel_calls=_CHUNK_PARALLELISM, deterministic=ordered).batch(batch_size)
-
-            if not self._has_pillow:
-                return batched(graph_load, rows)
-            if not self._has_graph:
-                return batched(pillow_load, rows)
-
-            def either(row, *word):
+        if not self._has_pillow:
+            load = graph_load
+        elif not self._has_graph:
+            load = pillow_load
+        else:
+            def load(row, *word):
                 return tf.cond(row["pillow"], lambda: pillow_load(row, *word), lambda: graph_load(row, *word))
-
-            # Per chunk: a chunk without flagged files takes the in-graph loader alone, and only a chunk with
-            # one the per-element cond, whose Pillow branch (a numpy_function) made every element dearer
-            # (hymenoptera/train, one GIF in 245 files: 4.68 vs 4.38 CPU ms per image without the GIF).
-            # take(-1) is all rows, take(0) none: exactly one of the two decodes the chunk.
-            any_flagged = tf.cast(tf.reduce_any(flagged), tf.int64)
-            return batched(graph_load, rows.take(any_flagged - 1)).concatenate(
-                batched(either, rows.take(-any_flagged)))
-
-        def chunk(*columns):
-            rows = tf.data.Dataset.from_tensor_slices(columns if len(columns) > 1 else columns[0])
-            count = tf.shape(columns[0]["label"])[0]
-            # After an error, batch() goes on with the elements behind it: only a whole chunk counts as a success.
-            decoded = fast(rows, _flagged(columns[0])).ignore_errors()
-            decoded = decoded.filter(lambda images, labels: tf.shape(labels)[0] == count)
-            # Evaluated only when the fast path yielded nothing: take(1) stops at its batch.
-            rescued = rows.flat_map(fallback_load).filter(lambda image, label, ok: ok)
-            rescued = rescued.map(lambda image, label, ok: (image, label)).batch(batch_size)
-            return decoded.concatenate(rescued).take(1)
-
-        chunks = ds.batch(batch_size, drop_remainder=drop_remainder)
-        return chunks.interleave(chunk, cycle_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+        stream = _PassStream(self._columns, load, self._fallback_loader(graph_load, image_fn, to_uint8),
+                             takes_seed=image_fn is not None and image_fn.takes_seed, batch_size=batch_size,
+                             drop_remainder=drop_remainder)
+        if shuffle:
+            passes = _seed_words(seed=seed, epoch=epoch, stage=_ORDER_STAGE)
+            ds = (passes if repeat else passes.take(1)).flat_map(stream.shuffled)
+        else:
+            ds = stream.ordered(words=_seed_words(seed=seed, epoch=epoch, stage=_IMAGE_STAGE),
+                                end_word=_seed_words(seed=seed, epoch=epoch, stage=_END_STAGE).take(1))
+            ds = ds.repeat() if repeat else ds
+        if drop_remainder:  # a rescued batch that lost a bad file is short: merge it into full batches
+            ds = ds.rebatch(batch_size, drop_remainder=True)
+        return ds
 
     def _loader(self, decoder, image_fn, to_uint8):
         def load(row, word=None):
@@ -408,7 +396,7 @@ class _FileSource:
 
     def _graph_decode(self, row):
         contents = tf.io.read_file(row["path"])
-        # Both decoders raise on truncated or foreign data, which fails the chunk and sends the file to the
+        # Both decoders raise on truncated or foreign data, which fails the batch and sends its files to the
         # fallback. Each branch resizes its own decoded pixels, straight from uint8/uint16: a float copy of a
         # full-size photo first would cost as much as the resize.
         return self._by_codec(contents, lambda: self._decode_jpeg(contents, row.get("scale")),
@@ -435,7 +423,7 @@ class _FileSource:
 
     def _strict_pillow_decode(self, row):
         image, ok = self._pillow_decode(row, after_graph=tf.constant(False))
-        # Failing here sends the chunk to the fallback, which drops the file (already recorded) and keeps the rest.
+        # Failing here fails the batch; the rescue drops this file (already recorded) and keeps the rest.
         check = tf.debugging.Assert(ok, [row["path"]], name="pillow_decoded")
         with tf.control_dependencies([check]):
             return tf.identity(image)
@@ -465,6 +453,84 @@ class _FileSource:
         image.set_shape((None, None, 3))
         ok.set_shape(())
         return self._fit(image), ok
+
+
+class _PassStream:
+    """One pass over a split's rows as batches: a fast path of ``map(load)`` fused with ``batch``, and a rescue
+    for the batches in which a decoder raised.
+
+    A failed batch is dropped whole by ``ignore_errors`` (checked for the fused MapAndBatch) and leaves a gap
+    in the positions each batch carries; ``scan`` finds it, and the batch after the gap (or an end marker after
+    the last batch, so that a failed last batch leaves a gap too) brings the gap's rows back, decoded one by
+    one by ``fallback``. The rescued rows' seed words derive from that batch's (or the end marker's) first
+    word and their positions: reproducible, and new each iteration like the rest."""
+
+    def __init__(self, columns, load, fallback, *, takes_seed, batch_size, drop_remainder):
+        self._columns = {key: tf.constant(value) for key, value in columns.items()}
+        self._count = len(columns["label"])
+        self._load, self._fallback, self._takes_seed = load, fallback, takes_seed
+        self._batch_size, self._drop_remainder = batch_size, drop_remainder
+
+    def ordered(self, *, words, end_word, order=None):
+        """The pass in ``order`` (int64 rows per position; None: as listed); ``words`` a dataset of one seed
+        word per position, ``end_word`` one of a single word for the end marker."""
+        positions = tf.data.Dataset.range(self._count)
+        if self._takes_seed:
+            positions = tf.data.Dataset.zip(positions, words)
+
+        def decoded(position, *word):
+            image, label = self._load(self._row(position, order), *word)
+            return (image, label, position, *word)
+
+        fast = positions.map(decoded, num_parallel_calls=_PARALLELISM, deterministic=True)
+        fast = fast.batch(self._batch_size, drop_remainder=self._drop_remainder).ignore_errors()
+        images, labels = fast.element_spec[:2]
+        end = self._count - self._count % self._batch_size if self._drop_remainder else self._count
+        marker = (tf.zeros([0, *(d or 0 for d in images.shape[1:])], images.dtype), tf.zeros([0], labels.dtype),
+                  tf.constant([end], tf.int64))
+        marker = tf.data.Dataset.from_tensors(marker)
+        if self._takes_seed:
+            marker = tf.data.Dataset.zip(marker, end_word).map(lambda parts, word: (*parts, word[None]))
+        fast = fast.concatenate(marker)
+
+        def gaps(expected, batch):
+            images, labels, positions, *words = batch
+            return positions[-1] + 1, (images, labels, expected, positions[0], *(w[0] for w in words))
+
+        def emit(images, labels, gap_start, gap_end, *word):
+            batch = tf.data.Dataset.from_tensors((images, labels))
+            # Only a gap builds (and starts) the rescue's datasets: always building them cost ~0.1 ms per image.
+            return tf.cond(gap_start < gap_end,
+                           lambda: self._rescue(gap_start, gap_end, order, *word).concatenate(batch), lambda: batch)
+
+        tagged = fast.scan(tf.constant(0, tf.int64), gaps)
+        return tagged.flat_map(emit).filter(lambda images, labels: tf.size(labels) > 0)
+
+    def shuffled(self, word):
+        """The pass in the order, and with the seeds, that ``word`` draws (inside ``flat_map``)."""
+        order = tf.random.experimental.stateless_shuffle(tf.range(self._count, dtype=tf.int64),
+                                                          seed=_stateless_seed(word, _ORDER_STAGE))
+        words = tf.data.Dataset.range(self._count).map(lambda position: _derived_word(word, position))
+        return self.ordered(words=words, end_word=tf.data.Dataset.from_tensors(word), order=order)
+
+    def _row(self, position, order):
+        row = position if order is None else tf.gather(order, position)
+        return {key: tf.gather(column, row) for key, column in self._columns.items()}
+
+    def _rescue(self, start, stop, order, *word):
+        def element(position):
+            row = self._row(position, order)
+            return (row, _derived_word(word[0], position)) if word else (row,)
+
+        rows = tf.data.Dataset.range(start, stop).map(element).flat_map(self._fallback)
+        rows = rows.filter(lambda image, label, ok: ok).map(lambda image, label, ok: (image, label))
+        return rows.batch(self._batch_size)
+
+
+def _derived_word(word, position):
+    """A full-range int64 word (minval and maxval None) drawn from ``(word, position)``."""
+    return tf.random.stateless_uniform([], seed=tf.stack([word, position]), minval=None, maxval=None,
+                                       dtype=tf.int64)
 
 
 def _flagged(row):
