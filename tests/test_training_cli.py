@@ -101,9 +101,9 @@ def _tiny_deeper(include_top=True, weights=None, input_tensor=None, input_shape=
 
 def test_init_match_by_name_copies_the_shared_layers_and_reports_the_rest(run, shared_data, tmp_path):
     import keras
+    from _training_helpers import _META
 
     import ftkit
-    from _training_helpers import _META
     from ftkit.training import train
 
     if "tiny_deeper_test" not in ftkit.list_backbones():

@@ -149,8 +149,11 @@ def _color_jitter(params: C.ColorJitter, *, image_size, layer_seed) -> OpFn:
             yiq = tf.transpose(_RGB_TO_YIQ)
             hue = yiq @ rotate @ tf.linalg.inv(yiq)
             matrix, offset = matrix @ hue, offset @ hue
-        # einsum measured 19 vs 24 ms per 32x224x224 batch for reshape + batched matmul (one thread).
-        return tf.einsum("bhwc,bcd->bhwd", images, matrix) + offset[:, None]
+        # One multiply-add per input channel, which XLA fuses into one loop over the pixels: 0.305 vs 0.455 CPU s
+        # per 1000 images at 224x224 for einsum("bhwc,bcd->bhwd") under XLA (a matmul of inner size 3).
+        rows = matrix[:, None, None]
+        return (images[..., 0:1] * rows[..., 0, :] + images[..., 1:2] * rows[..., 1, :]
+                + images[..., 2:3] * rows[..., 2, :] + offset[:, None])
 
     return fn
 
