@@ -24,14 +24,16 @@ dataset with ``ignore_errors``, which yields a flag instead of raising, and on f
 either decodes it or records it in ``index.skipped`` with its path, reason and detail (logged once, not once
 per epoch). The rescued files go back where they were, so batches keep the index order; no bad file ends an
 epoch and none is dropped unreported. The re-decode costs a batch's worth of time, once per failed batch and
-epoch. (The first design decoded every batch-sized chunk as its own nested dataset so that a failure stayed
-inside it; its start-up per chunk made it 27-44% dearer in CPU per image than the Keras loader.)
+epoch. (The previous design decoded every batch-sized chunk as its own nested dataset so that a failure
+stayed inside it; in one A/B it spent 13% (catsdogs) and 35% (hymenoptera) more CPU per image than the
+Keras loader, against 1% and 15% for this one, BENCHMARKS.md.)
 
 Seeds. ``per_image_fn`` and ``per_batch_fn`` that take a ``seed=`` keyword get a stateless seed (int64
 ``[2]``) per element / per batch, drawn from ``tf.data.Dataset.random`` seeded from ``(seed, epoch, stage)``
 with ``rerandomize_each_iteration=True``: two datasets built with the same arguments give the same augmented
 batches (in deterministic order, parallel maps included), and each new iteration (epoch) of one dataset
-draws new seeds.
+draws new seeds. A shuffled file pass derives its order and its per-image seeds from one such word per
+iteration, and a rescued file's seed from the next batch's first word and its position.
 """
 
 from __future__ import annotations
@@ -89,8 +91,9 @@ def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[in
     ``image_size`` itself, so the crop is the only resample; ``resize`` then applies to nothing. With a
     cache it receives the cached ``image_size`` image instead, because the cache holds resized images.
 
-    Element order is fixed unless ``shuffle`` is on and ``deterministic`` is off, which lets parallel decoding
-    and augmentation return out of order.
+    Element order is fixed, except for in-memory data (MNIST) and cached images with ``shuffle`` on and
+    ``deterministic`` off, which lets parallel maps return out of order. Files always come in order: the
+    rescue of a failed batch finds it by its position.
     """
     data = index[split]
     size = _check_args(image_size=image_size, channels=channels, resize=resize, batch_size=batch_size,
@@ -499,7 +502,8 @@ class _PassStream:
 
         def emit(images, labels, gap_start, gap_end, *word):
             batch = tf.data.Dataset.from_tensors((images, labels))
-            # Only a gap builds (and starts) the rescue's datasets: always building them cost ~0.1 ms per image.
+            # Only a gap builds (and starts) the rescue's datasets. Built for every batch, they held hymenoptera's
+            # first batch ~500 ms, then released three at once.
             return tf.cond(gap_start < gap_end,
                            lambda: self._rescue(gap_start, gap_end, order, *word).concatenate(batch), lambda: batch)
 
