@@ -6,7 +6,7 @@ reported, and CPU time per image):
 - peer: the same loader with Keras ``RandomFlip + RandomRotation + RandomZoom`` mapped over it;
 - ftkit.data loader (``make_dataset``) with no augmentation, for context;
 - ftkit keras: the ftkit.data loader with the keras back end's standard policy (random resized crop +
-  horizontal flip as one resample per image, colour jitter as one matmul per batch);
+  horizontal flip as one resample per image, colour jitter as one multiply-add per channel per batch);
 - ftkit albumentations: the ftkit.data loader with the same policy as an albumentations pipeline per image.
 Then, op by op, milliseconds per 32x224x224 batch of each library layer and of ftkit's batched op.
 

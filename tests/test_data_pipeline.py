@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from test_data_augment_pipeline import _bad_png
 from test_data_sources import BLUE, GOOD_A, RED, _jpeg, _noise_jpeg, _save, make_messy
 
 from ftkit.data import decode, distribute, make_dataset, scan
@@ -177,8 +178,6 @@ def test_shuffle_is_seeded_and_reshuffles_each_epoch(tmp_path):
 def test_failed_batches_anywhere_come_back_in_order(tmp_path):
     """A batch in which the in-graph decoder raises (first, consecutive middle ones, last) is decoded again
     file by file and put back where it was: every good file once, in the index order."""
-    from test_data_augment_pipeline import _bad_png
-
     root = _numbered(tmp_path, n=24)
     for name in ("a/000.png", "a/13x.png", "a/17x.png", "b/99x.png"):  # sorted: first, two middle batches, last
         (root / name).write_bytes(_bad_png())

@@ -9,8 +9,8 @@ here with stateless ``tf.image`` / matrix ops on per-image random parameters:
   ``RandomCropAndResize`` resamples the same way but draws from a stateful generator);
 - colour jitter: brightness, contrast, saturation and hue are all linear in RGB (hue as a rotation about
   the grey axis in YIQ, as NVIDIA DALI's ``hsv`` operator does), so they compose into one 3x3 matrix and
-  offset per image, applied in a single batched matmul; Keras' ``RandomColorJitter`` converts to HSV and
-  back (~30x slower here). Unlike torchvision the order is fixed (brightness, contrast, saturation, hue)
+  offset per image, applied in one pass (a multiply-add per channel, fused by XLA); Keras'
+  ``RandomColorJitter`` converts to HSV and back (~30x slower here). Unlike torchvision the order is fixed (brightness, contrast, saturation, hue)
   and values are clipped once at the end;
 - flip, random erasing and cutout: a per-image select / box mask, one pass over the batch.
 
