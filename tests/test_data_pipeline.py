@@ -175,9 +175,9 @@ def test_shuffle_is_seeded_and_reshuffles_each_epoch(tmp_path):
         int(os.path.basename(p)[:2]) for p in index["train"].paths]
 
 
-def test_failed_batches_anywhere_come_back_in_order(tmp_path):
-    """A batch in which the in-graph decoder raises (first, consecutive middle ones, last) is decoded again
-    file by file and put back where it was: every good file once, in the index order."""
+def test_files_the_decoder_rejects_anywhere_leave_full_batches_in_order(tmp_path):
+    """A file on which the in-graph decoder raises (first, in two consecutive batches, last) is dropped alone:
+    every good file comes once, in the index order, in full batches, and the bad ones are recorded once."""
     root = _numbered(tmp_path, n=24)
     for name in ("a/000.png", "a/13x.png", "a/17x.png", "b/99x.png"):  # sorted: first, two middle batches, last
         (root / name).write_bytes(_bad_png())
@@ -186,17 +186,51 @@ def test_failed_batches_anywhere_come_back_in_order(tmp_path):
     assert len(names) == 28 and index.skipped == []
     expected = [int(n[:2]) for n in names if len(n) == 6]
     ds = make_dataset(index, "train", image_size=(4, 4), batch_size=5)
-    sizes = [len(labels) for _, labels in ds]
-    assert _order(ds) == expected and sum(sizes) == 24 and max(sizes) == 5
+    assert [len(labels) for _, labels in ds] == [5, 5, 5, 5, 4]
+    assert _order(ds) == expected
     assert sorted(os.path.basename(s.path) for s in index.skipped) == ["000.png", "13x.png", "17x.png", "99x.png"]
+    assert all("in-graph decoder failed" in s.detail for s in index.skipped)
 
     dropped = make_dataset(index, "train", image_size=(4, 4), batch_size=5, drop_remainder=True)
-    got = _order(dropped)
-    assert [len(labels) for _, labels in dropped] == [5] * 4 and got == expected[:20]  # rows 25-27 are the remainder
+    assert [len(labels) for _, labels in dropped] == [5] * 4 and _order(dropped) == expected[:20]
 
     endless = make_dataset(index, "train", image_size=(4, 4), batch_size=5, repeat=True)
-    assert _order(endless.take(2 * len(sizes))) == expected * 2
+    assert _order(endless.take(10)) == expected * 2
     assert len(index.skipped) == 4  # recorded once, not once per pass
+
+
+def test_a_file_only_pillow_reads_is_put_back_in_place(tmp_path):
+    """A WebP the scan took for a JPEG (simulated): the in-graph decoder rejects it, Pillow reads it, and it comes
+    back at its place in its batch, with its label, through the seeded per-image function too."""
+    for i in range(12):
+        folder = tmp_path / ("a" if i % 2 else "b")
+        folder.mkdir(exist_ok=True)
+        image = Image.new("RGB", (4, 4), (20 * i, 0, 0))
+        webp = dict(format="WEBP", lossless=True) if i in (3, 8) else dict(format="JPEG", quality=95)
+        (folder / f"{i:02d}.jpg").write_bytes(_save(image, webp.pop("format"), **webp))
+    index = scan(tmp_path, val_fraction=0.0)
+    data = index["train"]
+    assert data.pillow.sum() == 2
+    data.pillow[:] = False  # as a scan that missed the WebPs would have it: every file to the in-graph decoder
+    data.codecs[:] = 1
+    expected = [int(os.path.basename(p)[:2]) for p in data.paths]
+
+    def red(ds):
+        return [round(float(v) / 20) for images, _ in ds for v in images[:, 0, 0, 0].numpy()]
+
+    ds = make_dataset(index, "train", image_size=(4, 4), batch_size=5)
+    assert [len(labels) for _, labels in ds] == [6, 6] and red(ds) == expected  # one longer per rescued file
+    np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in ds]), data.labels)
+    assert index.skipped == []
+
+    def shift(image, seed):  # a seeded per-image function: rescued files get a seed too, the same every time
+        return image + tf.cast(tf.random.stateless_uniform([], seed, 0, 10_000, tf.int32), tf.float32) * 1000
+
+    first, again = ([b[0].numpy() for b in make_dataset(index, "train", image_size=(4, 4), batch_size=5,
+                                                          per_image_fn=shift, seed=3)] for _ in range(2))
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert [round(float(v) % 1000 / 20) for batch in first for v in batch[:, 0, 0, 0]] == expected
 
 
 @pytest.mark.parametrize("cache", ["memory", "folder"])

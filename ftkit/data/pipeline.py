@@ -330,9 +330,8 @@ class _FileSource:
         else:
             def load(row, *word):
                 return tf.cond(row["pillow"], lambda: pillow_load(row, *word), lambda: graph_load(row, *word))
-        stream = _PassStream(self._columns, load, self._fallback_loader(graph_load, image_fn, to_uint8),
-                             takes_seed=image_fn is not None and image_fn.takes_seed, batch_size=batch_size,
-                             drop_remainder=drop_remainder)
+        stream = _PassStream(self._columns, load, self._rescuer(image_fn, to_uint8),
+                             takes_seed=image_fn is not None and image_fn.takes_seed, batch_size=batch_size)
         if shuffle:
             passes = _seed_words(seed=seed, epoch=epoch, stage=_ORDER_STAGE)
             ds = (passes if repeat else passes.take(1)).flat_map(stream.shuffled)
@@ -340,7 +339,7 @@ class _FileSource:
             ds = stream.ordered(words=_seed_words(seed=seed, epoch=epoch, stage=_IMAGE_STAGE),
                                 end_word=_seed_words(seed=seed, epoch=epoch, stage=_END_STAGE).take(1))
             ds = ds.repeat() if repeat else ds
-        if drop_remainder:  # a rescued batch that lost a bad file is short: merge it into full batches
+        if drop_remainder:  # the last batch may be short, and a batch with a rescued file one longer
             ds = ds.rebatch(batch_size, drop_remainder=True)
         return ds
 
@@ -373,23 +372,53 @@ class _FileSource:
 
         return load
 
-    def _fallback_loader(self, graph_load, image_fn, to_uint8):
-        """``row -> one-element dataset of (image, label, ok)``: the in-graph decode inside its own dataset,
-        whose ``ignore_errors`` turns a decoder error into an empty dataset, then Pillow if that was empty."""
-        def pillow_load(row, word=None):
-            image, ok = self._pillow_decode(row, after_graph=tf.logical_not(_flagged(row)))
-            image = _to_channels(image, self._channels)
-            if to_uint8:
-                image = _to_uint8(image)
-            return (image_fn(image, word) if image_fn else image), row["label"], ok
+    def _rescuer(self, image_fn, to_uint8):
+        """``(expected, stop, images, labels, positions, word, order) -> (images, labels)``: the batch with the
+        files of positions ``expected..stop`` that it lacks (the fast path dropped them) decoded again by Pillow
+        and merged in at their places. Each is fitted like the fast path's files, goes through ``image_fn`` with
+        a seed word derived from ``word`` and its position, or, if Pillow cannot read it either, is recorded in
+        ``index.skipped`` and left out.
 
-        def attempt(*element):
-            one = tf.data.Dataset.from_tensors(element if len(element) > 1 else element[0])
-            graph = one.filter(lambda row, *word: tf.logical_not(_flagged(row)))
-            graph = graph.map(lambda *e: (*graph_load(*e), True)).ignore_errors()
-            return graph.concatenate(one.map(pillow_load)).take(1)
+        All of it runs in one ``tf.py_function`` (eager Python), not as a graph: every node and function of a graph
+        here is instantiated and optimised by Grappler on every iterator, so every epoch, for a path that runs
+        only when a file is bad. As nested datasets, then as graph ops, it cost ~45 ms, then ~30 ms, of CPU per
+        iterator on hymenoptera/train (BENCHMARKS.md)."""
+        paths, labels = self._columns["path"], self._columns["label"]
+        scales = self._columns.get("scale")
+        flagged = self._columns.get("pillow")
 
-        return attempt
+        def merge(expected, stop, images, batch_labels, positions, word, order):
+            present = positions.numpy()[:len(batch_labels)]
+            missing = np.setdiff1d(np.arange(int(expected), int(stop)), present)
+            rows = order.numpy()[missing] if order.shape[0] else missing
+            found, kept = [], []
+            for row, position in zip(rows, missing, strict=True):
+                scale = int(scales[row]) if scales is not None else self._scales[0]
+                rejected = not (flagged is not None and flagged[row])
+                pixels, decoded = self._decode_or_report(paths[row].encode(), scale, rejected)
+                if not decoded:
+                    continue
+                image = _to_channels(self._fit(tf.constant(pixels)), self._channels)
+                image = _to_uint8(image) if to_uint8 else image
+                if image_fn is not None:
+                    image = image_fn(image, _derived_word(word, position) if image_fn.takes_seed else None)
+                found.append(tf.cast(image, images.dtype))
+                kept.append((row, position))
+            if not found:
+                return images, batch_labels
+            where = np.argsort(np.concatenate([present, [position for _, position in kept]]), kind="stable")
+            return (tf.gather(tf.concat([images, tf.stack(found)], 0), where),
+                    tf.gather(tf.concat([batch_labels, labels[[row for row, _ in kept]]], 0), where))
+
+        def rescue(expected, stop, images, batch_labels, positions, word, order):
+            merged, merged_labels = tf.py_function(
+                merge, [expected, stop, images, batch_labels, positions, word, order],
+                [images.dtype, batch_labels.dtype])
+            merged.set_shape(images.shape)
+            merged_labels.set_shape(batch_labels.shape)
+            return merged, merged_labels
+
+        return rescue
 
     def _fit(self, image):
         """The target size (float32), or in full-size mode the decoded pixels as uint8."""
@@ -425,54 +454,56 @@ class _FileSource:
         return tf.switch_case(position, branches)
 
     def _strict_pillow_decode(self, row):
-        image, ok = self._pillow_decode(row, after_graph=tf.constant(False))
-        # Failing here fails the batch; the rescue drops this file (already recorded) and keeps the rest.
+        image, ok = self._pillow_decode(row)
+        # Failing here drops this file from the fast path; the rescue finds it already recorded.
         check = tf.debugging.Assert(ok, [row["path"]], name="pillow_decoded")
         with tf.control_dependencies([check]):
             return tf.identity(image)
 
-    def _pillow_decode(self, row, *, after_graph):
-        """``(fitted image, ok)``; a file Pillow cannot decode is recorded in ``index.skipped``."""
-        index, split, size = self._index, self._split, self._size
-        max_pixels = index.max_pixels
+    def _decode_or_report(self, path: bytes, scale, rejected) -> tuple[np.ndarray, bool]:
+        """Pillow's decode of one file at DCT scale index ``scale``; a file it cannot decode is recorded in
+        ``index.skipped`` (logged once) and comes back as black pixels with False. ``rejected``: the in-graph
+        decoder failed on it first."""
+        index, path = self._index, path.decode()
+        try:
+            return decode.decode_file(path, scale=_DCT_SCALES[int(scale)], max_pixels=index.max_pixels), True
+        except decode.BadImage as bad:
+            reason, detail = bad.reason, bad.detail
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises, the epoch goes on
+            reason, detail = decode.CORRUPT, f"{type(exc).__name__}: {exc}"
+        if rejected:
+            detail = f"the in-graph decoder failed on it, and Pillow: {detail}"
+        if index.record_skip(path, reason, detail, self._split):
+            log.warning("Skipped %s: %s (%s)", path, reason, detail)
+        return np.zeros((*self._size, 3), np.uint8), False
 
-        def decode_or_report(path: bytes, scale, rejected) -> tuple[np.ndarray, bool]:
-            path = path.decode()
-            try:
-                return decode.decode_file(path, scale=_DCT_SCALES[int(scale)], max_pixels=max_pixels), True
-            except decode.BadImage as bad:
-                reason, detail = bad.reason, bad.detail
-            except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises, the epoch goes on
-                reason, detail = decode.CORRUPT, f"{type(exc).__name__}: {exc}"
-            if rejected:
-                detail = f"the in-graph decoder failed on it, and Pillow: {detail}"
-            if index.record_skip(path, reason, detail, split):
-                log.warning("Skipped %s: %s (%s)", path, reason, detail)
-            return np.zeros((*size, 3), np.uint8), False
-
+    def _pillow_decode(self, row):
+        """``(fitted image, ok)`` of a flagged file, decoded by Pillow in the graph's ``tf.numpy_function``."""
         scale = row.get("scale", tf.constant(self._scales[0], tf.int32))
-        image, ok = tf.numpy_function(decode_or_report, [row["path"], scale, after_graph],
-                                      [tf.uint8, tf.bool], stateful=False)
+        image, ok = tf.numpy_function(lambda path, scale: self._decode_or_report(path, scale, False),
+                                      [row["path"], scale], [tf.uint8, tf.bool], stateful=False)
         image.set_shape((None, None, 3))
         ok.set_shape(())
         return self._fit(image), ok
 
 
 class _PassStream:
-    """One pass over a split's rows as batches: a fast path of ``map(load)`` fused with ``batch``, and a rescue
-    for the batches in which a decoder raised.
+    """One pass over a split's rows as batches: a parallel ``map(load)`` whose failing elements ``ignore_errors``
+    drops, then ``batch``, then a ``scan`` that puts back what was dropped.
 
-    A failed batch is dropped whole by ``ignore_errors`` (checked for the fused MapAndBatch) and leaves a gap
-    in the positions each batch carries; ``scan`` finds it, and the batch after the gap (or an end marker after
-    the last batch, so that a failed last batch leaves a gap too) brings the gap's rows back, decoded one by
-    one by ``fallback``. The rescued rows' seed words derive from that batch's (or the end marker's) first
-    word and their positions: reproducible, and new each iteration like the rest."""
+    Every element carries its position, so a batch (or an end marker after the last batch, so that files
+    dropped at the end are seen too) shows which positions since the previous batch are missing. Those files
+    go to ``rescue`` (Pillow, eager; see ``_FileSource._rescuer``) and the ones it decodes are merged into the
+    batch at their place, so the pass keeps the index order and every good file comes once. A batch is
+    ``batch_size`` long, except the last, and one file longer for each file rescued into it. A rescued file's
+    seed word derives from its batch's (or the end marker's) first word and its position: reproducible, and
+    new each iteration like the rest."""
 
-    def __init__(self, columns, load, fallback, *, takes_seed, batch_size, drop_remainder):
+    def __init__(self, columns, load, rescue, *, takes_seed, batch_size):
         self._columns = {key: tf.constant(value) for key, value in columns.items()}
         self._count = len(columns["label"])
-        self._load, self._fallback, self._takes_seed = load, fallback, takes_seed
-        self._batch_size, self._drop_remainder = batch_size, drop_remainder
+        self._load, self._rescue, self._takes_seed = load, rescue, takes_seed
+        self._batch_size = batch_size
 
     def ordered(self, *, words, end_word, order=None):
         """The pass in ``order`` (int64 rows per position; None: as listed); ``words`` a dataset of one seed
@@ -485,30 +516,31 @@ class _PassStream:
             image, label = self._load(self._row(position, order), *word)
             return (image, label, position, *word)
 
-        fast = positions.map(decoded, num_parallel_calls=_PARALLELISM, deterministic=True)
-        fast = fast.batch(self._batch_size, drop_remainder=self._drop_remainder).ignore_errors()
+        # Per element, not fused with the batch: a failed file is dropped alone (fusing map and batch drops the
+        # whole batch, whose good files then had to be decoded again; BENCHMARKS.md).
+        fast = positions.map(decoded, num_parallel_calls=_PARALLELISM, deterministic=True).ignore_errors()
+        fast = fast.batch(self._batch_size)
         images, labels = fast.element_spec[:2]
-        end = self._count - self._count % self._batch_size if self._drop_remainder else self._count
         marker = (tf.zeros([0, *(d or 0 for d in images.shape[1:])], images.dtype), tf.zeros([0], labels.dtype),
-                  tf.constant([end], tf.int64))
+                  tf.constant([self._count], tf.int64))
         marker = tf.data.Dataset.from_tensors(marker)
         if self._takes_seed:
             marker = tf.data.Dataset.zip(marker, end_word).map(lambda parts, word: (*parts, word[None]))
         fast = fast.concatenate(marker)
 
-        def gaps(expected, batch):
+        def restore(expected, batch):
             images, labels, positions, *words = batch
-            return positions[-1] + 1, (images, labels, expected, positions[0], *(w[0] for w in words))
+            count = tf.size(labels, out_type=tf.int64)
+            stop = positions[-1] + tf.minimum(count, 1)  # after this batch; the marker's position is the end
 
-        def emit(images, labels, gap_start, gap_end, *word):
-            batch = tf.data.Dataset.from_tensors((images, labels))
-            # Only a gap builds (and starts) the rescue's datasets. Built for every batch, they held hymenoptera's
-            # first batch ~500 ms, then released three at once.
-            return tf.cond(gap_start < gap_end,
-                           lambda: self._rescue(gap_start, gap_end, order, *word).concatenate(batch), lambda: batch)
+            def rescued():
+                word = words[0][0] if words else tf.constant(0, tf.int64)
+                rows = tf.zeros([0], tf.int64) if order is None else order
+                return self._rescue(expected, stop, images, labels, positions, word, rows)
 
-        tagged = fast.scan(tf.constant(0, tf.int64), gaps)
-        return tagged.flat_map(emit).filter(lambda images, labels: tf.size(labels) > 0)
+            return stop, tf.cond(stop - expected > count, rescued, lambda: (images, labels))
+
+        return fast.scan(tf.constant(0, tf.int64), restore).filter(lambda images, labels: tf.size(labels) > 0)
 
     def shuffled(self, word):
         """The pass in the order, and with the seeds, that ``word`` draws (inside ``flat_map``)."""
@@ -521,24 +553,11 @@ class _PassStream:
         row = position if order is None else tf.gather(order, position)
         return {key: tf.gather(column, row) for key, column in self._columns.items()}
 
-    def _rescue(self, start, stop, order, *word):
-        def element(position):
-            row = self._row(position, order)
-            return (row, _derived_word(word[0], position)) if word else (row,)
-
-        rows = tf.data.Dataset.range(start, stop).map(element).flat_map(self._fallback)
-        rows = rows.filter(lambda image, label, ok: ok).map(lambda image, label, ok: (image, label))
-        return rows.batch(self._batch_size)
-
 
 def _derived_word(word, position):
     """A full-range int64 word (minval and maxval None) drawn from ``(word, position)``."""
     return tf.random.stateless_uniform([], seed=tf.stack([word, position]), minval=None, maxval=None,
                                        dtype=tf.int64)
-
-
-def _flagged(row):
-    return row.get("pillow", tf.constant(False))
 
 
 def _resize(image, size, resize):
