@@ -5,10 +5,9 @@ Output contract (docs/ARCHITECTURE.md): batches of ``(images, labels)``, images 
 raw values in 0..255 (the model carries its own normalisation), labels int32 ``[B]`` (or one-hot float32
 ``[B, K]`` when a per-batch function is given, whose contract takes one-hot labels).
 
-Decoding. Files are read, decoded and resized by one ``map`` that tf.data fuses with the ``batch`` after it
-(``MapAndBatch``), at one call per core, as the Keras loader does. Per file the fast path is in-graph:
-``tf.io.decode_jpeg`` at a reduced DCT scale (1/2, 1/4, 1/8) whenever the image stays at least as large as
-the target, or ``tf.io.decode_png`` at 16 bits. Files the scan flagged (EXIF rotation, CMYK, alpha, GIF,
+Decoding. Files are read, decoded and resized by one parallel ``map``, at one call per core, as in the Keras
+loader. Per file the fast path is in-graph: ``tf.io.decode_jpeg`` at a reduced DCT scale (1/2, 1/4, 1/8)
+whenever the image stays at least as large as the target, or ``tf.io.decode_png`` at 16 bits. Files the scan flagged (EXIF rotation, CMYK, alpha, GIF,
 BMP, WebP, TIFF) are decoded by Pillow (:func:`ftkit.data.decode.decode` in a ``tf.numpy_function``);
 splits without flagged files build no Pillow branch at all, and a split of JPEGs only (the scan read the
 headers) no PNG branch. When ``per_image_fn`` carries a ``crop_plan`` (either back end's policies that
@@ -16,24 +15,26 @@ start with a random resized crop), a JPEG's crop window is drawn from its header
 ``tf.io.decode_and_crop_jpeg`` decodes only those pixels, resized once (TensorFlow's ResNet input
 pipeline); PNGs and Pillow files still go through ``per_image_fn``.
 
-Bad files. TensorFlow's decoders raise on damaged data, and tf.data cannot catch an error inside a map: the
-fused map-and-batch turns it into a failed batch, which ``ignore_errors`` drops whole. Every batch carries
-the positions of its files, so the batch after a failed one (or an end marker after the last) shows the
-gap, and the gap's files are decoded again one by one: each is tried in-graph inside its own one-element
-dataset with ``ignore_errors``, which yields a flag instead of raising, and on failure goes to Pillow, which
-either decodes it or records it in ``index.skipped`` with its path, reason and detail (logged once, not once
-per epoch). The rescued files go back where they were, so batches keep the index order; no bad file ends an
-epoch and none is dropped unreported. The re-decode costs a batch's worth of time, once per failed batch and
-epoch. (The previous design decoded every batch-sized chunk as its own nested dataset so that a failure
-stayed inside it; in one A/B it spent 13% (catsdogs) and 35% (hymenoptera) more CPU per image than the
-Keras loader, against 1% and 15% for this one, BENCHMARKS.md.)
+Bad files. TensorFlow's decoders raise on damaged data, and tf.data cannot catch an error inside a map, but
+``ignore_errors`` after the map drops the element that raised, and only it (the map is not fused with the
+batch, which would drop the whole batch). Every element carries its position, so a ``scan`` over the batches
+(and an end marker after the last) sees which positions are missing; those files are decoded again by Pillow
+(eager, in one ``tf.py_function``), which either reads them, and they are merged into the batch at their
+place, or records them in ``index.skipped`` with path, reason and detail (logged once, not once per epoch).
+So batches keep the index order, every good file comes once, no bad file ends an epoch and none is dropped
+unreported. Batches are ``batch_size`` long except the last, and one file longer per file Pillow read after
+the in-graph decoder rejected it (a file the scan did not flag for Pillow; ``drop_remainder`` rebatches).
+On hymenoptera/train the two earlier designs (a nested dataset per chunk; then a fused map-and-batch whose
+failed batches were rescued by nested datasets) spent 35% and 15% more CPU per image than the Keras loader;
+most of the second's excess was Grappler optimising its functions, with their rescue graphs, each time an
+iterator is made, so every epoch (BENCHMARKS.md).
 
 Seeds. ``per_image_fn`` and ``per_batch_fn`` that take a ``seed=`` keyword get a stateless seed (int64
 ``[2]``) per element / per batch, drawn from ``tf.data.Dataset.random`` seeded from ``(seed, epoch, stage)``
 with ``rerandomize_each_iteration=True``: two datasets built with the same arguments give the same augmented
 batches (in deterministic order, parallel maps included), and each new iteration (epoch) of one dataset
 draws new seeds. A shuffled file pass derives its order and its per-image seeds from one such word per
-iteration, and a rescued file's seed from the next batch's first word and its position.
+iteration, and a rescued file's seed from its batch's (or the end marker's) first word and its position.
 """
 
 from __future__ import annotations
