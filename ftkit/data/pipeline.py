@@ -7,13 +7,13 @@ raw values in 0..255 (the model carries its own normalisation), labels int32 ``[
 
 Decoding. Files are read, decoded and resized by one parallel ``map``, at one call per core, as in the Keras
 loader. Per file the fast path is in-graph: ``tf.io.decode_jpeg`` at a reduced DCT scale (1/2, 1/4, 1/8)
-whenever the image stays at least as large as the target, or ``tf.io.decode_png`` at 16 bits. Files the scan flagged (EXIF rotation, CMYK, alpha, GIF,
-BMP, WebP, TIFF) are decoded by Pillow (:func:`ftkit.data.decode.decode` in a ``tf.numpy_function``);
-splits without flagged files build no Pillow branch at all, and a split of JPEGs only (the scan read the
-headers) no PNG branch. When ``per_image_fn`` carries a ``crop_plan`` (either back end's policies that
-start with a random resized crop), a JPEG's crop window is drawn from its header shape and
-``tf.io.decode_and_crop_jpeg`` decodes only those pixels, resized once (TensorFlow's ResNet input
-pipeline); PNGs and Pillow files still go through ``per_image_fn``.
+whenever the image stays at least as large as the target, or ``tf.io.decode_png`` at 16 bits. Files the scan
+flagged (EXIF rotation, CMYK, alpha, GIF, BMP, WebP, TIFF) are decoded by Pillow
+(:func:`ftkit.data.decode.decode` in a ``tf.numpy_function``); splits without flagged files build no Pillow
+branch at all, and a split of JPEGs only (the scan read the headers) no PNG branch. When ``per_image_fn``
+carries a ``crop_plan`` (either back end's policies that start with a random resized crop), a JPEG's crop
+window is drawn from its header shape and ``tf.io.decode_and_crop_jpeg`` decodes only those pixels, resized
+once (TensorFlow's ResNet input pipeline); PNGs and Pillow files still go through ``per_image_fn``.
 
 Bad files. TensorFlow's decoders raise on damaged data, and tf.data cannot catch an error inside a map, but
 ``ignore_errors`` after the map drops the element that raised, and only it (the map is not fused with the
@@ -382,8 +382,8 @@ class _FileSource:
 
         All of it runs in one ``tf.py_function`` (eager Python), not as a graph: every node and function of a graph
         here is instantiated and optimised by Grappler on every iterator, so every epoch, for a path that runs
-        only when a file is bad. As nested datasets, then as graph ops, it cost ~45 ms, then ~30 ms, of CPU per
-        iterator on hymenoptera/train (BENCHMARKS.md)."""
+        only when a file is bad. As nested datasets, then as graph ops, it cost ~45 ms, then ~25 ms, of CPU per
+        iterator (isolated measurements, BENCHMARKS.md)."""
         paths, labels = self._columns["path"], self._columns["label"]
         scales = self._columns.get("scale")
         flagged = self._columns.get("pillow")
