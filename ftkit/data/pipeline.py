@@ -94,7 +94,7 @@ def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[in
 
     Element order is fixed, except for in-memory data (MNIST) and cached images with ``shuffle`` on and
     ``deterministic`` off, which lets parallel maps return out of order. Files always come in order: the
-    rescue of a failed batch finds it by its position.
+    rescue of a dropped file finds it by its position.
     """
     data = index[split]
     size = _check_args(image_size=image_size, channels=channels, resize=resize, batch_size=batch_size,
@@ -291,8 +291,8 @@ class _MemorySource:
 
 
 class _FileSource:
-    """Image files, decoded in one ``map`` fused with ``batch`` (see the module docstring): in-graph, or by
-    Pillow for the files the scan flagged, with a per-element rescue for batches in which something failed."""
+    """Image files, decoded by one parallel ``map`` (see the module docstring): in-graph, or by Pillow for the
+    files the scan flagged, with an eager Pillow rescue for the files the map dropped."""
 
     def __init__(self, index: DataIndex, data: Split, size, channels, resize, *, full_size: bool, crop_plan=None):
         self._index, self._split = index, data.name
@@ -313,7 +313,7 @@ class _FileSource:
     def batches(self, image_fn, *, batch_size, drop_remainder, shuffle=False, seed=0, epoch=0, repeat=False,
                 ordered=True, to_uint8=False):
         """Batches of one pass over the split (endless passes with ``repeat``), always in order (``ordered`` is
-        moot: the rescue finds a failed batch by the gap it leaves in the positions).
+        moot: the rescue finds a dropped file by the gap it leaves in the positions).
 
         Unshuffled, the pass is built once, at the top level, and each element's seed word comes from a seeded
         stream that moves on with every iteration. Shuffled, each iteration draws a word that fixes the
@@ -429,8 +429,8 @@ class _FileSource:
 
     def _graph_decode(self, row):
         contents = tf.io.read_file(row["path"])
-        # Both decoders raise on truncated or foreign data, which fails the batch and sends its files to the
-        # fallback. Each branch resizes its own decoded pixels, straight from uint8/uint16: a float copy of a
+        # Both decoders raise on truncated or foreign data, which drops the file from the map and sends it to the
+        # rescue. Each branch resizes its own decoded pixels, straight from uint8/uint16: a float copy of a
         # full-size photo first would cost as much as the resize.
         return self._by_codec(contents, lambda: self._decode_jpeg(contents, row.get("scale")),
                               lambda: self._decode_png(contents))
