@@ -200,8 +200,9 @@ def test_files_the_decoder_rejects_anywhere_leave_full_batches_in_order(tmp_path
 
 
 def test_a_file_only_pillow_reads_is_put_back_in_place(tmp_path):
-    """A WebP the scan took for a JPEG (simulated): the in-graph decoder rejects it, Pillow reads it, and it comes
-    back at its place in its batch, with its label, through the seeded per-image function too."""
+    """A WebP the scan took for a JPEG (simulated): the in-graph decoder rejects it (and its batch), Pillow reads
+    it, and it comes back at its place, with its label, through the seeded per-image function too; the batch's
+    other files come back decoded as the fast path decodes them."""
     for i in range(12):
         folder = tmp_path / ("a" if i % 2 else "b")
         folder.mkdir(exist_ok=True)
@@ -219,7 +220,7 @@ def test_a_file_only_pillow_reads_is_put_back_in_place(tmp_path):
         return [round(float(v) / 20) for images, _ in ds for v in images[:, 0, 0, 0].numpy()]
 
     ds = make_dataset(index, "train", image_size=(4, 4), batch_size=5)
-    assert [len(labels) for _, labels in ds] == [6, 6] and red(ds) == expected  # one longer per rescued file
+    assert [len(labels) for _, labels in ds] == [5, 5, 2] and red(ds) == expected
     np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in ds]), data.labels)
     assert index.skipped == []
 
@@ -231,6 +232,29 @@ def test_a_file_only_pillow_reads_is_put_back_in_place(tmp_path):
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
     assert [round(float(v) % 1000 / 20) for batch in first for v in batch[:, 0, 0, 0]] == expected
+
+
+def test_flagged_files_behind_stand_ins_match_the_map_route(good_folder, monkeypatch):
+    """Few flagged files (EXIF, CMYK, alpha, GIF, WebP, BMP) take the rescue, behind 1x1 stand-ins; many, the map.
+    Both routes give the same batches: pixels, seeded per-image function, labels and order."""
+    from ftkit.data import pipeline
+
+    index = scan(good_folder, val_fraction=0.0)
+    assert 0 < index["train"].pillow.sum() < len(index["train"])
+
+    def shift(image, seed):
+        return image + tf.cast(tf.random.stateless_uniform([], seed, 0, 100, tf.int32), tf.float32)
+
+    runs = {}
+    for share in (0.0, 1.0):  # 0: every flagged file in the map; 1: every one in the rescue
+        monkeypatch.setattr(pipeline, "_RESCUE_PILLOW_SHARE", share)
+        ds = make_dataset(index, "train", image_size=(16, 16), batch_size=5, per_image_fn=shift, seed=4)
+        runs[share] = [(x.numpy(), y.numpy()) for x, y in ds]
+    assert [len(y) for _, y in runs[1.0]] == [5, 5, 2]
+    for (x0, y0), (x1, y1) in zip(runs[0.0], runs[1.0], strict=True):
+        np.testing.assert_array_equal(x0, x1)
+        np.testing.assert_array_equal(y0, y1)
+    assert index.skipped == []
 
 
 @pytest.mark.parametrize("cache", ["memory", "folder"])

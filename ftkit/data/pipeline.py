@@ -5,29 +5,32 @@ Output contract (docs/ARCHITECTURE.md): batches of ``(images, labels)``, images 
 raw values in 0..255 (the model carries its own normalisation), labels int32 ``[B]`` (or one-hot float32
 ``[B, K]`` when a per-batch function is given, whose contract takes one-hot labels).
 
-Decoding. Files are read, decoded and resized by one parallel ``map``, at one call per core, as in the Keras
-loader. Per file the fast path is in-graph: ``tf.io.decode_jpeg`` at a reduced DCT scale (1/2, 1/4, 1/8)
-whenever the image stays at least as large as the target, or ``tf.io.decode_png`` at 16 bits. Files the scan
-flagged (EXIF rotation, CMYK, alpha, GIF, BMP, WebP, TIFF) are decoded by Pillow
-(:func:`ftkit.data.decode.decode` in a ``tf.numpy_function``); splits without flagged files build no Pillow
-branch at all, and a split of JPEGs only (the scan read the headers) no PNG branch. When ``per_image_fn``
-carries a ``crop_plan`` (either back end's policies that start with a random resized crop), a JPEG's crop
-window is drawn from its header shape and ``tf.io.decode_and_crop_jpeg`` decodes only those pixels, resized
-once (TensorFlow's ResNet input pipeline); PNGs and Pillow files still go through ``per_image_fn``.
+Decoding. Files are read, decoded and resized by one parallel ``map`` fused with the batch, at one call per
+core, as in the Keras loader. Per file the fast path is in-graph: ``tf.io.decode_jpeg``, or ``tf.io.decode_png``
+at 16 bits. Files the scan flagged (EXIF rotation, CMYK, alpha, GIF, BMP, WebP, TIFF) are decoded by Pillow
+(:func:`ftkit.data.decode.decode`): where they are at most 2% of the split, in the rescue (below), the map
+decoding a 1x1 stand-in in their place; where more, in the map (a ``tf.numpy_function`` behind a ``tf.cond``).
+A branch in the map costs every element ~5-10% of a catsdogs decode (isolated A/B, BENCHMARKS.md), so the map
+has one only where the split needs it: the Pillow branch as just said, a JPEG/PNG branch where the split has
+both (the scan read the headers), and a switch over JPEG DCT scales (1/2, 1/4, 1/8, decoding a photo at least
+twice the target size at a reduced scale) only where that saves at least a quarter of the decoded pixels. When
+``per_image_fn`` carries a ``crop_plan`` (either back end's policies that start with a random resized crop), a
+JPEG's crop window is drawn from its header shape and ``tf.io.decode_and_crop_jpeg`` decodes only those
+pixels, resized once (TensorFlow's ResNet input pipeline); PNGs and Pillow files still go through
+``per_image_fn``.
 
-Bad files. TensorFlow's decoders raise on damaged data, and tf.data cannot catch an error inside a map, but
-``ignore_errors`` after the map drops the element that raised, and only it (the map is not fused with the
-batch, which would drop the whole batch). Every element carries its position, so a ``scan`` over the batches
-(and an end marker after the last) sees which positions are missing; those files are decoded again by Pillow
-(eager, in one ``tf.py_function``), which either reads them, and they are merged into the batch at their
-place, or records them in ``index.skipped`` with path, reason and detail (logged once, not once per epoch).
-So batches keep the index order, every good file comes once, no bad file ends an epoch and none is dropped
-unreported. Batches are ``batch_size`` long except the last, and one file longer per file Pillow read after
-the in-graph decoder rejected it (a file the scan did not flag for Pillow; ``drop_remainder`` rebatches).
-On hymenoptera/train the two earlier designs (a nested dataset per chunk; then a fused map-and-batch whose
-failed batches were rescued by nested datasets) spent 35% and 15% more CPU per image than the Keras loader;
-most of the second's excess was Grappler optimising its functions, with their rescue graphs, each time an
-iterator is made, so every epoch (BENCHMARKS.md).
+Bad files. TensorFlow's decoders raise on damaged data, and tf.data cannot catch an error inside a map;
+``ignore_errors`` after the fused map-and-batch drops the batch that raised. Every element carries its
+position, so a ``scan`` over the batches (and an end marker after the last) sees which positions are missing:
+those files are decoded again (eagerly, in one ``tf.py_function``) by the fast path's own ops, or by Pillow
+where those raise, and merged back at their place; a file Pillow cannot read either is recorded in
+``index.skipped`` with path, reason and detail (logged once, not once per epoch). The same call replaces the
+stand-ins with the flagged files' pixels. So the pass keeps the index order, every good file comes once, no
+bad file ends an epoch and none is dropped unreported; ``rebatch`` then gives batches of ``batch_size``
+(except the last), passing the fast path's batches through uncopied. Unfused, the map would drop a bad file
+alone, but its copy into the batch, made after the image has left the cache, cost ~10% more CPU per image
+on catsdogs/train, more than re-decoding a rare bad batch; and each function in the pipeline is optimised
+by Grappler again on every iterator, so every epoch (BENCHMARKS.md), which is why the rescue is Python.
 
 Seeds. ``per_image_fn`` and ``per_batch_fn`` that take a ``seed=`` keyword get a stateless seed (int64
 ``[2]``) per element / per batch, drawn from ``tf.data.Dataset.random`` seeded from ``(seed, epoch, stage)``
@@ -39,8 +42,10 @@ iteration, and a rescued file's seed from its batch's (or the end marker's) firs
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
+import io
 import logging
 import os
 from collections.abc import Callable
@@ -48,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from ftkit.data import decode
 from ftkit.data.sources import CODECS, DataIndex, Split
@@ -62,6 +68,13 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PARALLELISM = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2)
 # Second words of the stateless seeds, so the image and the batch stage draw independent numbers.
 _IMAGE_STAGE, _BATCH_STAGE, _ORDER_STAGE, _END_STAGE = 1, 2, 3, 4
+# Flagged files (the Pillow route) up to this share of a split are decoded in the rescue, behind stand-ins, so
+# the map has no branch; above it, in the map behind a ``tf.cond``. A branch costs every element ~5-10% of a
+# catsdogs decode (isolated A/B, BENCHMARKS.md).
+_RESCUE_PILLOW_SHARE = 0.02
+# For the same reason the JPEG DCT-scale switch is built only where the reduced scales save at least this
+# share of the decoded pixels (catsdogs/train: 8%, hymenoptera/train: 14%, phone photos: ~90%).
+_DCT_MIN_SAVING = 0.25
 
 
 def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[int, int], channels: int = 3,
@@ -259,6 +272,20 @@ def dct_scales(sizes: np.ndarray, pillow: np.ndarray, size: tuple[int, int], res
     return np.clip(np.floor(np.log2(np.maximum(limit, 1.0))), 0, len(_DCT_SCALES) - 1).astype(np.int32)
 
 
+def _dct_saving(sizes: np.ndarray, scales: np.ndarray) -> float:
+    """The share of decoded pixels that decoding at ``scales`` (indices into (1, 2, 4, 8)) saves."""
+    pixels = sizes[:, 0].astype(np.float64) * sizes[:, 1]
+    return float((pixels * (1.0 - 0.25 ** scales)).sum() / max(pixels.sum(), 1.0))
+
+
+@functools.cache
+def _stand_in(fmt: str) -> bytes:
+    """A 1x1 black image in ``fmt``: what the in-graph decoder reads in place of a file sent to the rescue."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
 class _MemorySource:
     """In-memory pixels (MNIST): nothing can fail to decode, so a plain map fused with the batch."""
 
@@ -291,22 +318,29 @@ class _MemorySource:
 
 
 class _FileSource:
-    """Image files, decoded by one parallel ``map`` (see the module docstring): in-graph, or by Pillow for the
-    files the scan flagged, with an eager Pillow rescue for the files the map dropped."""
+    """Image files, decoded by one parallel ``map`` fused with the batch (see the module docstring): in-graph,
+    or by Pillow for the files the scan flagged, with an eager rescue for the batches the map dropped."""
 
     def __init__(self, index: DataIndex, data: Split, size, channels, resize, *, full_size: bool, crop_plan=None):
         self._index, self._split = index, data.name
-        scales = dct_scales(data.sizes, data.pillow, size, resize)
-        graph = ~data.pillow
-        # Only the decoders and columns this split needs: each one costs every element a little.
+        pillow = data.pillow
+        graph = ~pillow
+        scales = dct_scales(data.sizes, pillow, size, resize)
+        if _dct_saving(data.sizes[graph], scales[graph]) < _DCT_MIN_SAVING:
+            scales = np.where(graph, 0, scales).astype(np.int32)  # not worth a branch per element
+        # Only the decoders, branches and columns this split needs: each one costs every element a little.
         self._scales = sorted({int(s) for s in scales[graph]}) or [0]
         self._codecs = {int(c) for c in data.codecs[graph]}
-        self._has_graph, self._has_pillow = bool(graph.any()), bool(data.pillow.any())
+        self._has_graph = bool(graph.any())
+        flagged = int(pillow.sum())
+        # A few flagged files go to the rescue, behind a stand-in (no branch per element); more, to the map.
+        self._pillow_in_rescue = self._has_graph and 0 < flagged <= _RESCUE_PILLOW_SHARE * len(data)
+        self._pillow_in_map = flagged > 0 and not self._pillow_in_rescue
         self._columns = {"path": data.paths.astype(str) if len(data) else np.zeros(0, str), "label": data.labels}
-        if self._has_pillow or len(self._scales) > 1:
+        if flagged or len(self._scales) > 1:
             self._columns["scale"] = scales
-        if self._has_pillow:
-            self._columns["pillow"] = data.pillow
+        if flagged:
+            self._columns["pillow"] = pillow
         self._size, self._channels, self._resize, self._full_size = size, channels, resize, full_size
         self._crop_plan = crop_plan
 
@@ -323,16 +357,16 @@ class _FileSource:
             graph_load = self._crop_loader(image_fn)
         else:
             graph_load = self._loader(self._graph_decode, image_fn, to_uint8)
-        pillow_load = self._loader(self._strict_pillow_decode, image_fn, to_uint8)
-        if not self._has_pillow:
-            load = graph_load
-        elif not self._has_graph:
+        load = graph_load
+        if self._pillow_in_map:
+            pillow_load = self._loader(self._strict_pillow_decode, image_fn, to_uint8)
             load = pillow_load
-        else:
-            def load(row, *word):
-                return tf.cond(row["pillow"], lambda: pillow_load(row, *word), lambda: graph_load(row, *word))
-        stream = _PassStream(self._columns, load, self._rescuer(image_fn, to_uint8),
-                             takes_seed=image_fn is not None and image_fn.takes_seed, batch_size=batch_size)
+            if self._has_graph:
+                def load(row, *word):
+                    return tf.cond(row["pillow"], lambda: pillow_load(row, *word), lambda: graph_load(row, *word))
+        stream = _PassStream(self._columns, load, self._rescuer(graph_load, image_fn, to_uint8),
+                             takes_seed=image_fn is not None and image_fn.takes_seed, batch_size=batch_size,
+                             stand_ins=self._pillow_in_rescue)
         if shuffle:
             passes = _seed_words(seed=seed, epoch=epoch, stage=_ORDER_STAGE)
             ds = (passes if repeat else passes.take(1)).flat_map(stream.shuffled)
@@ -340,7 +374,7 @@ class _FileSource:
             ds = stream.ordered(words=_seed_words(seed=seed, epoch=epoch, stage=_IMAGE_STAGE),
                                 end_word=_seed_words(seed=seed, epoch=epoch, stage=_END_STAGE).take(1))
             ds = ds.repeat() if repeat else ds
-        if drop_remainder:  # the last batch may be short, and a batch with a rescued file one longer
+        if drop_remainder:  # each pass's last batch may be short
             ds = ds.rebatch(batch_size, drop_remainder=True)
         return ds
 
@@ -353,12 +387,20 @@ class _FileSource:
 
         return load
 
+    def _read(self, row):
+        """The file's bytes; for a flagged file sent to the rescue, a 1x1 stand-in the in-graph decoder reads
+        (a selection, not a branch), whose pixels the rescue replaces with Pillow's."""
+        contents = tf.io.read_file(row["path"])
+        if not self._pillow_in_rescue:
+            return contents
+        return tf.where(row["pillow"], _stand_in("PNG" if self._codecs == {CODECS["PNG"]} else "JPEG"), contents)
+
     def _crop_loader(self, image_fn):
         """The in-graph loader when ``per_image_fn`` starts with a random resized crop (``crop_plan``): a JPEG's
         crop is drawn from its header shape and only the crop's pixels are decoded, then resized once (TensorFlow's
         ResNet input pipeline); a PNG is decoded whole and goes through ``image_fn`` as on the other path."""
         def load(row, word):
-            contents = tf.io.read_file(row["path"])
+            contents = self._read(row)
 
             def jpeg():
                 # Always at DCT scale 1: the crop window is in full-size pixels, and a crop of 8-100% of the
@@ -373,12 +415,15 @@ class _FileSource:
 
         return load
 
-    def _rescuer(self, image_fn, to_uint8):
-        """``(expected, stop, images, labels, positions, word, order) -> (images, labels)``: the batch with the
-        files of positions ``expected..stop`` that it lacks (the fast path dropped them) decoded again by Pillow
-        and merged in at their places. Each is fitted like the fast path's files, goes through ``image_fn`` with
-        a seed word derived from ``word`` and its position, or, if Pillow cannot read it either, is recorded in
-        ``index.skipped`` and left out.
+    def _rescuer(self, graph_load, image_fn, to_uint8):
+        """``(expected, stop, images, labels, positions, words, order) -> (images, labels)``: the batch with its
+        stand-ins replaced by the flagged files' pixels, and the files of positions ``expected..stop`` that it
+        lacks (the map dropped their batch) decoded again and merged in at their places.
+
+        A dropped file is decoded by the fast path's own ops (eagerly: the same pixels), and if those raise, by
+        Pillow; a flagged file by Pillow. Each goes through ``image_fn`` with its element's seed word (a stand-in)
+        or one derived from the batch's first word and its position (a dropped file). A file Pillow cannot read
+        either is recorded in ``index.skipped`` and left out.
 
         All of it runs in one ``tf.py_function`` (eager Python), not as a graph: every node and function of a graph
         here is instantiated and optimised by Grappler on every iterator, so every epoch, for a path that runs
@@ -387,33 +432,55 @@ class _FileSource:
         paths, labels = self._columns["path"], self._columns["label"]
         scales = self._columns.get("scale")
         flagged = self._columns.get("pillow")
+        takes_seed = image_fn is not None and image_fn.takes_seed
 
-        def merge(expected, stop, images, batch_labels, positions, word, order):
+        def by_pillow(row, word, rejected):
+            scale = int(scales[row]) if scales is not None else self._scales[0]
+            pixels, decoded = self._decode_or_report(paths[row].encode(), scale, rejected)
+            if not decoded:
+                return None
+            image = _to_channels(self._fit(tf.constant(pixels)), self._channels)
+            image = _to_uint8(image) if to_uint8 else image
+            return image_fn(image, word) if image_fn is not None else image
+
+        def by_graph(row, word):
+            if flagged is not None and flagged[row]:
+                return by_pillow(row, word, rejected=False)
+            columns = {key: tf.constant(column[row]) for key, column in self._columns.items()}
+            try:
+                image = graph_load(columns, *([word] if takes_seed else []))[0]
+            except tf.errors.OpError:
+                image = None
+            # Eager ops lack the graph's shape checks: a WebP the decoder reads as frames comes back 4-D here.
+            if image is None or tuple(image.shape) != (*self._size, self._channels):
+                return by_pillow(row, word, rejected=True)
+            return image
+
+        def merge(expected, stop, images, batch_labels, positions, words, order):
+            images, batch_labels, words, order = images.numpy(), batch_labels.numpy(), words.numpy(), order.numpy()
             present = positions.numpy()[:len(batch_labels)]
-            missing = np.setdiff1d(np.arange(int(expected), int(stop)), present)
-            rows = order.numpy()[missing] if order.shape[0] else missing
-            found, kept = [], []
-            for row, position in zip(rows, missing, strict=True):
-                scale = int(scales[row]) if scales is not None else self._scales[0]
-                rejected = not (flagged is not None and flagged[row])
-                pixels, decoded = self._decode_or_report(paths[row].encode(), scale, rejected)
-                if not decoded:
-                    continue
-                image = _to_channels(self._fit(tf.constant(pixels)), self._channels)
-                image = _to_uint8(image) if to_uint8 else image
-                if image_fn is not None:
-                    image = image_fn(image, _derived_word(word, position) if image_fn.takes_seed else None)
-                found.append(tf.cast(image, images.dtype))
-                kept.append((row, position))
-            if not found:
-                return images, batch_labels
-            where = np.argsort(np.concatenate([present, [position for _, position in kept]]), kind="stable")
-            return (tf.gather(tf.concat([images, tf.stack(found)], 0), where),
-                    tf.gather(tf.concat([batch_labels, labels[[row for row, _ in kept]]], 0), where))
+            row_of = order.__getitem__ if order.shape[0] else int
+            merged = []  # (position, image, label)
+            for i, position in enumerate(present):
+                image = images[i]
+                if self._pillow_in_rescue and flagged[row_of(position)]:
+                    image = by_pillow(row_of(position), words[i] if takes_seed else None, rejected=False)
+                if image is not None:
+                    merged.append((position, image, batch_labels[i]))
+            for position in np.setdiff1d(np.arange(int(expected), int(stop)), present):
+                word = _derived_word(words[0], position) if takes_seed else None
+                image = by_graph(row_of(position), word)
+                if image is not None:
+                    merged.append((position, image, labels[row_of(position)]))
+            merged.sort(key=lambda item: item[0])
+            if not merged:
+                return images[:0], batch_labels[:0]
+            return (np.stack([np.asarray(image, images.dtype) for _, image, _ in merged]),
+                    np.asarray([label for _, _, label in merged], batch_labels.dtype))
 
-        def rescue(expected, stop, images, batch_labels, positions, word, order):
+        def rescue(expected, stop, images, batch_labels, positions, words, order):
             merged, merged_labels = tf.py_function(
-                merge, [expected, stop, images, batch_labels, positions, word, order],
+                merge, [expected, stop, images, batch_labels, positions, words, order],
                 [images.dtype, batch_labels.dtype])
             merged.set_shape(images.shape)
             merged_labels.set_shape(batch_labels.shape)
@@ -428,7 +495,7 @@ class _FileSource:
         return _resize(image, self._size, self._resize)
 
     def _graph_decode(self, row):
-        contents = tf.io.read_file(row["path"])
+        contents = self._read(row)
         # Both decoders raise on truncated or foreign data, which drops the file from the map and sends it to the
         # rescue. Each branch resizes its own decoded pixels, straight from uint8/uint16: a float copy of a
         # full-size photo first would cost as much as the resize.
@@ -489,22 +556,24 @@ class _FileSource:
 
 
 class _PassStream:
-    """One pass over a split's rows as batches: a parallel ``map(load)`` whose failing elements ``ignore_errors``
-    drops, then ``batch``, then a ``scan`` that puts back what was dropped.
+    """One pass over a split's rows as batches: a parallel ``map(load)`` fused with ``batch``, whose failing
+    batches ``ignore_errors`` drops, then a ``scan`` that puts back what was dropped or stood in for.
 
     Every element carries its position, so a batch (or an end marker after the last batch, so that files
-    dropped at the end are seen too) shows which positions since the previous batch are missing. Those files
-    go to ``rescue`` (Pillow, eager; see ``_FileSource._rescuer``) and the ones it decodes are merged into the
-    batch at their place, so the pass keeps the index order and every good file comes once. A batch is
-    ``batch_size`` long, except the last, and one file longer for each file rescued into it. A rescued file's
-    seed word derives from its batch's (or the end marker's) first word and its position: reproducible, and
-    new each iteration like the rest."""
+    dropped at the end are seen too) shows which positions since the previous batch are missing. Those files,
+    and the flagged files a batch holds stand-ins for (``stand_ins``), go to ``rescue`` (eager; see
+    ``_FileSource._rescuer``), which merges them in at their place, so the pass keeps the index order and every
+    good file comes once. ``rebatch`` then cuts batches of ``batch_size`` (the last may be shorter): the
+    fast path's batches pass through it uncopied, and the end marker, empty unless files were dropped at
+    the end, vanishes in it. A dropped file's seed word derives from its batch's (or the end marker's) first
+    word and its position: reproducible, and new each iteration like the rest."""
 
-    def __init__(self, columns, load, rescue, *, takes_seed, batch_size):
+    def __init__(self, columns, load, rescue, *, takes_seed, batch_size, stand_ins=False):
         self._columns = {key: tf.constant(value) for key, value in columns.items()}
         self._count = len(columns["label"])
         self._load, self._rescue, self._takes_seed = load, rescue, takes_seed
         self._batch_size = batch_size
+        self._stand_ins = stand_ins
 
     def ordered(self, *, words, end_word, order=None):
         """The pass in ``order`` (int64 rows per position; None: as listed); ``words`` a dataset of one seed
@@ -517,10 +586,12 @@ class _PassStream:
             image, label = self._load(self._row(position, order), *word)
             return (image, label, position, *word)
 
-        # Per element, not fused with the batch: a failed file is dropped alone (fusing map and batch drops the
-        # whole batch, whose good files then had to be decoded again; BENCHMARKS.md).
-        fast = positions.map(decoded, num_parallel_calls=_PARALLELISM, deterministic=True).ignore_errors()
-        fast = fast.batch(self._batch_size)
+        # Fused with the batch (tf.data fuses a map followed by a batch), the copy of each image into its batch
+        # happens while the image is still in cache: unfused, to drop a failing file alone, cost ~10% more CPU
+        # per image on catsdogs/train (BENCHMARKS.md). A file that fails drops its whole batch instead, which the
+        # rescue decodes again.
+        fast = positions.map(decoded, num_parallel_calls=_PARALLELISM, deterministic=True)
+        fast = fast.batch(self._batch_size).ignore_errors()
         images, labels = fast.element_spec[:2]
         marker = (tf.zeros([0, *(d or 0 for d in images.shape[1:])], images.dtype), tf.zeros([0], labels.dtype),
                   tf.constant([self._count], tf.int64))
@@ -528,20 +599,25 @@ class _PassStream:
         if self._takes_seed:
             marker = tf.data.Dataset.zip(marker, end_word).map(lambda parts, word: (*parts, word[None]))
         fast = fast.concatenate(marker)
+        flagged = self._columns["pillow"] if self._stand_ins else None
 
         def restore(expected, batch):
             images, labels, positions, *words = batch
             count = tf.size(labels, out_type=tf.int64)
             stop = positions[-1] + tf.minimum(count, 1)  # after this batch; the marker's position is the end
+            rows = tf.zeros([0], tf.int64) if order is None else order
+            needed = stop - expected > count
+            if flagged is not None:
+                present = positions[:count] if order is None else tf.gather(order, positions[:count])
+                needed = tf.logical_or(needed, tf.reduce_any(tf.gather(flagged, present)))
 
             def rescued():
-                word = words[0][0] if words else tf.constant(0, tf.int64)
-                rows = tf.zeros([0], tf.int64) if order is None else order
-                return self._rescue(expected, stop, images, labels, positions, word, rows)
+                seeds = words[0] if words else tf.zeros([0], tf.int64)
+                return self._rescue(expected, stop, images, labels, positions, seeds, rows)
 
-            return stop, tf.cond(stop - expected > count, rescued, lambda: (images, labels))
+            return stop, tf.cond(needed, rescued, lambda: (images, labels))
 
-        return fast.scan(tf.constant(0, tf.int64), restore).filter(lambda images, labels: tf.size(labels) > 0)
+        return fast.scan(tf.constant(0, tf.int64), restore).rebatch(self._batch_size)
 
     def shuffled(self, word):
         """The pass in the order, and with the seeds, that ``word`` draws (inside ``flat_map``)."""
