@@ -457,26 +457,36 @@ class _FileSource:
             return image
 
         def merge(expected, stop, images, batch_labels, positions, words, order):
-            images, batch_labels, words, order = images.numpy(), batch_labels.numpy(), words.numpy(), order.numpy()
-            present = positions.numpy()[:len(batch_labels)]
+            # Eager TensorFlow ops on the batch rather than NumPy: one copy of it (two where files are put
+            # back), where stacking NumPy arrays and handing them back took three.
+            present, words, order = positions.numpy()[:len(batch_labels)], words.numpy(), order.numpy()
             row_of = order.__getitem__ if order.shape[0] else int
-            merged = []  # (position, image, label)
+            keep, replaced, updates = np.ones(len(present), bool), [], []
             for i, position in enumerate(present):
-                image = images[i]
                 if self._pillow_in_rescue and flagged[row_of(position)]:
                     image = by_pillow(row_of(position), words[i] if takes_seed else None, rejected=False)
-                if image is not None:
-                    merged.append((position, image, batch_labels[i]))
+                    if image is None:
+                        keep[i] = False
+                    else:
+                        replaced.append(i)
+                        updates.append(tf.cast(image, images.dtype))
+            if updates:
+                images = tf.tensor_scatter_nd_update(images, np.asarray(replaced)[:, None], tf.stack(updates))
+            added, added_at, added_labels = [], [], []
             for position in np.setdiff1d(np.arange(int(expected), int(stop)), present):
-                word = _derived_word(words[0], position) if takes_seed else None
-                image = by_graph(row_of(position), word)
+                image = by_graph(row_of(position), _derived_word(words[0], position) if takes_seed else None)
                 if image is not None:
-                    merged.append((position, image, labels[row_of(position)]))
-            merged.sort(key=lambda item: item[0])
-            if not merged:
-                return images[:0], batch_labels[:0]
-            return (np.stack([np.asarray(image, images.dtype) for _, image, _ in merged]),
-                    np.asarray([label for _, _, label in merged], batch_labels.dtype))
+                    added.append(tf.cast(image, images.dtype))
+                    added_at.append(position)
+                    added_labels.append(labels[row_of(position)])
+            if keep.all() and not added:
+                return images, batch_labels
+            images, batch_labels = tf.boolean_mask(images, keep), tf.boolean_mask(batch_labels, keep)
+            if added:
+                images = tf.concat([images, tf.stack(added)], 0)
+                batch_labels = tf.concat([batch_labels, tf.constant(added_labels, batch_labels.dtype)], 0)
+            where = np.argsort(np.concatenate([present[keep], added_at]), kind="stable")
+            return tf.gather(images, where), tf.gather(batch_labels, where)
 
         def rescue(expected, stop, images, batch_labels, positions, words, order):
             merged, merged_labels = tf.py_function(
