@@ -372,7 +372,7 @@ def build_crop_plan(ops: list[tuple[str, C._Op]], *, image_size: tuple[int, int]
     ResNet input pipeline): ``plan(shape [3] int32, seed) -> (window, finish)``, where ``window`` (int32
     ``[y, x, height, width]``) is the crop drawn from the image shape alone, for
     ``tf.io.decode_and_crop_jpeg`` to decode only those pixels, and ``finish(cropped) -> float32
-    [*image_size, C]`` resizes the crop once, with the flips drawn with it folded into that resample.
+    [*image_size, C]`` resizes the crop once and applies the flips drawn with it.
 
     ``stateless_sample_distorted_bounding_box`` retries out-of-range draws (up to 10, as torchvision) and
     falls back to the whole image, so its boxes differ in distribution from ``build_resample``'s clipped ones.
@@ -394,13 +394,18 @@ def build_crop_plan(ops: list[tuple[str, C._Op]], *, image_size: tuple[int, int]
             axes = tf.constant([mode != "vertical", mode != "horizontal"])
             flips = tf.math.logical_xor(flips, coins & axes)
 
-        # The flips fold into the one resample, as in build_resample: crop_and_resize samples a box whose y1 > y2
-        # (x1 > x2) upside down (mirrored). A tf.cond per flip cost each image ~5% of its decode (BENCHMARKS.md).
-        start = tf.where(tf.stack([flips[1], flips[0]]), 1.0, 0.0)  # [y, x]
-        boxes = tf.concat([start, 1.0 - start], 0)[None]
+        # A branch only for an axis the policy can flip: each costs every image a little (BENCHMARKS.md).
+        # Folding the flips into tf.image.crop_and_resize (mirrored boxes, as build_resample does per batch)
+        # has no branch, but its CPU kernel made the standard policy ~0.5 CPU ms per image dearer.
+        axes = [(i, axis) for i, axis in enumerate((1, 0))
+                if any(mode != ("vertical", "horizontal")[i] for mode in modes)]
 
         def finish(cropped):
-            return tf.image.crop_and_resize(cropped[None], boxes, [0], image_size)[0]
+            image = tf.image.resize(cropped, image_size, method="bilinear")
+            for i, axis in axes:
+                image = tf.cond(flips[i], lambda image=image, axis=axis: tf.reverse(image, [axis]),
+                                lambda image=image: image)
+            return image
 
         return window, finish
 
