@@ -79,13 +79,17 @@ class AlbumentationsPipeline:
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:
     """Float 0..255 to uint8, rounded and saturated, in one OpenCV pass (TensorFlow's round + clip + cast
-    took 0.34 CPU ms per 224x224 image, more than the flip it fed)."""
+    took 0.34 CPU ms per 224x224 image, more than the flip it fed).
+
+    The input is the data pipeline's: decoded pixels, or their bilinear resample (a convex combination),
+    so within 0..255 up to float rounding. convertScaleAbs takes |x| (a rounding error of -1e-5 still gives
+    0), rounds half to even (as np.rint) and saturates at 255; clamping negatives first cost a NumPy pass,
+    0.14 CPU ms per image in the standard policy's profile."""
     import cv2
 
     if images.dtype == np.uint8:
         return images
-    # convertScaleAbs rounds half to even (as np.rint) and saturates |x| to 255; negatives go to 0 first.
-    flat = np.maximum(np.asarray(images, dtype=np.float32).reshape(-1, images.shape[-1]), 0.0)
+    flat = np.asarray(images, dtype=np.float32).reshape(-1, images.shape[-1])
     return cv2.convertScaleAbs(flat).reshape(images.shape)
 
 
