@@ -136,6 +136,27 @@ def test_dct_downscale_matches_full_decode(tmp_path):
     assert np.abs(scaled - full).mean() < 2.0
 
 
+def test_dct_switch_only_where_it_saves_a_quarter_of_the_pixels(tmp_path):
+    """One 512x512 photo among six 300x300: decoding it at 1/2 would save 0.75 x 262k / 802k = 24.5% of the
+    split's decoded pixels, below a quarter, so no DCT switch per element; on its own it saves 75% and is
+    decoded at 1/2."""
+    from ftkit.data.pipeline import _FileSource
+
+    for cls, sides in (("a", [512, 300, 300, 300]), ("b", [300, 300, 300])):
+        (tmp_path / cls).mkdir()
+        for i, side in enumerate(sides):
+            (tmp_path / cls / f"{i}.jpg").write_bytes(_save(Image.new("RGB", (side, side), RED), "JPEG"))
+    index = scan(tmp_path, val_fraction=0.0)
+
+    def scales(data):
+        return _FileSource(index, data, (224, 224), 3, "stretch", full_size=False)._scales
+
+    data = index["train"]
+    assert scales(data) == [0]
+    big = np.flatnonzero(data.sizes[:, 0] == 512)
+    assert scales(data.subset(np.concatenate([big, big]), "train")) == [1]
+
+
 def test_truncated_file_is_skipped_and_reported_mid_epoch(tmp_path, caplog):
     root = make_messy(tmp_path / "messy")
     index = scan(root, max_pixels=2000)  # header scan: truncated.jpg looks fine
