@@ -506,9 +506,10 @@ class _FileSource:
 
     def _graph_decode(self, row):
         contents = self._read(row)
-        # Both decoders raise on truncated or foreign data, which drops the file from the map and sends it to the
-        # rescue. Each branch resizes its own decoded pixels, straight from uint8/uint16: a float copy of a
-        # full-size photo first would cost as much as the resize.
+        # Both decoders raise on truncated or foreign data, which drops the file's batch from the map and sends
+        # it to the rescue. Each branch resizes its own decoded pixels: the JPEG one straight from uint8 (a float
+        # copy of a full-size photo first would cost as much as the resize), the PNG one from float, /257 of its
+        # 16-bit decode, to keep 16-bit precision.
         return self._by_codec(contents, lambda: self._decode_jpeg(contents, row.get("scale")),
                               lambda: self._decode_png(contents))
 
