@@ -396,7 +396,7 @@ def build_crop_plan(ops: list[tuple[str, C._Op]], *, image_size: tuple[int, int]
 
         # A branch only for an axis the policy can flip: each costs every image a little (BENCHMARKS.md).
         # Folding the flips into tf.image.crop_and_resize (mirrored boxes, as build_resample does per batch)
-        # has no branch, but its CPU kernel made the standard policy ~0.5 CPU ms per image dearer.
+        # has no branch, but its CPU kernel made the standard policy 0.7-1.1 CPU ms per image dearer.
         axes = [(i, axis) for i, axis in enumerate((1, 0))
                 if any(mode != ("vertical", "horizontal")[i] for mode in modes)]
 

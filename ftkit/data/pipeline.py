@@ -10,7 +10,7 @@ core, as in the Keras loader. Per file the fast path is in-graph: ``tf.io.decode
 at 16 bits. Files the scan flagged (EXIF rotation, CMYK, alpha, GIF, BMP, WebP, TIFF) are decoded by Pillow
 (:func:`ftkit.data.decode.decode`): where they are at most 2% of the split, in the rescue (below), the map
 decoding a 1x1 stand-in in their place; where more, in the map (a ``tf.numpy_function`` behind a ``tf.cond``).
-A branch in the map costs every element ~5-10% of a catsdogs decode (isolated A/B, BENCHMARKS.md), so the map
+A branch in the map costs every element 4-14% of a catsdogs decode (isolated A/B, BENCHMARKS.md), so the map
 has one only where the split needs it: the Pillow branch as just said, a JPEG/PNG branch where the split has
 both (the scan read the headers), and a switch over JPEG DCT scales (1/2, 1/4, 1/8, decoding a photo at least
 twice the target size at a reduced scale) only where that saves at least a quarter of the decoded pixels. When
@@ -69,8 +69,8 @@ _PARALLELISM = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffi
 # Second words of the stateless seeds, so the image and the batch stage draw independent numbers.
 _IMAGE_STAGE, _BATCH_STAGE, _ORDER_STAGE, _END_STAGE = 1, 2, 3, 4
 # Flagged files (the Pillow route) up to this share of a split are decoded in the rescue, behind stand-ins, so
-# the map has no branch; above it, in the map behind a ``tf.cond``. A branch costs every element ~5-10% of a
-# catsdogs decode (isolated A/B, BENCHMARKS.md).
+# the map has no branch; above it, in the map behind a ``tf.cond``. A branch costs every element 4-14% of a
+# catsdogs decode (a tf.cond 4-7%, a two-way switch_case 11-14%; isolated A/B, BENCHMARKS.md).
 _RESCUE_PILLOW_SHARE = 0.02
 # For the same reason the JPEG DCT-scale switch is built only where the reduced scales save at least this
 # share of the decoded pixels (catsdogs/train: 8%, hymenoptera/train: 14%, phone photos: ~90%).
