@@ -197,8 +197,9 @@ def test_shuffle_is_seeded_and_reshuffles_each_epoch(tmp_path):
 
 
 def test_files_the_decoder_rejects_anywhere_leave_full_batches_in_order(tmp_path):
-    """A file on which the in-graph decoder raises (first, in two consecutive batches, last) is dropped alone:
-    every good file comes once, in the index order, in full batches, and the bad ones are recorded once."""
+    """A file on which the in-graph decoder raises (first, in two consecutive batches, last) fails its batch,
+    which the rescue decodes again: every good file comes once, in the index order, in full batches, and the
+    bad ones are recorded once."""
     root = _numbered(tmp_path, n=24)
     for name in ("a/000.png", "a/13x.png", "a/17x.png", "b/99x.png"):  # sorted: first, two middle batches, last
         (root / name).write_bytes(_bad_png())

@@ -378,33 +378,32 @@ def build_crop_plan(ops: list[tuple[str, C._Op]], *, image_size: tuple[int, int]
     falls back to the whole image, so its boxes differ in distribution from ``build_resample``'s clipped ones.
     """
     crop = ops[0][1]
-    modes = [params.mode for _, params in ops[1:]]
+    # Per flip op, the axes it may flip, [horizontal, vertical]; and the axes any of them may flip.
+    masks = [(params.mode != "vertical", params.mode != "horizontal") for _, params in ops[1:]]
+    flippable = [any(mask[i] for mask in masks) for i in (0, 1)]
     whole = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
 
     def plan(shape, seed):
-        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 1 + len(modes)))
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 1 + len(masks)))
         begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
             shape, whole, seed=seeds[0], min_object_covered=0.0, aspect_ratio_range=crop.ratio,
             area_range=crop.scale, max_attempts=10, use_image_if_no_bounding_boxes=True)
         window = tf.stack([begin[0], begin[1], extent[0], extent[1]])
         # One uniform draw per flip op: [horizontal, vertical] coins; two flips on one axis cancel out.
         flips = tf.constant([False, False])
-        for mode, flip_seed in zip(modes, seeds[1:], strict=True):
+        for mask, flip_seed in zip(masks, seeds[1:], strict=True):
             coins = _uniform(flip_seed, [2], 0.0, 1.0) < 0.5
-            axes = tf.constant([mode != "vertical", mode != "horizontal"])
-            flips = tf.math.logical_xor(flips, coins & axes)
+            flips = tf.math.logical_xor(flips, coins & tf.constant(mask))
 
         # A branch only for an axis the policy can flip: each costs every image a little (BENCHMARKS.md).
         # Folding the flips into tf.image.crop_and_resize (mirrored boxes, as build_resample does per batch)
         # has no branch, but its CPU kernel made the standard policy 0.7-1.1 CPU ms per image dearer.
-        axes = [(i, axis) for i, axis in enumerate((1, 0))
-                if any(mode != ("vertical", "horizontal")[i] for mode in modes)]
-
         def finish(cropped):
             image = tf.image.resize(cropped, image_size, method="bilinear")
-            for i, axis in axes:
-                image = tf.cond(flips[i], lambda image=image, axis=axis: tf.reverse(image, [axis]),
-                                lambda image=image: image)
+            for i, axis in ((0, 1), (1, 0)):  # horizontal flips reverse the width axis, vertical the height
+                if flippable[i]:
+                    image = tf.cond(flips[i], lambda image=image, axis=axis: tf.reverse(image, [axis]),
+                                    lambda image=image: image)
             return image
 
         return window, finish
@@ -412,9 +411,7 @@ def build_crop_plan(ops: list[tuple[str, C._Op]], *, image_size: tuple[int, int]
     return plan
 
 
-def _compiled(fn: OpFn, name: str) -> OpFn:
-    if name not in XLA_OPS:
-        return fn
+def _xla(fn: OpFn) -> OpFn:
     return tf.function(fn, jit_compile=True, reduce_retracing=True)
 
 
@@ -430,7 +427,7 @@ def build_batch_ops(ops: list[tuple[str, C._Op]], *, image_size: tuple[int, int]
         for index, (name, params) in enumerate(ops)
     ]
     if not whole:
-        fns = [_compiled(fn, name) for fn, (name, _) in zip(fns, ops, strict=True)]
+        fns = [_xla(fn) if name in XLA_OPS else fn for fn, (name, _) in zip(fns, ops, strict=True)]
 
     def apply(images, seed):
         images = tf.cast(images, tf.float32)
@@ -439,4 +436,4 @@ def build_batch_ops(ops: list[tuple[str, C._Op]], *, image_size: tuple[int, int]
             images = fn(images, op_seed)
         return tf.clip_by_value(images, 0.0, 255.0)
 
-    return tf.function(apply, jit_compile=True, reduce_retracing=True) if whole else apply
+    return _xla(apply) if whole else apply
