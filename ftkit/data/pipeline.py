@@ -21,8 +21,9 @@ pixels, resized once (TensorFlow's ResNet input pipeline); PNGs and Pillow files
 
 Bad files. TensorFlow's decoders raise on damaged data, and tf.data cannot catch an error inside a map;
 ``ignore_errors`` after the fused map-and-batch drops the batch that raised. Every element carries its
-position, so a ``scan`` over the batches (and an end marker after the last) sees which positions are missing:
-those files are decoded again (eagerly, in one ``tf.py_function``) by the fast path's own ops, or by Pillow
+position, so a ``scan`` over the batches (and an end marker after the last), whose step is one
+``tf.py_function``, sees which positions are missing: those files are decoded again (eagerly) by the fast
+path's own ops, or by Pillow
 where those raise, and merged back at their place; a file Pillow cannot read either is recorded in
 ``index.skipped`` with path, reason and detail (logged once, not once per epoch). The same call replaces the
 stand-ins with the flagged files' pixels. So the pass keeps the index order, every good file comes once, no
@@ -30,7 +31,8 @@ bad file ends an epoch and none is dropped unreported; ``rebatch`` then gives ba
 (except the last), passing the fast path's batches through uncopied. Unfused, the map would drop a bad file
 alone, but its copy into the batch, made after the image has left the cache, cost ~10% more CPU per image
 on catsdogs/train, more than re-decoding a rare bad batch; and each function in the pipeline is optimised
-by Grappler again on every iterator, so every epoch (BENCHMARKS.md), which is why the rescue is Python.
+by Grappler again on every iterator, so every epoch (BENCHMARKS.md), which is why the scan's step and the
+rescue are Python.
 
 Seeds. ``per_image_fn`` and ``per_batch_fn`` that take a ``seed=`` keyword get a stateless seed (int64
 ``[2]``) per element / per batch, drawn from ``tf.data.Dataset.random`` seeded from ``(seed, epoch, stage)``
@@ -416,19 +418,20 @@ class _FileSource:
         return load
 
     def _rescuer(self, graph_load, image_fn, to_uint8):
-        """``(expected, stop, images, labels, positions, words, order) -> (images, labels)``: the batch with its
-        stand-ins replaced by the flagged files' pixels, and the files of positions ``expected..stop`` that it
-        lacks (the map dropped their batch) decoded again and merged in at their places.
+        """An eager ``(expected, stop, images, labels, positions, words, order) -> (images, labels)`` (images and
+        labels tensors, positions, words and order NumPy arrays, order empty for the listed order): the batch
+        with its stand-ins replaced by the flagged files' pixels, and the files of positions ``expected..stop``
+        that it lacks (the map dropped their batch) decoded again and merged in at their places.
 
         A dropped file is decoded by the fast path's own ops (eagerly: the same pixels), and if those raise, by
         Pillow; a flagged file by Pillow. Each goes through ``image_fn`` with its element's seed word (a stand-in)
         or one derived from the batch's first word and its position (a dropped file). A file Pillow cannot read
         either is recorded in ``index.skipped`` and left out.
 
-        All of it runs in one ``tf.py_function`` (eager Python), not as a graph: every node and function of a graph
-        here is instantiated and optimised by Grappler on every iterator, so every epoch, for a path that runs
-        only when a file is bad. As nested datasets, then as graph ops, it cost ~45 ms, then ~25 ms, of CPU per
-        iterator (isolated measurements, BENCHMARKS.md)."""
+        It runs in the ``scan``'s ``tf.py_function`` (eager Python, see ``_PassStream``), not as a graph: every
+        node and function of a graph here is instantiated and optimised by Grappler on every iterator, so every
+        epoch, for a path that runs only when a file is bad. As nested datasets, then as graph ops, it cost ~45
+        ms, then ~25 ms, of CPU per iterator (isolated measurements, BENCHMARKS.md)."""
         paths, labels = self._columns["path"], self._columns["label"]
         scales = self._columns.get("scale")
         flagged = self._columns.get("pillow")
@@ -459,7 +462,7 @@ class _FileSource:
         def merge(expected, stop, images, batch_labels, positions, words, order):
             # Eager TensorFlow ops on the batch rather than NumPy: one copy of it (two where files are put
             # back), where stacking NumPy arrays and handing them back took three.
-            present, words, order = positions.numpy()[:len(batch_labels)], words.numpy(), order.numpy()
+            present = positions[:len(batch_labels)]
             row_of = order.__getitem__ if order.shape[0] else int
             keep, replaced, updates = np.ones(len(present), bool), [], []
             for i, position in enumerate(present):
@@ -488,15 +491,7 @@ class _FileSource:
             where = np.argsort(np.concatenate([present[keep], added_at]), kind="stable")
             return tf.gather(images, where), tf.gather(batch_labels, where)
 
-        def rescue(expected, stop, images, batch_labels, positions, words, order):
-            merged, merged_labels = tf.py_function(
-                merge, [expected, stop, images, batch_labels, positions, words, order],
-                [images.dtype, batch_labels.dtype])
-            merged.set_shape(images.shape)
-            merged_labels.set_shape(batch_labels.shape)
-            return merged, merged_labels
-
-        return rescue
+        return merge
 
     def _fit(self, image):
         """The target size (float32), or in full-size mode the decoded pixels as uint8."""
@@ -571,10 +566,10 @@ class _PassStream:
     batches ``ignore_errors`` drops, then a ``scan`` that puts back what was dropped or stood in for.
 
     Every element carries its position, so a batch (or an end marker after the last batch, so that files
-    dropped at the end are seen too) shows which positions since the previous batch are missing. Those files,
-    and the flagged files a batch holds stand-ins for (``stand_ins``), go to ``rescue`` (eager; see
-    ``_FileSource._rescuer``), which merges them in at their place, so the pass keeps the index order and every
-    good file comes once. ``rebatch`` then cuts batches of ``batch_size`` (the last may be shorter): the
+    dropped at the end are seen too) shows which positions since the previous batch are missing. The scan's
+    step is one Python call (``_restore``): those files, and the flagged files a batch holds stand-ins for
+    (``stand_ins``), go to ``rescue`` (eager; see ``_FileSource._rescuer``), which merges them in at their
+    place, so the pass keeps the index order and every good file comes once. ``rebatch`` then cuts batches of ``batch_size`` (the last may be shorter): the
     fast path's batches pass through it uncopied, and the end marker, empty unless files were dropped at
     the end, vanishes in it. A dropped file's seed word derives from its batch's (or the end marker's) first
     word and its position: reproducible, and new each iteration like the rest."""
@@ -584,7 +579,7 @@ class _PassStream:
         self._count = len(columns["label"])
         self._load, self._rescue, self._takes_seed = load, rescue, takes_seed
         self._batch_size = batch_size
-        self._stand_ins = stand_ins
+        self._flagged = np.asarray(columns["pillow"], bool) if stand_ins else None
 
     def ordered(self, *, words, end_word, order=None):
         """The pass in ``order`` (int64 rows per position; None: as listed); ``words`` a dataset of one seed
@@ -610,25 +605,39 @@ class _PassStream:
         if self._takes_seed:
             marker = tf.data.Dataset.zip(marker, end_word).map(lambda parts, word: (*parts, word[None]))
         fast = fast.concatenate(marker)
-        flagged = self._columns["pillow"] if self._stand_ins else None
+        rows = tf.zeros([0], tf.int64) if order is None else order
 
         def restore(expected, batch):
             images, labels, positions, *words = batch
-            count = tf.size(labels, out_type=tf.int64)
-            stop = positions[-1] + tf.minimum(count, 1)  # after this batch; the marker's position is the end
-            rows = tf.zeros([0], tf.int64) if order is None else order
-            needed = stop - expected > count
-            if flagged is not None:
-                present = positions[:count] if order is None else tf.gather(order, positions[:count])
-                needed = tf.logical_or(needed, tf.reduce_any(tf.gather(flagged, present)))
-
-            def rescued():
-                seeds = words[0] if words else tf.zeros([0], tf.int64)
-                return self._rescue(expected, stop, images, labels, positions, seeds, rows)
-
-            return stop, tf.cond(needed, rescued, lambda: (images, labels))
+            seeds = words[0] if words else tf.zeros([0], tf.int64)
+            stop, images, labels = tf.py_function(self._restore, [expected, images, labels, positions, seeds, rows],
+                                                  [tf.int64, images.dtype, labels.dtype])
+            stop.set_shape(())
+            images.set_shape(batch[0].shape)
+            labels.set_shape(batch[1].shape)
+            return stop, (images, labels)
 
         return fast.scan(tf.constant(0, tf.int64), restore).rebatch(self._batch_size)
+
+    def _restore(self, expected, images, labels, positions, words, order):
+        """The scan's step, in Python: ``(stop, images, labels)``, the batch as it came unless it lacks positions
+        since ``expected`` or holds stand-ins, which ``rescue`` then fills in.
+
+        One ``tf.py_function`` per batch, with no graph around it: tf.data instantiates and optimises each function
+        again on every iterator, so every epoch, and a graph-side check with a ``tf.cond`` in front of the call cost
+        ~10 ms more per iterator (hymenoptera/train: 37 against 28 ms, median of 41), where the Python call on every
+        batch measured below noise (CPU per batch of 32 images at 224x224: 6.35 against 6.40 ms, minimum of 7)."""
+        positions = positions.numpy()
+        count = len(labels)
+        stop = int(positions[-1]) + min(count, 1)  # after this batch; the end marker's position is the end
+        order = order.numpy()
+        needed = stop - int(expected) > count
+        if self._flagged is not None and count:
+            present = positions[:count] if not order.shape[0] else order[positions[:count]]
+            needed = needed or bool(self._flagged[present].any())
+        if needed:
+            images, labels = self._rescue(int(expected), stop, images, labels, positions, words.numpy(), order)
+        return stop, images, labels
 
     def shuffled(self, word):
         """The pass in the order, and with the seeds, that ``word`` draws (inside ``flat_map``)."""
