@@ -256,6 +256,43 @@ def test_a_file_only_pillow_reads_is_put_back_in_place(tmp_path):
     assert [round(float(v) % 1000 / 20) for batch in first for v in batch[:, 0, 0, 0]] == expected
 
 
+def test_plain_gifs_take_the_graph_path_with_pillows_pixels(tmp_path):
+    """A one-frame GIF without transparency is read by tf.io.decode_jpeg, not Pillow; its pixels are Pillow's."""
+    from ftkit.augment import standard_policy
+    from ftkit.augment.keras_backend import build_image_resample, split_resample
+    from ftkit.data import pipeline
+    from ftkit.data.sources import CODECS
+
+    rng = np.random.default_rng(3)
+    noise = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    gifs = {"many_colours.gif": _save(noise.quantize(200), "GIF"),
+            "interlaced.gif": _save(noise.quantize(64), "GIF", interlace=True),
+            "gray.gif": _save(Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)), "GIF"),
+            "transparent.gif": _save(noise.quantize(32), "GIF", transparency=3),
+            "animated.gif": _save(noise.quantize(32), "GIF", save_all=True, append_images=[noise.quantize(8)])}
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "photo.jpg").write_bytes(_noise_jpeg(2, 24))
+    for name, data in gifs.items():
+        (tmp_path / "a" / name).write_bytes(data)
+    index = scan(tmp_path, val_fraction=0.0)
+    flagged = {os.path.basename(p) for p in index["train"].paths[index["train"].pillow]}
+    assert flagged == {"transparent.gif", "animated.gif"}
+    assert (index["train"].codecs == CODECS["GIF"]).sum() == 5
+
+    images = _by_name(index, _images(index, image_size=(24, 24))[0])  # the target size: no resampling
+    for name in ("many_colours.gif", "interlaced.gif", "gray.gif", "transparent.gif", "animated.gif"):
+        np.testing.assert_array_equal(images[name], decode.decode_file(tmp_path / "a" / name), err_msg=name)
+    assert index.skipped == []
+
+    # The crop plan decodes JPEG windows only (decode_and_crop_jpeg), so there every GIF takes Pillow.
+    ops = split_resample(standard_policy("keras").ops)[0]
+    plan = build_image_resample(ops, image_size=(16, 16)).crop_plan
+    source = pipeline._FileSource(index, index["train"], (16, 16), 3, "stretch", full_size=True, crop_plan=plan)
+    gif_rows = index["train"].codecs == CODECS["GIF"]
+    assert source._columns["pillow"][gif_rows].all() and not source._columns["pillow"][~gif_rows].any()
+
+
 def test_flagged_files_behind_stand_ins_match_the_map_route(good_folder, monkeypatch):
     """Few flagged files (EXIF, CMYK, alpha, GIF, WebP, BMP) take the rescue, behind 1x1 stand-ins; many, the map.
     Both routes give the same batches: pixels, seeded per-image function, labels and order."""

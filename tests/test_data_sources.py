@@ -16,6 +16,7 @@ from PIL import Image
 from ftkit.cli import main as cli_main
 from ftkit.data import DataError, decode, load_class_names, save_class_names, scan
 from ftkit.data.doctor import check
+from ftkit.data.sources import CODECS
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -154,8 +155,10 @@ def test_hymenoptera_counts_and_classes(shared_data):
     names = {os.path.basename(p) for p in index["train"].paths}
     assert {"imageNotFound.gif", "formica.jpeg"} <= names
     assert "ant photos.jpg" in {os.path.basename(p) for s in index.splits.values() for p in s.paths}
-    # Only the palette GIF needs Pillow; every JPEG takes the in-graph path.
-    assert [os.path.basename(p) for p in index["train"].paths[index["train"].pillow]] == ["imageNotFound.gif"]
+    # Every file takes the in-graph path: the JPEGs and the palette GIF (one frame, no transparency).
+    assert not index["train"].pillow.any()
+    gif = [os.path.basename(p) for p in index["train"].paths[index["train"].codecs == CODECS["GIF"]]]
+    assert gif == ["imageNotFound.gif"]
 
 
 def test_stratified_seeded_split(shared_data):
@@ -253,8 +256,7 @@ def test_skip_policy_reports_every_bad_file_and_touches_nothing(messy):
     assert [p.kind for p in index.problems] == ["empty class"]
     assert index.summary()["skipped"] == len(expected)
     pillow = {os.path.basename(p) for p in index["train"].paths[index["train"].pillow]}
-    assert pillow == {"rotated.jpg", "cmyk.jpg", "rgba.png", "palette.gif", "animated.gif", "photo.webp",
-                      "photo.bmp"}
+    assert pillow == {"rotated.jpg", "cmyk.jpg", "rgba.png", "animated.gif", "photo.webp", "photo.bmp"}
     assert _snapshot(messy) == before
 
 

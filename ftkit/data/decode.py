@@ -89,14 +89,21 @@ class Header:
     orientation: int = 1
     has_alpha: bool = False
     frames: int = 1
+    plain_gif: bool = False  # one frame that fills the canvas, no transparency
 
     @property
     def needs_pillow(self) -> bool:
-        """True when the in-graph JPEG/PNG decoders would give different pixels than :func:`decode`."""
+        """True when the in-graph JPEG/PNG decoders would give different pixels than :func:`decode`.
+
+        ``tf.io.decode_jpeg`` also reads PNGs and non-animated GIFs (TensorFlow's image decoders read each
+        other's formats), and a plain GIF's pixels are Pillow's (tests check it); an animated one raises there,
+        and a transparent one is composited here, so those take Pillow."""
         if self.orientation != 1 or self.has_alpha:
             return True
         if self.format == "JPEG":
             return self.mode not in ("RGB", "L")
+        if self.format == "GIF":
+            return not self.plain_gif
         return self.format != "PNG"
 
 
@@ -178,7 +185,13 @@ def _header(image: Image.Image, head: bytes, *, count_frames: bool) -> Header:
         bit_depth = 16
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     frames = getattr(image, "n_frames", 1) if count_frames else 1
-    return Header(fmt, image.mode, image.width, image.height, bit_depth, _orientation(image), has_alpha, frames)
+    plain_gif = False
+    if fmt == "GIF" and not has_alpha:
+        # The first frame's box, read before is_animated seeks (which skips the frames' data, not decoding it).
+        box = tuple(image.tile[0][1]) if image.tile else None
+        plain_gif = box == (0, 0, image.width, image.height) and not image.is_animated
+    return Header(fmt, image.mode, image.width, image.height, bit_depth, _orientation(image), has_alpha, frames,
+                  plain_gif)
 
 
 def _load(image: Image.Image, fmt: str) -> None:

@@ -6,8 +6,9 @@ raw values in 0..255 (the model carries its own normalisation), labels int32 ``[
 ``[B, K]`` when a per-batch function is given, whose contract takes one-hot labels).
 
 Decoding. Files are read, decoded and resized by one parallel ``map`` fused with the batch, at one call per
-core, as in the Keras loader. Per file the fast path is in-graph: ``tf.io.decode_jpeg``, or ``tf.io.decode_png``
-at 16 bits. Files the scan flagged (EXIF rotation, CMYK, alpha, GIF, BMP, WebP, TIFF) are decoded by Pillow
+core, as in the Keras loader. Per file the fast path is in-graph: ``tf.io.decode_jpeg`` (which also reads a
+plain GIF: one frame, no transparency), or ``tf.io.decode_png`` at 16 bits. Files the scan flagged (EXIF
+rotation, CMYK, alpha, animated GIF, BMP, WebP, TIFF) are decoded by Pillow
 (:func:`ftkit.data.decode.decode`): where they are at most 2% of the split, in the rescue (below), the map
 decoding a 1x1 stand-in in their place; where more, in the map (a ``tf.numpy_function`` behind a ``tf.cond``).
 A branch in the map costs every element 4-14% of a catsdogs decode (isolated A/B, BENCHMARKS.md), so the map
@@ -325,14 +326,17 @@ class _FileSource:
 
     def __init__(self, index: DataIndex, data: Split, size, channels, resize, *, full_size: bool, crop_plan=None):
         self._index, self._split = index, data.name
-        pillow = data.pillow
+        # A GIF the scan left unflagged is read by decode_jpeg, at full scale (Header.needs_pillow); not by the
+        # crop plan's decode_and_crop_jpeg, so there it takes Pillow.
+        gif = data.codecs == CODECS["GIF"]
+        pillow = data.pillow | gif if crop_plan is not None else data.pillow
         graph = ~pillow
-        scales = dct_scales(data.sizes, pillow, size, resize)
+        scales = np.where(gif, 0, dct_scales(data.sizes, pillow, size, resize))
         if _dct_saving(data.sizes[graph], scales[graph]) < _DCT_MIN_SAVING:
             scales = np.where(graph, 0, scales).astype(np.int32)  # not worth a branch per element
         # Only the decoders, branches and columns this split needs: each one costs every element a little.
         self._scales = sorted({int(s) for s in scales[graph]}) or [0]
-        self._codecs = {int(c) for c in data.codecs[graph]}
+        self._codecs = {CODECS["JPEG"] if c == CODECS["GIF"] else int(c) for c in data.codecs[graph]}
         self._has_graph = bool(graph.any())
         flagged = int(pillow.sum())
         # A few flagged files go to the rescue, behind a stand-in (no branch per element); more, to the map.

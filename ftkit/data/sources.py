@@ -35,7 +35,7 @@ UNKNOWN_CLASS = "class not in the training classes"
 NO_LABEL = "no label"
 
 # Split.codecs values; 0 means the header was not read (verify="none").
-CODECS = {"JPEG": 1, "PNG": 2}
+CODECS = {"JPEG": 1, "PNG": 2, "GIF": 4}
 
 MNIST_CLASS_NAMES = [str(d) for d in range(10)]
 _MNIST_FILES = {"train": "train", "test": "t10k"}
@@ -68,7 +68,7 @@ class Split:
     (``[N, H, W]`` or ``[N, H, W, C]``). ``sizes`` holds each file's stored ``(width, height)`` (0 when not
     read), ``pillow`` marks files the in-graph decoders would get wrong (see :mod:`ftkit.data.decode`),
     ``codecs`` holds each file's format as the header read it (:data:`CODECS`: 0 unknown, 1 JPEG, 2 PNG,
-    3 other), so the pipeline builds only the decoders a split needs.
+    3 other, 4 GIF), so the pipeline builds only the decoders a split needs.
     """
 
     name: str
