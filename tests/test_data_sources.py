@@ -266,6 +266,29 @@ def test_header_scan_lets_a_truncated_body_through(messy):
     assert "truncated.jpg" in {os.path.basename(p) for p in index["train"].paths}
 
 
+def test_truncated_animated_gifs_neither_crash_the_scan_nor_take_the_graph_path(tmp_path):
+    """Probing a GIF for a second frame reads past the first; a file cut there makes Pillow raise IndexError."""
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).quantize(64) for _ in range(3)]
+    whole = _save(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "photo.jpg").write_bytes(_jpeg())
+    cuts = range(40, len(whole), 9)
+    for cut in cuts:
+        (tmp_path / "a" / f"cut{cut}.gif").write_bytes(whole[:cut])
+    for verify in ("header", "full"):
+        index = scan(tmp_path, verify=verify, val_fraction=0.0)
+        train = index["train"]
+        kept = {os.path.basename(p): bool(flag) for p, flag in zip(train.paths, train.pillow, strict=True)}
+        assert len(train.paths) + len(index.skipped) == len(cuts) + 2
+        # A GIF cut inside its first frame or any later one is never read as a plain one-frame GIF by the graph.
+        first_frame_end = len(_save(frames[0], "GIF"))
+        for name, flagged in kept.items():
+            if name.startswith("cut") and int(name[3:-4]) >= first_frame_end - 1:
+                assert flagged, name
+
+
 def test_strict_policy_lists_every_bad_file_at_once(messy):
     before = _snapshot(messy)
     with pytest.raises(DataError) as info:

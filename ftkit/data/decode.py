@@ -185,13 +185,23 @@ def _header(image: Image.Image, head: bytes, *, count_frames: bool) -> Header:
         bit_depth = 16
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     frames = getattr(image, "n_frames", 1) if count_frames else 1
-    plain_gif = False
-    if fmt == "GIF" and not has_alpha:
-        # The first frame's box, read before is_animated seeks (which skips the frames' data, not decoding it).
-        box = tuple(image.tile[0][1]) if image.tile else None
-        plain_gif = box == (0, 0, image.width, image.height) and not image.is_animated
+    plain_gif = fmt == "GIF" and not has_alpha and _single_full_frame(image)
     return Header(fmt, image.mode, image.width, image.height, bit_depth, _orientation(image), has_alpha, frames,
                   plain_gif)
+
+
+def _single_full_frame(image: Image.Image) -> bool:
+    """A GIF whose first frame fills the canvas and has no successor (False when unsure)."""
+    # The first frame's box, read before is_animated seeks (it skips the frames' data, without decoding it).
+    box = tuple(image.tile[0][1]) if image.tile else None
+    try:
+        return box == (0, 0, image.width, image.height) and not image.is_animated
+    except Exception:  # noqa: BLE001 - a damaged later frame (IndexError, struct.error): Pillow decodes it later
+        try:
+            image.seek(0)
+        except Exception:  # noqa: BLE001 - verify="full" and the decode report what is wrong with the file
+            pass
+        return False
 
 
 def _load(image: Image.Image, fmt: str) -> None:
