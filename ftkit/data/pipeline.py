@@ -573,10 +573,11 @@ class _PassStream:
     dropped at the end are seen too) shows which positions since the previous batch are missing. The scan's
     step is one Python call (``_restore``): those files, and the flagged files a batch holds stand-ins for
     (``stand_ins``), go to ``rescue`` (eager; see ``_FileSource._rescuer``), which merges them in at their
-    place, so the pass keeps the index order and every good file comes once. ``rebatch`` then cuts batches of ``batch_size`` (the last may be shorter): the
-    fast path's batches pass through it uncopied, and the end marker, empty unless files were dropped at
-    the end, vanishes in it. A dropped file's seed word derives from its batch's (or the end marker's) first
-    word and its position: reproducible, and new each iteration like the rest."""
+    place, so the pass keeps the index order and every good file comes once. ``rebatch`` then cuts batches
+    of ``batch_size`` (the last may be shorter): the fast path's batches pass through it uncopied, and the
+    end marker, empty unless files were dropped at the end, vanishes in it. A dropped file's seed word
+    derives from its batch's (or the end marker's) first word and its position: reproducible, and new each
+    iteration like the rest."""
 
     def __init__(self, columns, load, rescue, *, takes_seed, batch_size, stand_ins=False):
         self._columns = {key: tf.constant(value) for key, value in columns.items()}
