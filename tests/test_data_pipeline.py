@@ -293,6 +293,37 @@ def test_plain_gifs_take_the_graph_path_with_pillows_pixels(tmp_path):
     assert source._columns["pillow"][gif_rows].all() and not source._columns["pillow"][~gif_rows].any()
 
 
+def test_eight_bit_png_splits_skip_the_sixteen_bit_decode_with_the_same_pixels(tmp_path):
+    """A split of 8-bit PNGs decodes them at 8 bits (no float copy before the resize); one 16-bit PNG in the
+    split brings back the 16-bit decode, whose /257 keeps its precision."""
+    from ftkit.data import pipeline
+
+    rng = np.random.default_rng(5)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / f"rgb_{cls}.png").write_bytes(_save(Image.fromarray(rng.integers(0, 256, (20, 30, 3), np.uint8)), "PNG"))
+    palette = Image.fromarray(rng.integers(0, 256, (20, 30, 3), np.uint8)).quantize(16)
+    (tmp_path / "a" / "palette.png").write_bytes(_save(palette, "PNG"))
+    (tmp_path / "b" / "gray.png").write_bytes(_save(Image.fromarray(rng.integers(0, 256, (20, 30), np.uint8)), "PNG"))
+
+    def decoded(index):
+        source = pipeline._FileSource(index, index["train"], (20, 30), 3, "stretch", full_size=False)
+        return source._png16, _by_name(index, _images(index, image_size=(20, 30))[0])  # no resampling
+
+    png16, images = decoded(scan(tmp_path, val_fraction=0.0))
+    assert not png16 and len(images) == 4
+    for path in sorted(tmp_path.glob("*/*.png")):
+        np.testing.assert_array_equal(images[path.name], decode.decode_file(path), err_msg=path.name)
+
+    (tmp_path / "a" / "deep.png").write_bytes(_save(Image.fromarray(np.full((20, 30), 65280, np.uint16)), "PNG"))
+    png16, images = decoded(scan(tmp_path, val_fraction=0.0))
+    assert png16
+    np.testing.assert_allclose(images["deep.png"], 65280 / 257, rtol=0, atol=1e-4)  # 254.0078, not an 8-bit level
+    for path in sorted(tmp_path.glob("*/*.png")):
+        if path.name != "deep.png":
+            np.testing.assert_array_equal(images[path.name], decode.decode_file(path), err_msg=path.name)
+
+
 def test_flagged_files_behind_stand_ins_match_the_map_route(good_folder, monkeypatch):
     """Few flagged files (EXIF, CMYK, alpha, GIF, WebP, BMP) take the rescue, behind 1x1 stand-ins; many, the map.
     Both routes give the same batches: pixels, seeded per-image function, labels and order."""

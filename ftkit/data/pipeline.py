@@ -7,8 +7,8 @@ raw values in 0..255 (the model carries its own normalisation), labels int32 ``[
 
 Decoding. Files are read, decoded and resized by one parallel ``map`` fused with the batch, at one call per
 core, as in the Keras loader. Per file the fast path is in-graph: ``tf.io.decode_jpeg`` (which also reads a
-plain GIF: one frame, no transparency), or ``tf.io.decode_png`` at 16 bits. Files the scan flagged (EXIF
-rotation, CMYK, alpha, animated GIF, BMP, WebP, TIFF) are decoded by Pillow
+plain GIF: one frame, no transparency), or ``tf.io.decode_png`` (at 16 bits where the split has 16-bit PNGs).
+Files the scan flagged (EXIF rotation, CMYK, alpha, animated GIF, BMP, WebP, TIFF) are decoded by Pillow
 (:func:`ftkit.data.decode.decode`): where they are at most 2% of the split, in the rescue (below), the map
 decoding a 1x1 stand-in in their place; where more, in the map (a ``tf.numpy_function`` behind a ``tf.cond``).
 A branch in the map costs every element 4-14% of a catsdogs decode (isolated A/B, BENCHMARKS.md), so the map
@@ -336,7 +336,11 @@ class _FileSource:
             scales = np.where(graph, 0, scales).astype(np.int32)  # not worth a branch per element
         # Only the decoders, branches and columns this split needs: each one costs every element a little.
         self._scales = sorted({int(s) for s in scales[graph]}) or [0]
-        self._codecs = {CODECS["JPEG"] if c == CODECS["GIF"] else int(c) for c in data.codecs[graph]}
+        routes = {CODECS["GIF"]: CODECS["JPEG"], CODECS["PNG16"]: CODECS["PNG"]}  # the decoder each one takes
+        self._codecs = {routes.get(int(c), int(c)) for c in data.codecs[graph]}
+        # PNGs decode at 16 bits only where the split may hold one (or the header was not read): an 8-bit PNG
+        # decoded as such, resized from uint8, gives the same pixels 11-15% faster (catsdogs as PNG).
+        self._png16 = bool(np.isin(data.codecs[graph], [CODECS["PNG16"], 0]).any())
         self._has_graph = bool(graph.any())
         flagged = int(pillow.sum())
         # A few flagged files go to the rescue, behind a stand-in (no branch per element); more, to the map.
@@ -507,8 +511,8 @@ class _FileSource:
         contents = self._read(row)
         # Both decoders raise on truncated or foreign data, which drops the file's batch from the map and sends
         # it to the rescue. Each branch resizes its own decoded pixels: the JPEG one straight from uint8 (a float
-        # copy of a full-size photo first would cost as much as the resize), the PNG one from float, /257 of its
-        # 16-bit decode, to keep 16-bit precision.
+        # copy of a full-size photo first would cost as much as the resize), the PNG one too, or from float, /257
+        # of its 16-bit decode, where the split has 16-bit PNGs, to keep their precision.
         return self._by_codec(contents, lambda: self._decode_jpeg(contents, row.get("scale")),
                               lambda: self._decode_png(contents))
 
@@ -521,6 +525,8 @@ class _FileSource:
         return tf.cond(tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE), png, jpeg)
 
     def _decode_png(self, contents):
+        if not self._png16:
+            return self._fit(tf.io.decode_png(contents, channels=3))
         return self._fit(tf.cast(tf.io.decode_png(contents, channels=3, dtype=tf.uint16), tf.float32) / 257.0)
 
     def _decode_jpeg(self, contents, scale):

@@ -35,7 +35,7 @@ UNKNOWN_CLASS = "class not in the training classes"
 NO_LABEL = "no label"
 
 # Split.codecs values; 0 means the header was not read (verify="none").
-CODECS = {"JPEG": 1, "PNG": 2, "GIF": 4}
+CODECS = {"JPEG": 1, "PNG": 2, "GIF": 4, "PNG16": 5}
 
 MNIST_CLASS_NAMES = [str(d) for d in range(10)]
 _MNIST_FILES = {"train": "train", "test": "t10k"}
@@ -68,7 +68,7 @@ class Split:
     (``[N, H, W]`` or ``[N, H, W, C]``). ``sizes`` holds each file's stored ``(width, height)`` (0 when not
     read), ``pillow`` marks files the in-graph decoders would get wrong (see :mod:`ftkit.data.decode`),
     ``codecs`` holds each file's format as the header read it (:data:`CODECS`: 0 unknown, 1 JPEG, 2 PNG,
-    3 other, 4 GIF), so the pipeline builds only the decoders a split needs.
+    3 other, 4 GIF, 5 PNG at 16 bits), so the pipeline builds only the decoders a split needs.
     """
 
     name: str
@@ -365,8 +365,16 @@ def _inspect(entries: Entries, skipped: list[Skipped], *, verify: str, max_pixel
                 acc.widths.append(header.width if header else 0)
                 acc.heights.append(header.height if header else 0)
                 acc.pillow.append(bool(header and header.needs_pillow))
-                acc.codecs.append(CODECS.get(header.format, 3) if header else 0)
+                acc.codecs.append(_codec(header))
     return rows
+
+
+def _codec(header: decode.Header | None) -> int:
+    if header is None:
+        return 0
+    if header.format == "PNG" and header.bit_depth == 16:
+        return CODECS["PNG16"]
+    return CODECS.get(header.format, 3)
 
 
 def _build_index(rows: dict[str, _Rows], skipped: list[Skipped], folders: list[tuple[str, str]], *, source: str,
