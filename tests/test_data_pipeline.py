@@ -294,9 +294,11 @@ def test_plain_gifs_take_the_graph_path_with_pillows_pixels(tmp_path):
 
 
 def test_eight_bit_png_splits_skip_the_sixteen_bit_decode_with_the_same_pixels(tmp_path):
-    """A split of 8-bit PNGs decodes them at 8 bits (no float copy before the resize); one 16-bit PNG in the
-    split brings back the 16-bit decode, whose /257 keeps its precision."""
+    """A split of JPEGs and 8-bit PNGs decodes all with decode_jpeg (which reads 8-bit PNGs with decode_png's
+    pixels): no 16-bit decode, no float copy before the resize, no branch between two decoders. One 16-bit PNG
+    in the split brings back the 16-bit PNG decoder, whose /257 keeps its precision."""
     from ftkit.data import pipeline
+    from ftkit.data.sources import CODECS
 
     rng = np.random.default_rng(5)
     for cls in ("a", "b"):
@@ -305,19 +307,28 @@ def test_eight_bit_png_splits_skip_the_sixteen_bit_decode_with_the_same_pixels(t
     palette = Image.fromarray(rng.integers(0, 256, (20, 30, 3), np.uint8)).quantize(16)
     (tmp_path / "a" / "palette.png").write_bytes(_save(palette, "PNG"))
     (tmp_path / "b" / "gray.png").write_bytes(_save(Image.fromarray(rng.integers(0, 256, (20, 30), np.uint8)), "PNG"))
+    (tmp_path / "b" / "photo.jpg").write_bytes(_noise_jpeg(4, 20))
 
     def decoded(index):
         source = pipeline._FileSource(index, index["train"], (20, 30), 3, "stretch", full_size=False)
-        return source._png16, _by_name(index, _images(index, image_size=(20, 30))[0])  # no resampling
+        return source, _by_name(index, _images(index, image_size=(20, 30))[0])  # PNGs: no resampling
 
-    png16, images = decoded(scan(tmp_path, val_fraction=0.0))
-    assert not png16 and len(images) == 4
+    index = scan(tmp_path, val_fraction=0.0)
+    source, images = decoded(index)
+    assert not source._png16 and source._codecs == {CODECS["JPEG"]} and len(images) == 5
+    # The crop plan's decode_and_crop_jpeg reads JPEG only: there the PNGs keep their own decoder.
+    from ftkit.augment import standard_policy
+    from ftkit.augment.keras_backend import build_image_resample, split_resample
+
+    plan = build_image_resample(split_resample(standard_policy("keras").ops)[0], image_size=(16, 16)).crop_plan
+    cropping = pipeline._FileSource(index, index["train"], (16, 16), 3, "stretch", full_size=True, crop_plan=plan)
+    assert cropping._codecs == {CODECS["JPEG"], CODECS["PNG"]} and not cropping._png16
     for path in sorted(tmp_path.glob("*/*.png")):
         np.testing.assert_array_equal(images[path.name], decode.decode_file(path), err_msg=path.name)
 
     (tmp_path / "a" / "deep.png").write_bytes(_save(Image.fromarray(np.full((20, 30), 65280, np.uint16)), "PNG"))
-    png16, images = decoded(scan(tmp_path, val_fraction=0.0))
-    assert png16
+    source, images = decoded(scan(tmp_path, val_fraction=0.0))
+    assert source._png16 and source._codecs == {CODECS["JPEG"], CODECS["PNG"]}
     np.testing.assert_allclose(images["deep.png"], 65280 / 257, rtol=0, atol=1e-4)  # 254.0078, not an 8-bit level
     for path in sorted(tmp_path.glob("*/*.png")):
         if path.name != "deep.png":

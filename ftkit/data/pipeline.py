@@ -326,21 +326,27 @@ class _FileSource:
 
     def __init__(self, index: DataIndex, data: Split, size, channels, resize, *, full_size: bool, crop_plan=None):
         self._index, self._split = index, data.name
-        # A GIF the scan left unflagged is read by decode_jpeg, at full scale (Header.needs_pillow); not by the
-        # crop plan's decode_and_crop_jpeg, so there it takes Pillow.
-        gif = data.codecs == CODECS["GIF"]
-        pillow = data.pillow | gif if crop_plan is not None else data.pillow
+        codecs = data.codecs
+        # A GIF the scan left unflagged is read by decode_jpeg (Header.needs_pillow); not by the crop plan's
+        # decode_and_crop_jpeg, so there it takes Pillow.
+        pillow = data.pillow | (codecs == CODECS["GIF"]) if crop_plan is not None else data.pillow
         graph = ~pillow
-        scales = np.where(gif, 0, dct_scales(data.sizes, pillow, size, resize))
+        # PNGs decode at 16 bits only where the split may hold one (or the header was not read): an 8-bit PNG
+        # decoded as such, resized from uint8, gives the same pixels 11-15% faster (catsdogs as PNG).
+        self._png16 = bool(np.isin(codecs[graph], [CODECS["PNG16"], 0]).any())
+        # The decoder each format takes. decode_jpeg reads plain GIFs and 8-bit PNGs too, with the same pixels as
+        # decode_png (TensorFlow's decoders read each other's formats), so a split of JPEGs and 8-bit PNGs needs
+        # no branch between two decoders.
+        routes = {CODECS["GIF"]: CODECS["JPEG"], CODECS["PNG16"]: CODECS["PNG"]}
+        if crop_plan is None and not self._png16:
+            routes[CODECS["PNG"]] = CODECS["JPEG"]
+        self._codecs = {routes.get(int(c), int(c)) for c in codecs[graph]}
+        # DCT scales are JPEG's; other formats decode whole (decode_jpeg ignores its ratio for them).
+        scales = np.where(codecs == CODECS["JPEG"], dct_scales(data.sizes, pillow, size, resize), 0)
         if _dct_saving(data.sizes[graph], scales[graph]) < _DCT_MIN_SAVING:
             scales = np.where(graph, 0, scales).astype(np.int32)  # not worth a branch per element
         # Only the decoders, branches and columns this split needs: each one costs every element a little.
         self._scales = sorted({int(s) for s in scales[graph]}) or [0]
-        routes = {CODECS["GIF"]: CODECS["JPEG"], CODECS["PNG16"]: CODECS["PNG"]}  # the decoder each one takes
-        self._codecs = {routes.get(int(c), int(c)) for c in data.codecs[graph]}
-        # PNGs decode at 16 bits only where the split may hold one (or the header was not read): an 8-bit PNG
-        # decoded as such, resized from uint8, gives the same pixels 11-15% faster (catsdogs as PNG).
-        self._png16 = bool(np.isin(data.codecs[graph], [CODECS["PNG16"], 0]).any())
         self._has_graph = bool(graph.any())
         flagged = int(pillow.sum())
         # A few flagged files go to the rescue, behind a stand-in (no branch per element); more, to the map.
