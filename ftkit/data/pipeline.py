@@ -6,34 +6,32 @@ raw values in 0..255 (the model carries its own normalisation), labels int32 ``[
 ``[B, K]`` when a per-batch function is given, whose contract takes one-hot labels).
 
 Decoding. Files are read, decoded and resized by one parallel ``map`` fused with the batch, at one call per
-core, as in the Keras loader. Per file the fast path is in-graph: ``tf.io.decode_jpeg`` (which also reads a
-plain GIF: one frame, no transparency), or ``tf.io.decode_png`` (at 16 bits where the split has 16-bit PNGs).
-Files the scan flagged (EXIF rotation, CMYK, alpha, animated GIF, BMP, WebP, TIFF) are decoded by Pillow
-(:func:`ftkit.data.decode.decode`): where they are at most 2% of the split, in the rescue (below), the map
-decoding a 1x1 stand-in in their place; where more, in the map (a ``tf.numpy_function`` behind a ``tf.cond``).
-A branch in the map costs every element 4-14% of a catsdogs decode (isolated A/B, BENCHMARKS.md), so the map
-has one only where the split needs it: the Pillow branch as just said, a JPEG/PNG branch where the split has
-both (the scan read the headers), and a switch over JPEG DCT scales (1/2, 1/4, 1/8, decoding a photo at least
-twice the target size at a reduced scale) only where that saves at least a quarter of the decoded pixels. When
+core, as in the Keras loader. Per file the fast path is in-graph: ``tf.io.decode_jpeg``, which also reads plain
+GIFs (one frame, no transparency) and, where the split has no 16-bit PNG, PNGs; or ``tf.io.decode_png`` at 16
+bits where it has. Files the scan flagged (EXIF rotation, CMYK, alpha, animated GIF, BMP, WebP, TIFF) are
+decoded by Pillow (:func:`ftkit.data.decode.decode`): where they are at most 2% of the split, in the rescue
+(below), the map decoding a 1x1 stand-in in their place; where more, in the map (a ``tf.numpy_function`` behind
+a ``tf.cond``). A branch in the map costs every element 4-14% of a catsdogs decode (isolated A/B,
+BENCHMARKS.md), so the map has one only where the split needs it: the Pillow branch as just said, a JPEG/PNG
+branch where the split has both and decode_jpeg cannot take its PNGs (16-bit ones, or under the crop plan below;
+the scan read the headers), and a switch over JPEG DCT scales (1/2, 1/4, 1/8, decoding a photo at least twice
+the target size at a reduced scale) only where that saves at least a quarter of the decoded pixels. When
 ``per_image_fn`` carries a ``crop_plan`` (either back end's policies that start with a random resized crop), a
-JPEG's crop window is drawn from its header shape and ``tf.io.decode_and_crop_jpeg`` decodes only those
-pixels, resized once (TensorFlow's ResNet input pipeline); PNGs and Pillow files still go through
-``per_image_fn``.
+JPEG's crop window is drawn from its header shape and ``tf.io.decode_and_crop_jpeg`` decodes only those pixels,
+resized once (TensorFlow's ResNet input pipeline); PNGs and Pillow files still go through ``per_image_fn``.
 
 Bad files. TensorFlow's decoders raise on damaged data, and tf.data cannot catch an error inside a map;
-``ignore_errors`` after the fused map-and-batch drops the batch that raised. Every element carries its
-position, so a ``scan`` over the batches (and an end marker after the last), whose step is one
-``tf.py_function``, sees which positions are missing: those files are decoded again (eagerly) by the fast
-path's own ops, or by Pillow
+``ignore_errors`` after the fused map-and-batch drops the batch that raised. Every element carries its position,
+so a ``scan`` over the batches (and an end marker after the last), whose step is one ``tf.py_function``, sees
+which positions are missing: those files are decoded again (eagerly) by the fast path's own ops, or by Pillow
 where those raise, and merged back at their place; a file Pillow cannot read either is recorded in
 ``index.skipped`` with path, reason and detail (logged once, not once per epoch). The same call replaces the
-stand-ins with the flagged files' pixels. So the pass keeps the index order, every good file comes once, no
-bad file ends an epoch and none is dropped unreported; ``rebatch`` then gives batches of ``batch_size``
-(except the last), passing the fast path's batches through uncopied. Unfused, the map would drop a bad file
-alone, but its copy into the batch, made after the image has left the cache, cost ~10% more CPU per image
-on catsdogs/train, more than re-decoding a rare bad batch; and each function in the pipeline is optimised
-by Grappler again on every iterator, so every epoch (BENCHMARKS.md), which is why the scan's step and the
-rescue are Python.
+stand-ins with the flagged files' pixels. So the pass keeps the index order, every good file comes once, no bad
+file ends an epoch and none is dropped unreported; ``rebatch`` then gives batches of ``batch_size`` (except the
+last), passing the fast path's batches through uncopied. Unfused, the map would drop a bad file alone, but its
+copy into the batch, made after the image has left the cache, cost ~10% more CPU per image on catsdogs/train,
+more than re-decoding a rare bad batch; and each function in the pipeline is optimised by Grappler again on
+every iterator, so every epoch (BENCHMARKS.md), which is why the scan's step and the rescue are Python.
 
 Seeds. ``per_image_fn`` and ``per_batch_fn`` that take a ``seed=`` keyword get a stateless seed (int64
 ``[2]``) per element / per batch, drawn from ``tf.data.Dataset.random`` seeded from ``(seed, epoch, stage)``
@@ -332,7 +330,8 @@ class _FileSource:
         pillow = data.pillow | (codecs == CODECS["GIF"]) if crop_plan is not None else data.pillow
         graph = ~pillow
         # PNGs decode at 16 bits only where the split may hold one (or the header was not read): an 8-bit PNG
-        # decoded as such, resized from uint8, gives the same pixels 11-15% faster (catsdogs as PNG).
+        # decoded as such and resized from uint8 gives the same pixels, its decode and resize 11-15% faster
+        # (catsdogs as PNG, BENCHMARKS.md).
         self._png16 = bool(np.isin(codecs[graph], [CODECS["PNG16"], 0]).any())
         # The decoder each format takes. decode_jpeg reads plain GIFs and 8-bit PNGs too, with the same pixels as
         # decode_png (TensorFlow's decoders read each other's formats), so a split of JPEGs and 8-bit PNGs needs
