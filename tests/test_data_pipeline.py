@@ -256,11 +256,18 @@ def test_a_file_only_pillow_reads_is_put_back_in_place(tmp_path):
     assert [round(float(v) % 1000 / 20) for batch in first for v in batch[:, 0, 0, 0]] == expected
 
 
-def test_plain_gifs_take_the_graph_path_with_pillows_pixels(tmp_path):
-    """A one-frame GIF without transparency is read by tf.io.decode_jpeg, not Pillow; its pixels are Pillow's."""
+def _crop_plan_source(index, size=(16, 16)):
+    """The file source as the keras back end's standard policy builds it: with the JPEG crop plan."""
     from ftkit.augment import standard_policy
     from ftkit.augment.keras_backend import build_image_resample, split_resample
     from ftkit.data import pipeline
+
+    plan = build_image_resample(split_resample(standard_policy("keras").ops)[0], image_size=size).crop_plan
+    return pipeline._FileSource(index, index["train"], size, 3, "stretch", full_size=True, crop_plan=plan)
+
+
+def test_plain_gifs_take_the_graph_path_with_pillows_pixels(tmp_path):
+    """A one-frame GIF without transparency is read by tf.io.decode_jpeg, not Pillow; its pixels are Pillow's."""
     from ftkit.data.sources import CODECS
 
     rng = np.random.default_rng(3)
@@ -286,9 +293,7 @@ def test_plain_gifs_take_the_graph_path_with_pillows_pixels(tmp_path):
     assert index.skipped == []
 
     # The crop plan decodes JPEG windows only (decode_and_crop_jpeg), so there every GIF takes Pillow.
-    ops = split_resample(standard_policy("keras").ops)[0]
-    plan = build_image_resample(ops, image_size=(16, 16)).crop_plan
-    source = pipeline._FileSource(index, index["train"], (16, 16), 3, "stretch", full_size=True, crop_plan=plan)
+    source = _crop_plan_source(index)
     gif_rows = index["train"].codecs == CODECS["GIF"]
     assert source._columns["pillow"][gif_rows].all() and not source._columns["pillow"][~gif_rows].any()
 
@@ -316,15 +321,11 @@ def test_eight_bit_png_splits_skip_the_sixteen_bit_decode_with_the_same_pixels(t
     index = scan(tmp_path, val_fraction=0.0)
     source, images = decoded(index)
     assert not source._png16 and source._codecs == {CODECS["JPEG"]} and len(images) == 5
-    # The crop plan's decode_and_crop_jpeg reads JPEG only: there the PNGs keep their own decoder.
-    from ftkit.augment import standard_policy
-    from ftkit.augment.keras_backend import build_image_resample, split_resample
-
-    plan = build_image_resample(split_resample(standard_policy("keras").ops)[0], image_size=(16, 16)).crop_plan
-    cropping = pipeline._FileSource(index, index["train"], (16, 16), 3, "stretch", full_size=True, crop_plan=plan)
-    assert cropping._codecs == {CODECS["JPEG"], CODECS["PNG"]} and not cropping._png16
     for path in sorted(tmp_path.glob("*/*.png")):
         np.testing.assert_array_equal(images[path.name], decode.decode_file(path), err_msg=path.name)
+    # The crop plan's decode_and_crop_jpeg reads JPEG only: there the PNGs keep their own (8-bit) decoder.
+    cropping = _crop_plan_source(index)
+    assert cropping._codecs == {CODECS["JPEG"], CODECS["PNG"]} and not cropping._png16
 
     (tmp_path / "a" / "deep.png").write_bytes(_save(Image.fromarray(np.full((20, 30), 65280, np.uint16)), "PNG"))
     source, images = decoded(scan(tmp_path, val_fraction=0.0))

@@ -282,7 +282,8 @@ def test_truncated_animated_gifs_neither_crash_the_scan_nor_take_the_graph_path(
         train = index["train"]
         kept = {os.path.basename(p): bool(flag) for p, flag in zip(train.paths, train.pillow, strict=True)}
         assert len(train.paths) + len(index.skipped) == len(cuts) + 2
-        # A GIF cut inside its first frame or any later one is never read as a plain one-frame GIF by the graph.
+        # Cut after its first frame (about where a one-frame GIF of it ends), a GIF is flagged for Pillow: the
+        # probe sees a second frame, or fails on it. (Cut inside the first frame, the runtime reports it.)
         first_frame_end = len(_save(frames[0], "GIF"))
         for name, flagged in kept.items():
             if name.startswith("cut") and int(name[3:-4]) >= first_frame_end - 1:
