@@ -333,14 +333,14 @@ class _FileSource:
         # decoded as such and resized from uint8 gives the same pixels, its decode and resize 11-15% faster
         # (catsdogs as PNG, BENCHMARKS.md).
         self._png16 = bool(np.isin(codecs[graph], [CODECS["PNG16"], 0]).any())
-        # The decoder each format takes. decode_jpeg reads plain GIFs and 8-bit PNGs too, with the same pixels as
-        # decode_png (TensorFlow's decoders read each other's formats), so a split of JPEGs and 8-bit PNGs needs
-        # no branch between two decoders.
+        # The decoder each format takes. decode_jpeg reads plain GIFs and 8-bit PNGs too, with Pillow's and
+        # decode_png's pixels (tested; decode_gif's documentation says TensorFlow's decoders read each other's
+        # formats), so a split of JPEGs and 8-bit PNGs needs no branch between two decoders.
         routes = {CODECS["GIF"]: CODECS["JPEG"], CODECS["PNG16"]: CODECS["PNG"]}
         if crop_plan is None and not self._png16:
             routes[CODECS["PNG"]] = CODECS["JPEG"]
         self._codecs = {routes.get(int(c), int(c)) for c in codecs[graph]}
-        # DCT scales are JPEG's; other formats decode whole (decode_jpeg ignores its ratio for them).
+        # DCT scales are JPEG's: other formats always take the full-scale decode.
         scales = np.where(codecs == CODECS["JPEG"], dct_scales(data.sizes, pillow, size, resize), 0)
         if _dct_saving(data.sizes[graph], scales[graph]) < _DCT_MIN_SAVING:
             scales = np.where(graph, 0, scales).astype(np.int32)  # not worth a branch per element
