@@ -170,6 +170,13 @@ def test_albumentations_without_leading_crop_runs_per_batch_on_resized_images(ba
     images, labels = batch
     flipped, _ = aug.per_batch_fn(images, labels, seed=_seed(0, 1))
     np.testing.assert_array_equal(flipped.numpy(), np.round(images.numpy())[:, :, ::-1])
+    # Half flipped, half returned as they came (the pipeline hands back its input, which is the thread's
+    # conversion buffer): each row is still its own image, not the buffer's last content.
+    some, _ = _albumentations(A.HorizontalFlip(p=0.5)).per_batch_fn(images, labels, seed=_seed(0, 1))
+    rounded = np.round(images.numpy())
+    kept = [np.array_equal(row, image) for row, image in zip(some.numpy(), rounded, strict=True)]
+    mirrored = [np.array_equal(row, image[:, ::-1]) for row, image in zip(some.numpy(), rounded, strict=True)]
+    assert all(k != m for k, m in zip(kept, mirrored, strict=True)) and any(kept) and any(mirrored), (kept, mirrored)
 
 
 def test_albumentations_crop_in_graph_off_runs_the_whole_pipeline_per_image(photos):

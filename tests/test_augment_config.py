@@ -97,6 +97,25 @@ def test_shipped_keras_recipe_loads(repo_root):
     assert [name for name, _ in config.ops] == ["random_resized_crop", "flip", "color_jitter"]
 
 
+def test_standard_policy_is_timms_imagenet_default_on_both_back_ends(repo_root):
+    """timm's transforms_imagenet_train: Inception crop, flip on half, colour jitter 0.4 without hue; the shipped
+    recipes and the op's defaults are the same policy."""
+    from ftkit.augment import standard_policy
+    from ftkit.augment.config import ColorJitter, load_albumentations
+
+    keras_jitter = dict(standard_policy("keras").ops[2][1])
+    assert keras_jitter == {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.0} == dict(ColorJitter())
+    shipped = yaml.safe_load((repo_root / "recipes" / "augment" / "keras_standard.yaml").read_text())
+    assert dict(AugmentConfig.model_validate(shipped["augment"]).ops[2][1]) == keras_jitter
+    for spec in (standard_policy("albumentations").albumentations,
+                 yaml.safe_load((repo_root / "recipes" / "augment" / "albumentations_standard.yaml").read_text())[
+                     "augment"]["albumentations"]):
+        crop, flip, jitter = load_albumentations(spec).transforms
+        assert crop.scale == (0.08, 1.0) and crop.ratio == pytest.approx((3 / 4, 4 / 3)) and flip.p == 0.5
+        assert (jitter.brightness, jitter.contrast, jitter.saturation) == ((0.6, 1.4),) * 3
+        assert jitter.hue == (0.0, 0.0) and jitter.p == 1.0
+
+
 def _albumentations_section(transform):
     return {"backend": "albumentations", "albumentations": {"transform": {
         "__class_fullname__": "Compose", "p": 1.0, "transforms": [transform]}}}

@@ -172,8 +172,12 @@ def _seeded_image_fn(image_fn, element_seed):
 
 
 def standard_policy(backend: str, *, image_size: tuple[int, int] = (224, 224), seed: int = 0) -> AugmentConfig:
-    """Random resized crop + horizontal flip + colour jitter, for either back end."""
-    jitter = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02}
+    """Random resized crop + horizontal flip + colour jitter, for either back end.
+
+    timm's ImageNet training default (``transforms_imagenet_train``): an Inception crop of 8-100% of the area
+    at aspect 3/4..4/3, a flip on half the images, and brightness, contrast and saturation each a factor in
+    1 +/- 0.4, hue left alone (timm's ``color_jitter=0.4`` expands to those three factors, no hue)."""
+    jitter = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.0}
     if backend == "keras":
         ops = [{"random_resized_crop": {}}, {"flip": {"mode": "horizontal"}}, {"color_jitter": jitter}]
         return AugmentConfig(backend="keras", seed=seed, ops=ops)
