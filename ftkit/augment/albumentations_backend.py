@@ -20,7 +20,8 @@ albumentations works on uint8 numpy arrays, so it runs through ``tf.numpy_functi
 OpenCV's own thread pool is switched off (``cv2.setNumThreads(0)``): tf.data already runs one call per
 core, and nested pools oversubscribe the cores. Each image gets its own seed (from the batch's or the
 element's seed), and each tf.data worker thread its own copy of the pipeline, because
-``Compose.set_random_seed`` mutates the pipeline and parallel calls would race on it.
+``Compose.set_random_seed`` mutates the pipeline and parallel calls would race on it (and its own uint8
+conversion buffer, see ``AlbumentationsPipeline.run_batch``).
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ class AlbumentationsPipeline:
 
         Each image is converted to uint8 in a buffer the thread keeps, and its result copied straight into
         the batch. Converting the whole batch and stacking the results allocated two fresh 4.8 MB arrays per
-        batch, which inside tf.data cost ~70 page faults per image (`ru_minflt`; ~1 outside it) and 7% more
-        CPU per image in the standard policy (BENCHMARKS.md)."""
+        batch, which inside tf.data cost ~70 page faults per image (``ru_minflt``; none outside it) and 7%
+        more CPU per image in the standard policy (BENCHMARKS.md)."""
         pipeline = self._pipeline(seed)
         out = np.empty((len(images), *self._image_size, images.shape[-1]), np.uint8)
         for i, image in enumerate(images):
