@@ -105,9 +105,10 @@ def bench_pipelines(rounds: int) -> None:
             cpu[name].append(cpu_ms)
     first = next(iter(rates))
     ref, ref_cpu, ref_best = statistics.median(rates[first]), statistics.median(cpu[first]), max(rates[first])
-    # This machine's wall-clock rates jump between two levels ~1.4x apart from epoch to epoch whatever runs
-    # (BENCHMARKS.md), so a median can land on either level. Printed next to it: the best epoch of each row (the
-    # least disturbed one, as timeit takes the minimum) and CPU time per image, which does not jump.
+    # Wall-clock rates of pipelines that keep tf.data's autotuning model (the Keras loader's) jump between two
+    # levels ~1.4x apart: deleting the iterator after a pass stalls ~0.5 s in about half the epochs (BENCHMARKS.md,
+    # Data, seventh session), so a median can land on either level. Printed next to it: the best epoch of each row
+    # (the least disturbed one, as timeit takes the minimum) and CPU time per image, which does not jump.
     print(f"\n| pipeline (catsdogs/train, 1000 images, {SIZE[0]}x{SIZE[1]}, batch {BATCH}) | median images/s | x reference "
           "| best epoch images/s | x reference | CPU ms/img | x reference by CPU |")
     print("|---|---:|---:|---:|---:|---:|---:|")

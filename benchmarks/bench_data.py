@@ -6,7 +6,8 @@ Part 1, on ``catsdogs/train`` and ``hymenoptera/train`` (224x224, batch 32, no s
 over one epoch of: the Keras loader with ``prefetch(AUTOTUNE)`` (its second epoch, so files sit in the OS
 page cache for every contender); ftkit cold (no cache: every epoch reads and decodes every file; Keras and
 ftkit epochs interleaved); ftkit with its decoded in-memory cache (second epoch on). Medians of
-``--repeats`` epochs, and the best epoch of each (this machine's rates are bimodal); ratios against Keras.
+``--repeats`` epochs, and the best epoch of each (the Keras loader's rates are bimodal: its iterator deletion
+stalls in about half the epochs, BENCHMARKS.md); ratios against Keras.
 Also shown: ftkit's very first epoch (tracing included) and the time each takes to list the folder (ftkit's scan reads every header), and the CPU time per image of
 the cold epochs, which other jobs on a shared machine disturb less than the wall-clock rate.
 
@@ -83,7 +84,7 @@ def bench_loaders(repeats: int) -> None:
     for folder in FOLDERS:
         rates = _loader_rates(folder, repeats)
         med = {k: statistics.median(v) for k, v in rates.items()}
-        # The best epoch of each: this machine's rates jump between two levels ~1.4x apart (BENCHMARKS.md).
+        # The best epoch of each: the Keras loader's rates jump between two levels ~1.4x apart (BENCHMARKS.md).
         best_keras, best_cold = max(rates["keras"]), max(rates["ftkit cold"])
         n = sum(1 for p in folder.rglob("*") if p.is_file())
         print(f"| {folder.parent.name}/{folder.name} | {n} | {med['keras']:.0f} | "
