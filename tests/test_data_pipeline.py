@@ -398,7 +398,7 @@ def test_per_image_and_per_batch_functions(good_folder):
 
 
 def test_pipelines_run_without_the_autotuning_model(good_folder, shared_data):
-    """tf.data's autotuning model made deleting an iterator wait up to ~1 s after half the epochs (BENCHMARKS.md,
+    """tf.data's autotuning model made deleting an iterator wait up to 1.3 s after half the epochs (BENCHMARKS.md,
     measured there, not timed here): every route make_dataset builds turns it off, and keeps determinism."""
     index = scan(good_folder, val_fraction=0.0)
     mnist = scan(shared_data / "mnist", val_fraction=0.0)

@@ -151,10 +151,11 @@ def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[in
     options.deterministic = ordered
     # No autotuning model: with it, deleting an iterator after a full pass (every epoch) waited 0.2-1.3 s in
     # about half the epochs, with both cores idle, in every tf.data pipeline measured here (the Keras loader, a
-    # bare map and batch; not with the model off): the "two speed levels" of earlier benchmarks. The stages
-    # that say AUTOTUNE then run at the core count and prefetch keeps its own buffer tuning. catsdogs/train,
-    # one process, 9 interleaved epochs: median 778 -> 1,182 img/s unaugmented, 727 -> 896 with the keras back
-    # end's standard policy; CPU per image unchanged or lower (BENCHMARKS.md).
+    # bare map and batch; not with the model off; the cause inside TensorFlow not traced): the "two speed
+    # levels" of earlier benchmarks. The stages that say AUTOTUNE then run at the core count (measured: 2 of 2)
+    # and prefetch keeps its own buffer tuning. catsdogs/train, one process, 9 interleaved epochs: median 778 ->
+    # 1,182 img/s unaugmented, 727 -> 896 with the keras back end's standard policy; CPU per image unchanged or
+    # lower (BENCHMARKS.md).
     options.autotune.enabled = False
     return ds.with_options(options)
 
