@@ -87,7 +87,8 @@ def build_model(backbone_name: str, *, num_classes: int, image_shape: tuple[int,
         aux_outputs.append(out)
         aux_layers.extend(layers_)
     output_names = [LOGITS_LAYER] + [f"aux{i}" for i in range(1, len(aux_outputs) + 1)]
-    model = keras.Model(inputs, [logits, *aux_outputs] if aux_outputs else logits, name=f"{backbone_name}_finetune")
+    # info.name, not backbone_name: a "distribution:name" reference is no valid Keras scope name.
+    model = keras.Model(inputs, [logits, *aux_outputs] if aux_outputs else logits, name=f"{info.name}_finetune")
     groups = {**groups, HEAD: head_layers}
     if aux_layers:
         groups[AUX] = aux_layers

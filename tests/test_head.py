@@ -22,6 +22,15 @@ def test_model_takes_raw_images_and_normalises_inside():
     assert model.output.shape == (None, 3)  # logits
 
 
+def test_a_distribution_qualified_backbone_name_builds_a_model():
+    # "distribution:name" is how a recipe picks one of two backbones registered under the same name; the
+    # colon is not allowed in a Keras model name, which raised when the model was built.
+    assembled = build_model("ftkit:lenet5", num_classes=3, image_shape=(32, 32, 1), head=HeadConfig())
+    assert assembled.model.name == "lenet5_finetune"
+    assert inference_model(assembled).name == "lenet5_classifier"
+    assert assembled.model.output.shape == (None, 3)
+
+
 @pytest.mark.parametrize("pooling,width", [("avg", 8), ("max", 8), ("flatten", 8 * 8 * 8)])
 def test_head_pooling_dropout_hidden(pooling, width):
     config = HeadConfig(pooling=pooling, dropout=0.5, hidden=[5, 4])
