@@ -360,6 +360,7 @@ def test_doctor_on_messy_data(messy, tmp_path, capsys):
         "b0.jpg", "b1.jpg", "b2.jpg", "gray.jpg", "v.jpg", "dup.jpg"}
     [group] = report["duplicates_across_splits"]
     assert {(f["split"], os.path.basename(f["path"])) for f in group} == {("train", "b0.jpg"), ("val", "dup.jpg")}
+    assert report["duplicates_conflicting_labels"] == [] and report["duplicates_within_class"] == []
     assert report["problems"][0]["kind"] == "empty class"
     assert cli_main([*argv, "--strict"]) == 1
     assert "NOT usable under --strict" in capsys.readouterr().out
@@ -379,3 +380,111 @@ def test_doctor_on_mnist_finds_no_leakage(shared_data):
     assert report.to_dict()["totals"] == {"train": 60000, "test": 10000}
     assert report.imbalance_ratio == pytest.approx(6742 / 5421, abs=1e-3)
     assert report.usable
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_doctor_flat_tree_names_the_real_empty_folder_and_finds_conflicting_labels(tmp_path, capsys):
+    """ants/x.jpg == ants/x2.jpg == bees/dup.jpg (same content, two classes), wasps/ empty, no train/ folder."""
+    root = tmp_path / "flat"
+    _write(root / "ants" / "x.jpg", _noise_jpeg(1))
+    _write(root / "ants" / "x2.jpg", _noise_jpeg(1))
+    _write(root / "ants" / "y.jpg", _noise_jpeg(2))
+    _write(root / "bees" / "dup.jpg", _noise_jpeg(1))
+    _write(root / "bees" / "z.jpg", _noise_jpeg(3))
+    (root / "wasps").mkdir()
+    before = _snapshot(root)
+    out = tmp_path / "r.json"
+    argv = ["data", "check", str(root), "--json", str(out), "--quiet", "--val-fraction", "0"]
+    assert cli_main(argv) == 0  # warnings do not make the data unusable
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["problems"] == [
+        {"severity": "warning", "kind": "empty class", "message": "class folder wasps has no usable image"},
+        {"severity": "warning", "kind": "conflicting labels",
+         "message": "1 group(s) of byte-identical images filed under different classes (3 files)"}]
+    assert "train/wasps" not in text and "warning: class folder wasps has no usable image" in text
+    [group] = report["duplicates_conflicting_labels"]
+    assert {(f["split"], os.path.relpath(f["path"], root), f["class"]) for f in group} == {
+        ("train", "ants/x.jpg", "ants"), ("train", "ants/x2.jpg", "ants"), ("train", "bees/dup.jpg", "bees")}
+    assert report["duplicates_within_class"] == [] and report["duplicates_across_splits"] == []
+    assert "Byte-identical files under different classes (conflicting labels, warning): 1" in text
+    assert (f"  train:{root / 'ants' / 'x.jpg'} [ants] = train:{root / 'ants' / 'x2.jpg'} [ants] = "
+            f"train:{root / 'bees' / 'dup.jpg'} [bees]") in text
+    assert "Byte-identical files within one class of one split (plain duplicates, info): 0" in text
+    assert "Verdict: usable" in text
+    assert cli_main([*argv, "--strict"]) == 1  # a warning, so unusable under --strict
+    assert "NOT usable under --strict" in capsys.readouterr().out
+    assert _snapshot(root) == before
+
+
+def test_doctor_split_folders_conflicts_across_splits_and_real_folder_names(tmp_path):
+    """train/a/x.jpg == validation/b/x.jpg: leakage and conflicting labels; validation/c is empty."""
+    root = tmp_path / "tree"
+    _write(root / "train" / "a" / "x.jpg", _noise_jpeg(1))
+    _write(root / "train" / "b" / "y.jpg", _noise_jpeg(2))
+    _write(root / "train" / "c" / "z.jpg", _noise_jpeg(3))
+    _write(root / "validation" / "b" / "x.jpg", _noise_jpeg(1))
+    (root / "validation" / "c").mkdir()
+    report = check(root)
+    assert report.problems[0]["message"] == "class folder validation/c has no usable image"
+    [leak] = report.duplicates_across_splits
+    [conflict] = report.duplicates_conflicting_labels
+    assert leak == conflict and {(f["split"], f["class"]) for f in leak} == {("train", "a"), ("val", "b")}
+    assert report.duplicates_within_class == []
+    assert report.usable and not check(root, strict=True).usable
+
+
+def test_doctor_reports_plain_duplicates_as_information_only(tmp_path, capsys):
+    root = tmp_path / "plain"
+    _write(root / "train" / "ants" / "a.jpg", _noise_jpeg(1))
+    _write(root / "train" / "ants" / "a copy.jpg", _noise_jpeg(1))
+    _write(root / "train" / "ants" / "b.jpg", _noise_jpeg(2))
+    _write(root / "train" / "bees" / "c.jpg", _noise_jpeg(3))
+    _write(root / "val" / "ants" / "d.jpg", _noise_jpeg(4))
+    _write(root / "val" / "ants" / "d again.jpg", _noise_jpeg(4))
+    _write(root / "val" / "bees" / "e.jpg", _noise_jpeg(5))
+    assert cli_main(["data", "check", str(root), "--json", "-", "--quiet", "--strict"]) == 0  # info even if strict
+    report = json.loads(capsys.readouterr().out)
+    groups = {frozenset((f["split"], f["class"], os.path.basename(f["path"])) for f in g)
+              for g in report["duplicates_within_class"]}
+    assert groups == {frozenset({("train", "ants", "a.jpg"), ("train", "ants", "a copy.jpg")}),
+                      frozenset({("val", "ants", "d.jpg"), ("val", "ants", "d again.jpg")})}
+    assert report["duplicates_conflicting_labels"] == [] and report["duplicates_across_splits"] == []
+    assert report["problems"] == [] and report["usable"] is True
+    text = check(root).to_text()
+    assert "Byte-identical files within one class of one split (plain duplicates, info): 2" in text
+    assert f"  train:{root / 'train' / 'ants' / 'a copy.jpg'} = train:{root / 'train' / 'ants' / 'a.jpg'}" in text
+
+
+def test_doctor_duplicates_in_memory_sources(tmp_path):
+    """Same pixels under labels 3 and 5 in the training array of an .npz; same pixels twice under label 1."""
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    x_train[4] = x_train[0]
+    x_train[5] = x_train[1]
+    y_train = np.array([3, 1, 2, 4, 5, 1], np.uint8)
+    x_test = rng.integers(0, 256, (2, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "m.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=np.array([0, 1], np.uint8))
+    report = check(tmp_path / "m.npz", val_fraction=0.0)
+    assert report.duplicates_conflicting_labels == [[{"split": "train", "path": "train[0]", "class": "3"},
+                                                     {"split": "train", "path": "train[4]", "class": "5"}]]
+    assert report.duplicates_within_class == [[{"split": "train", "path": "train[1]", "class": "1"},
+                                               {"split": "train", "path": "train[5]", "class": "1"}]]
+    assert report.problems[-1]["kind"] == "conflicting labels"
+
+
+def test_doctor_on_an_empty_tree(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["data", "check", str(tmp_path / "empty"), "--quiet"]) == 1
+    text = capsys.readouterr().out
+    assert "Imbalance (largest / smallest training class): n/a (no images)" in text
+    assert "None" not in text and "Classes (0): none" in text
+    assert cli_main(["data", "check", str(tmp_path / "empty"), "--quiet", "--json", "-"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["imbalance_ratio"] is None and report["usable"] is False
+    assert report["problems"] == [{"severity": "error", "kind": "no images",
+                                   "message": f"no usable training image in {tmp_path / 'empty'}"}]

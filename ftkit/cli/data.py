@@ -14,13 +14,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(_parser=parser)
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
 
-    p = sub.add_parser("check", help="counts, bad files, conversions, tiny images and split leakage",
-                       description="Report what is in a data source and what is wrong with it. Exit code 0: "
-                                   "usable; 1: not usable (or, with --strict, anything bad).")
+    p = sub.add_parser("check", help="counts, bad files, conversions, tiny images, split leakage and duplicates",
+                       description="Report what is in a data source and what is wrong with it, including "
+                                   "byte-identical files across splits (leakage), under different classes "
+                                   "(conflicting labels: a warning) or within one class (information). Exit "
+                                   "code 0: usable; 1: not usable (or, with --strict, anything bad: a bad file, "
+                                   "a warning or leakage).")
     p.add_argument("source", metavar="ROOT", help="class-per-folder tree, .csv of path,label[,split], MNIST "
                                                   "folder or .npz")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-': stdout only)")
-    p.add_argument("--strict", action="store_true", help="any bad file, warning or leakage makes it unusable")
+    p.add_argument("--strict", action="store_true",
+                   help="any bad file, warning (conflicting labels included) or leakage makes it unusable")
     p.add_argument("--verify", choices=["header", "full"], default="full",
                    help="'full' decodes every image (finds truncated files); 'header' is faster")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share carved from train when "

@@ -1,8 +1,9 @@
 """The dataset doctor behind ``ftkit data check``: what is in a data source and what is wrong with it.
 
 It reports counts per split and class, the imbalance ratio, every bad file with its reason, every
-conversion the decoder will make, tiny images and byte-identical files shared between splits (leakage). It
-reads files only; nothing is written next to the data.
+conversion the decoder will make, tiny images and byte-identical files: shared between splits (leakage),
+filed under different classes (conflicting labels, a warning) or repeated within one class of one split (plain
+duplicates, for information). It reads files only; nothing is written next to the data.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class DoctorReport:
     duplicates_across_splits: list[list[dict]]
     problems: list[dict]
     min_side: int
+    duplicates_conflicting_labels: list[list[dict]] = dataclasses.field(default_factory=list)
+    duplicates_within_class: list[list[dict]] = dataclasses.field(default_factory=list)
 
     @property
     def imbalance_ratio(self) -> float | None:
@@ -54,9 +57,22 @@ class DoctorReport:
         values = list(self.counts.get("train", {}).values())
         return round(max(values) / min(values), 3) if values and min(values) > 0 else None
 
+    def _imbalance_text(self) -> str:
+        if self.imbalance_ratio is not None:
+            return str(self.imbalance_ratio)
+        train = self.counts.get("train", {})
+        if not any(sum(c.values()) for c in self.counts.values()):
+            return "n/a (no images)"
+        if not sum(train.values()):
+            return "n/a (no training images)"
+        return f"n/a (no training image in {', '.join(repr(n) for n, c in train.items() if not c)})"
+
     @property
     def usable(self) -> bool:
-        """No error; and, when strict, no bad file, no warning and no leakage either."""
+        """No error; and, when strict, no bad file, no warning and no leakage either.
+
+        Conflicting labels are a warning (in :attr:`problems`); plain duplicates are information only.
+        """
         if any(p["severity"] == "error" for p in self.problems):
             return False
         return not self.strict or not (self.bad_files or self.problems or self.duplicates_across_splits)
@@ -76,9 +92,9 @@ class DoctorReport:
 
     def to_text(self) -> str:
         lines = [f"ftkit data check: {self.source} ({self.kind}, verify={self.verify})",
-                 f"Classes ({len(self.class_names)}): {', '.join(self.class_names)}", ""]
+                 f"Classes ({len(self.class_names)}): {', '.join(self.class_names) or 'none'}", ""]
         lines += _count_table(self.class_names, self.counts)
-        lines.append(f"Imbalance (largest / smallest training class): {self.imbalance_ratio}")
+        lines.append(f"Imbalance (largest / smallest training class): {self._imbalance_text()}")
         lines += _section(f"Bad files: {len(self.bad_files)} (skipped by default, never modified)",
                           [f"{r['path']}: {r['reason']}" + (f" ({r['detail']})" if r["detail"] else "")
                            for r in self.bad_files])
@@ -90,6 +106,14 @@ class DoctorReport:
         lines += _section(f"Byte-identical files across splits (leakage): {len(self.duplicates_across_splits)}",
                           [" = ".join(f"{f['split']}:{f['path']}" for f in group)
                            for group in self.duplicates_across_splits])
+        lines += _section(f"Byte-identical files under different classes (conflicting labels, warning): "
+                          f"{len(self.duplicates_conflicting_labels)}",
+                          [" = ".join(f"{f['split']}:{f['path']} [{f['class']}]" for f in group)
+                           for group in self.duplicates_conflicting_labels])
+        lines += _section(f"Byte-identical files within one class of one split (plain duplicates, info): "
+                          f"{len(self.duplicates_within_class)}",
+                          [" = ".join(f"{f['split']}:{f['path']}" for f in group)
+                           for group in self.duplicates_within_class])
         lines += _section(f"Problems: {len(self.problems)}",
                           [f"{p['severity']}: {p['message']}" for p in self.problems])
         verdict = "usable" if self.usable else "NOT usable" + (" under --strict" if self.strict else "")
@@ -164,27 +188,38 @@ def check(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction
                            progress=progress, on_file=on_file)
     counts = {split: dict(zip(index.class_names, s.counts(index.num_classes).tolist(), strict=True))
               for split, s in index.splits.items()}
+    groups = duplicate_groups(index)
+    across = [g for g in groups if len({f["split"] for f in g}) > 1]
+    conflicting = [g for g in groups if len({f["class"] for f in g}) > 1]
+    plain = [g for g in groups if len({f["split"] for f in g}) == 1 and len({f["class"] for f in g}) == 1]
+    problems = [p._asdict() for p in index.problems]
+    if conflicting:
+        problems.append({"severity": "warning", "kind": "conflicting labels",
+                         "message": f"{len(conflicting)} group(s) of byte-identical images filed under different "
+                                    f"classes ({sum(len(g) for g in conflicting)} files)"})
     return DoctorReport(
         source=os.fspath(source), kind=index.kind, verify=verify, strict=strict,
         class_names=list(index.class_names), counts=counts,
         bad_files=[s._asdict() for s in index.skipped], conversions=conversions, tiny_images=tiny,
-        duplicates_across_splits=duplicates_across_splits(index),
-        problems=[p._asdict() for p in index.problems], min_side=min_side)
+        duplicates_across_splits=across, problems=problems, min_side=min_side,
+        duplicates_conflicting_labels=conflicting, duplicates_within_class=plain)
 
 
-def duplicates_across_splits(index: DataIndex) -> list[list[dict]]:
-    """Groups of byte-identical images (same file bytes, or same pixels in memory) in more than one split."""
+def duplicate_groups(index: DataIndex) -> list[list[dict]]:
+    """Every group of two or more byte-identical images (same file bytes, or same pixels in memory), each
+    file as ``{"split", "path", "class"}``; one hashing pass over all splits."""
     groups: dict[bytes, list[dict]] = defaultdict(list)
     for split, data in index.splits.items():
         for i in range(len(data)):
+            name = index.class_names[data.labels[i]]
             if data.images is not None:
                 digest = hashlib.blake2b(np.ascontiguousarray(data.images[i]).tobytes(), digest_size=16).digest()
-                groups[digest].append({"split": split, "path": f"{split}[{i}]"})
+                groups[digest].append({"split": split, "path": f"{split}[{i}]", "class": name})
                 continue
             try:
                 with open(data.paths[i], "rb") as fp:
                     digest = hashlib.blake2b(fp.read(), digest_size=16).digest()
             except OSError:
                 continue  # unreadable files are already reported as bad
-            groups[digest].append({"split": split, "path": data.paths[i]})
-    return [files for files in groups.values() if len({f["split"] for f in files}) > 1]
+            groups[digest].append({"split": split, "path": data.paths[i], "class": name})
+    return [files for files in groups.values() if len(files) > 1]
