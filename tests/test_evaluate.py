@@ -236,3 +236,49 @@ def test_compare_finds_a_training_runs_split_reports(tmp_path):
         (folder / "predictions.csv").write_text("path,true,predicted\n")
     assert find_predictions(tmp_path / "run") == tmp_path / "run" / "report" / "test" / "predictions.csv"
     assert find_predictions(tmp_path / "run", split="val") == tmp_path / "run" / "report" / "val" / "predictions.csv"
+
+
+def test_evaluation_decodes_as_training_did(tmp_path, shared_data):
+    """Evaluation and prediction see the pixels training saw: the same pipeline, JPEG DCT scales included.
+
+    Photos at least twice the target size are decoded by training at a reduced DCT scale; a separate full-size
+    decode and resize (what evaluation did before) gives other pixels, which is checked too, so this test
+    would catch a return to it. A truncated JPEG (header fine, data cut) is reported and the rows stay aligned.
+    """
+    from ftkit.data import make_dataset, scan
+
+    root = tmp_path / "train"
+    for name in CLASSES:
+        (root / name).mkdir(parents=True)
+        for source in sorted((shared_data / "catsdogs" / "test" / name).iterdir())[:3]:
+            shutil.copy(source, root / name / source.name)
+    size = (48, 48)
+    index = scan(root.parent / "train", val_fraction=0.0)
+    trained = np.concatenate([x.numpy() for x, _ in make_dataset(index, "train", image_size=size)])
+    paths = [str(p) for p in index["train"].paths]
+
+    decoded, kept, failures = images.load_batch(paths, image_size=size, channels=3)
+    assert kept == list(range(len(paths))) and failures == []
+    np.testing.assert_array_equal(decoded, trained)
+    import tensorflow as tf
+
+    full_size = np.stack([tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(p), channels=3), size).numpy()
+                          for p in paths])
+    assert np.abs(full_size - trained).mean() > 1.0  # the DCT scales are in play: another decode would differ
+
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(open(paths[1], "rb").read()[:2000])
+    decoded, kept, failures = images.load_batch([paths[0], str(truncated), paths[2]], image_size=size, channels=3)
+    assert kept == [0, 2]
+    assert [f["path"] for f in failures] == [str(truncated)]
+    np.testing.assert_array_equal(decoded, trained[[0, 2]])
+
+
+def test_report_names_where_an_index_came_from(runs, data_dir, tmp_path):
+    from ftkit.evaluate import evaluate_model
+
+    files = images.scan_split(data_dir, CLASSES)
+    assert files.source == str(data_dir)
+    files.source = "catsdogs (test split)"
+    report = evaluate_model(load_model(runs["a"]), files, tmp_path / "report")
+    assert report["data"] == "catsdogs (test split)"

@@ -207,6 +207,23 @@ def scan_unchecked(source: str | os.PathLike, *, val_fraction: float = 0.2, test
                         fractions=fractions, seed=seed, max_pixels=max_pixels)
 
 
+FILES_SPLIT = "test"
+
+
+def scan_files(paths: Sequence[str | os.PathLike], *,
+               max_pixels: int | None = decode.DEFAULT_MAX_PIXELS) -> DataIndex:
+    """An index of ``paths`` as given, unlabelled (one class, ""), in the one split :data:`FILES_SPLIT`: so that
+    files outside a data set (evaluation, prediction) go through :func:`ftkit.data.make_dataset` and come out
+    exactly as training saw its own. Each header is read as :func:`scan` reads it; bad files are in ``skipped``
+    with their reasons, and files the pipeline cannot decode join them as it meets them."""
+    decode.allow_pixels(max_pixels)
+    skipped: list[Skipped] = []
+    entries = {FILES_SPLIT: [("", os.fspath(path)) for path in paths]}
+    rows = _inspect(entries, skipped, verify="header", max_pixels=max_pixels, progress=False, on_file=None)
+    return _build_index(rows, skipped, [], source="files", kind="files", class_names=[""], fractions={}, seed=0,
+                        max_pixels=max_pixels)
+
+
 def _check_args(*, val_fraction, test_fraction, policy, verify) -> None:
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}. Received: policy={policy!r}")
@@ -245,15 +262,16 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name in _CLUTTER
 
 
-def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str]]]:
-    """Lists a class-per-folder tree; returns entries, files skipped while listing, and class folders."""
+def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str, str]]]:
+    """Lists a class-per-folder tree; returns entries, files skipped while listing, and class folders
+    (split, class name, folder path relative to ``root`` as it is on disk)."""
     subdirs = {e.name: e.path for e in _listdir(str(root)) if _is_dir(e)}
     split_dirs = {_SPLIT_FOLDERS[n.lower()]: p for n, p in subdirs.items() if n.lower() in _SPLIT_FOLDERS}
     if not split_dirs:
         split_dirs = {"train": str(root)}
     entries: Entries = {}
     skipped: list[Skipped] = []
-    folders: list[tuple[str, str]] = []
+    folders: list[tuple[str, str, str]] = []
     root_key = _dir_key(str(root))
     for split, split_dir in sorted(split_dirs.items(), key=lambda kv: SPLITS.index(kv[0])):
         rows = entries.setdefault(split, [])
@@ -261,7 +279,7 @@ def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str,
             if not _is_dir(entry):
                 skipped.append(Skipped(entry.path, OUTSIDE_CLASS, "files belong in a class subfolder", split))
                 continue
-            folders.append((split, entry.name))
+            folders.append((split, entry.name, os.path.relpath(entry.path, root)))
             ancestors = [root_key, _dir_key(split_dir)]
             for path, skip in _walk(entry.path, ancestors):
                 if skip:
@@ -307,7 +325,7 @@ def _walk(directory: str, ancestors: list[tuple[int, int]]) -> Iterator[tuple[st
             yield entry.path, None
 
 
-def _csv_entries(csv_path: Path, base: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str]]]:
+def _csv_entries(csv_path: Path, base: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str, str]]]:
     """Reads ``path,label[,split]`` rows (a header row is optional; ``\\t`` for ``.tsv``)."""
     delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
     entries: Entries = {}
@@ -377,7 +395,7 @@ def _codec(header: decode.Header | None) -> int:
     return CODECS.get(header.format, 3)
 
 
-def _build_index(rows: dict[str, _Rows], skipped: list[Skipped], folders: list[tuple[str, str]], *, source: str,
+def _build_index(rows: dict[str, _Rows], skipped: list[Skipped], folders: list[tuple[str, str, str]], *, source: str,
                  kind: str, class_names: Sequence[str] | None, fractions: dict[str, float], seed: int,
                  max_pixels: int | None) -> DataIndex:
     train_classes = sorted(set(rows["train"].classes)) if "train" in rows else []
@@ -399,7 +417,7 @@ def _build_index(rows: dict[str, _Rows], skipped: list[Skipped], folders: list[t
     splits = carve_splits(splits, fractions=fractions, seed=seed)
     index = DataIndex(names, splits, skipped, [], source, kind, max_pixels)
     present = {split: set(acc.classes) for split, acc in rows.items()}
-    empty = [(split, name) for split, name in folders if name not in present.get(split, ())]
+    empty = [folder for split, name, folder in folders if name not in present.get(split, ())]
     index.problems.extend(_problems(index, empty))
     return index
 
@@ -433,9 +451,8 @@ def carve_splits(splits: dict[str, Split], *, fractions: dict[str, float], seed:
     return {name: out[name] for name in SPLITS if name in out}
 
 
-def _problems(index: DataIndex, empty: list[tuple[str, str]]) -> list[Problem]:
-    problems = [Problem("warning", "empty class", f"class folder {split}/{name} has no usable image")
-                for split, name in empty]
+def _problems(index: DataIndex, empty: list[str]) -> list[Problem]:
+    problems = [Problem("warning", "empty class", f"class folder {folder} has no usable image") for folder in empty]
     train = index.splits.get("train")
     if train is None or len(train) == 0:
         return [*problems, Problem("error", "no images", f"no usable training image in {index.source}")]

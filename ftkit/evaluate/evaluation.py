@@ -87,7 +87,7 @@ def evaluate_model(
         top_k=top_k,
         skipped=index.skipped + result.failures,
         model=loaded.source,
-        data=str(data) if isinstance(data, str | Path) else "index",
+        data=str(data) if isinstance(data, str | Path) else index.source or "index",
     )
 
 

@@ -1,18 +1,19 @@
 """Where the evaluation stage reads images: the one adapter between ``ftkit.evaluate`` and image files.
 
 Evaluation needs two things: a labelled split folder (one subfolder per class) listed in a fixed order,
-and images decoded and resized the way training saw them (float32 0..255, ``[H, W, C]``). Decoding is
-``ftkit.data.decode`` (the training pipeline's Pillow conversions: EXIF rotation, alpha over white, first
-frame); resizing is bilinear then rounded to uint8 as the pipeline does. Files are decoded one by one,
-keyed by path, rather than through ``ftkit.data.make_dataset``: that pipeline drops undecodable elements
-(``ignore_errors``) without always recording which, and a dropped element would shift every later
-prediction onto the wrong path (the keras#11427 failure this stage exists to avoid).
+and images decoded and resized exactly as training saw them. So files go through the training pipeline
+itself (:func:`ftkit.data.make_dataset` over :func:`ftkit.data.sources.scan_files`): the same header checks,
+Pillow conversions (EXIF rotation, alpha over white, first frame), JPEG DCT scales and resize, float32 0..255
+``[H, W, C]``. A separate decode here (Pillow at full size, then a resize) gave other pixels than training
+for every photo the pipeline decodes at a reduced DCT scale, and another prediction on some of them. The
+pipeline keeps the file order, and a file it cannot read is left out and recorded with its reason, so the
+files that came through are known (the keras#11427 failure, predictions shifted onto the wrong paths, cannot
+happen).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class LabelledFiles:
     labels: np.ndarray
     class_names: list[str]
     skipped: list[dict] = field(default_factory=list)
+    source: str = ""  # where the split came from (a folder, a data set's source), shown in the report
 
 
 class ClassMismatchError(ValueError):
@@ -82,7 +84,8 @@ def scan_split(data_dir: str | Path, class_names: Sequence[str], *, allow_missin
         labels.extend([index] * len(files))
     if not paths:
         raise ValueError(f"The evaluation data has no files in its class folders. Received: data={str(data_dir)!r}")
-    return LabelledFiles(paths=paths, labels=np.asarray(labels, dtype=np.int64), class_names=list(class_names))
+    return LabelledFiles(paths=paths, labels=np.asarray(labels, dtype=np.int64), class_names=list(class_names),
+                         source=str(data_dir))
 
 
 def expand_paths(inputs: Iterable[str | Path]) -> tuple[list[str], list[dict]]:
@@ -99,53 +102,59 @@ def expand_paths(inputs: Iterable[str | Path]) -> tuple[list[str], list[dict]]:
     return paths, bad
 
 
-def _decode(path: str, channels: int) -> np.ndarray:
-    from ftkit.data.decode import decode_file
+class TrainingDecode:
+    """Batches of ``paths`` decoded and resized by the training pipeline, in order; after the pass, which
+    files came through (:meth:`outcome`). Iterating decodes the next batches in the background (tf.data's
+    prefetch) while the caller works on the current one."""
 
-    rgb = decode_file(path).astype(np.float32)
-    if channels == 3:
-        return rgb
-    # ITU-R 601 luma, as tf.image.rgb_to_grayscale in the training pipeline.
-    return (rgb @ np.array([0.2989, 0.587, 0.114], np.float32))[..., None]
+    def __init__(self, paths: Sequence[str], *, image_size: Sequence[int], channels: int, resize: str = "stretch",
+                 batch_size: int = 32):
+        from ftkit.data import make_dataset, sources
+
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}. Received: resize={resize!r}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
+        self.paths = [str(p) for p in paths]
+        self._index = sources.scan_files(self.paths)
+        split = self._index[sources.FILES_SPLIT]
+        self._dataset = None if not len(split) else make_dataset(
+            self._index, sources.FILES_SPLIT, image_size=tuple(image_size), channels=channels, resize=resize,
+            batch_size=batch_size)
+
+    def __iter__(self):
+        if self._dataset is not None:
+            for images, _ in self._dataset:
+                yield images.numpy()
+
+    def outcome(self) -> tuple[list[int], list[dict]]:
+        """``(kept, failures)``: indices into ``paths`` of the files that came through, in order (row ``i`` of
+        the concatenated batches is ``paths[kept[i]]``), and each unreadable file with its reason."""
+        bad = {s.path: s for s in self._index.skipped}
+        kept = [i for i, path in enumerate(self.paths) if path not in bad]
+        failures = [{"path": path, "reason": _reason(bad[path])} for path in dict.fromkeys(self.paths) if path in bad]
+        return kept, failures
 
 
-def _resize(image: np.ndarray, image_size: Sequence[int], resize: str) -> np.ndarray:
-    import keras
+def _reason(skipped) -> str:
+    return f"{skipped.reason} ({skipped.detail})" if skipped.detail else skipped.reason
 
-    resized = keras.ops.image.resize(
-        image,
-        tuple(image_size),
-        interpolation="bilinear",
-        crop_to_aspect_ratio=resize == "crop",
-        pad_to_aspect_ratio=resize == "pad",
-    )
-    # The training pipeline stores resized images as uint8 before casting back to float32.
-    return np.clip(np.round(np.asarray(resized, dtype=np.float32)), 0, 255)
+
+def load_batch(paths: Sequence[str], *, image_size: Sequence[int], channels: int,
+               resize: str = "stretch") -> tuple[np.ndarray, list[int], list[dict]]:
+    """Decode ``paths`` as training does; returns the stacked images (float32 0..255), the indices (into
+    ``paths``) that decoded, and the failures."""
+    decoded = TrainingDecode(paths, image_size=image_size, channels=channels, resize=resize,
+                             batch_size=max(1, len(paths)))
+    batches = list(decoded)
+    images = np.concatenate(batches) if batches else np.zeros((0, *image_size, channels), np.float32)
+    kept, failures = decoded.outcome()
+    return images, kept, failures
 
 
 def load_image(path: str, *, image_size: Sequence[int], channels: int, resize: str = "stretch") -> np.ndarray:
-    """One image as float32 ``[H, W, C]`` in 0..255, resized as training did. Raises on unreadable files."""
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {RESIZE_MODES}. Received: resize={resize!r}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
-    return _resize(_decode(path, channels), image_size, resize)
-
-
-def load_batch(
-    paths: Sequence[str], *, image_size: Sequence[int], channels: int, resize: str = "stretch", workers: int = 4
-) -> tuple[np.ndarray, list[int], list[dict]]:
-    """Decode ``paths``; returns the stacked images, the indices (into ``paths``) that decoded, and the failures."""
-
-    def attempt(path):
-        try:
-            return load_image(path, image_size=image_size, channels=channels, resize=resize), None
-        except Exception as error:  # noqa: BLE001 - any unreadable file is reported, never fatal
-            return None, f"{type(error).__name__}: {error}"
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(attempt, paths))
-    ok = [i for i, (image, _) in enumerate(results) if image is not None]
-    failures = [{"path": paths[i], "reason": reason} for i, (_, reason) in enumerate(results) if reason is not None]
-    images = np.stack([results[i][0] for i in ok]) if ok else np.zeros((0, *image_size, channels), np.float32)
-    return images, ok, failures
+    """One image as float32 ``[H, W, C]`` in 0..255, as training saw it. Raises on an unreadable file."""
+    images, kept, failures = load_batch([path], image_size=image_size, channels=channels, resize=resize)
+    if not kept:
+        raise ValueError(f"Cannot read {path}: {failures[0]['reason']}. Received: path={path!r}")
+    return images[0]

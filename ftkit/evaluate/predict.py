@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,33 +44,23 @@ def _check_output(probs: np.ndarray, n_classes: int, source: str) -> None:
 def predict_files(
     loaded: LoadedModel, paths: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> Predictions:
-    """Predict every readable file of ``paths`` in order; the next batch decodes while the model runs."""
+    """Predict every readable file of ``paths`` in order, decoded as training decodes (the training pipeline,
+    which decodes the next batches while the model runs)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size!r}")
-    paths = list(paths)
-    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-    kept, outputs, failures = [], [], []
-
-    def load(chunk):
-        return image_io.load_batch(
-            chunk, image_size=loaded.image_size, channels=loaded.channels, resize=loaded.resize
-        )
-
-    with ThreadPoolExecutor(max_workers=1) as prefetch:
-        pending = prefetch.submit(load, chunks[0]) if chunks else None
-        for index, chunk in enumerate(chunks):
-            batch, ok, bad = pending.result()
-            if index + 1 < len(chunks):
-                pending = prefetch.submit(load, chunks[index + 1])
-            failures.extend(bad)
-            if not ok:
-                continue
-            probs = np.asarray(loaded.model.predict_on_batch(batch), dtype=np.float64)
-            _check_output(probs, len(loaded.class_names), loaded.source)
-            kept.extend(chunk[i] for i in ok)
-            outputs.append(probs)
+    decoded = image_io.TrainingDecode(paths, image_size=loaded.image_size, channels=loaded.channels,
+                                      resize=loaded.resize, batch_size=batch_size)
+    outputs = []
+    for batch in decoded:
+        probs = np.asarray(loaded.model.predict_on_batch(batch), dtype=np.float64)
+        _check_output(probs, len(loaded.class_names), loaded.source)
+        outputs.append(probs)
+    kept, failures = decoded.outcome()
     probs = np.concatenate(outputs) if outputs else np.zeros((0, len(loaded.class_names)))
-    return Predictions(paths=kept, probs=probs, class_names=list(loaded.class_names), failures=failures)
+    if len(probs) != len(kept):  # the pipeline's contract: every readable file once, in order
+        raise RuntimeError(f"{len(probs)} predictions for {len(kept)} readable files of {len(decoded.paths)}")
+    return Predictions(paths=[decoded.paths[i] for i in kept], probs=probs, class_names=list(loaded.class_names),
+                       failures=failures)
 
 
 def predict_paths(

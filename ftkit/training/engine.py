@@ -714,7 +714,7 @@ def evaluate_after_training(trainer: Trainer, model) -> dict[str, dict]:
         rows = data.index[split]
         if rows.paths is not None:
             files = LabelledFiles(paths=[str(p) for p in rows.paths], labels=rows.labels.astype(np.int64),
-                                  class_names=data.class_names)
+                                  class_names=data.class_names, source=f"{data.index.source} ({split} split)")
             reports[split] = evaluate_model(loaded, files, out_dir, top_k=recipe.evaluate.top_k,
                                             batch_size=data.batch_size, allow_missing_classes=True)
         else:  # in-memory images (MNIST): nothing can fail to decode, so rows and predictions align
