@@ -39,6 +39,38 @@ def test_export_keras_takes_uint8_and_returns_probabilities(run, tmp_path):
     np.testing.assert_allclose(exported.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_saved_model_loads_in_plain_keras_after_importing_ftkit_layers(run, tmp_path):
+    """A fresh interpreter: Keras refuses the model until ``import ftkit.layers`` registers ftkit's layer, then
+    loads it and predicts as ftkit does."""
+    import subprocess
+    import sys
+
+    from ftkit.evaluate import load_model
+
+    images = _raw_batch().astype(np.float32)
+    np.save(tmp_path / "images.npy", images)
+    script = f"""
+import json, sys
+import keras, numpy as np
+path = {str(run.path / "model.keras")!r}
+try:
+    keras.saving.load_model(path, compile=False)
+    refused = ""
+except Exception as error:
+    refused = str(error)
+import ftkit.layers
+model = keras.saving.load_model(path, compile=False)
+probs = model.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0)
+print(json.dumps({{"refused": refused, "probs": probs.tolist()}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "Preprocess" in result["refused"]
+    expected = load_model(run.path).model.predict(images, verbose=0)
+    np.testing.assert_allclose(result["probs"], expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_export_tflite_matches_the_keras_model(run, tmp_path):
     import tensorflow as tf
