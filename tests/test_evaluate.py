@@ -236,6 +236,11 @@ def test_compare_finds_a_training_runs_split_reports(tmp_path):
         (folder / "predictions.csv").write_text("path,true,predicted\n")
     assert find_predictions(tmp_path / "run") == tmp_path / "run" / "report" / "test" / "predictions.csv"
     assert find_predictions(tmp_path / "run", split="val") == tmp_path / "run" / "report" / "val" / "predictions.csv"
+    val_only = tmp_path / "val_only" / "report" / "val"
+    val_only.mkdir(parents=True)
+    (val_only / "predictions.csv").write_text("path,true,predicted\n")
+    with pytest.raises(FileNotFoundError, match=r"evaluated on \['val'\]: pass --split val\..*split='test'"):
+        find_predictions(tmp_path / "val_only")
 
 
 def test_evaluation_decodes_as_training_did(tmp_path, shared_data):

@@ -185,7 +185,9 @@ def test_cli_train_smoke_and_export(tmp_path, monkeypatch, repo_root, capsys):
     out = tmp_path / "cli_run"
     assert main(["train", "recipes/mnist_pretrain_0to4.yaml", "--smoke", "--out", str(out),
                  "--set", "train.seed=5", "--set", "evaluate.enabled=false"]) == 0
-    assert "ftkit train:" in capsys.readouterr().out  # the end-of-run summary
+    printed = capsys.readouterr().out
+    assert "ftkit train:" in printed  # the end-of-run summary
+    assert printed.startswith("data: 5 classes from ")  # what the run trains on, before anything else
     assert "seed: 5" in (out / "recipe.yaml").read_text()
     assert main(["export", str(out), "--format", "keras"]) == 0
     assert (out / "export" / "model.keras").is_file()
@@ -219,3 +221,47 @@ def test_mixed_precision_trains_and_restores_the_policy(shared_data, tmp_path):
     assert model.get_layer("backbone").get_layer("stem_conv").dtype_policy.name == "mixed_bfloat16"
     assert model.output.dtype == "float32"  # logits and probabilities stay float32
     assert float(result.history[0]["loss"]) > 0
+
+
+def test_epochs_are_numbered_over_the_run(capsys):
+    """The engine fits one epoch per call; Keras's own bar then printed "Epoch 2/2" for the run's epoch 2 of 20,
+    and no header at all for its first."""
+    from ftkit.training.engine import _run_progbar
+
+    bar = _run_progbar(20)
+    bar.set_params({"epochs": 2, "steps": 3, "verbose": 2})
+    bar.on_epoch_begin(0)
+    bar.on_epoch_begin(1)
+    assert capsys.readouterr().out.splitlines() == ["Epoch 1/20", "Epoch 2/20"]
+
+
+def test_data_lines_say_what_was_left_out(tmp_path, shared_data):
+    from ftkit.data import scan
+    from ftkit.training.engine import data_lines
+
+    for name in ("ants", "bees"):
+        (tmp_path / name).mkdir()
+        for source in sorted((shared_data / "hymenoptera" / "train" / name).iterdir())[:4]:
+            (tmp_path / name / source.name).write_bytes(source.read_bytes())
+    (tmp_path / "wasps").mkdir()
+    (tmp_path / "ants" / "zero.jpg").write_bytes(b"")
+    (tmp_path / "bees" / "note.jpg").write_text("not an image")
+    index = scan(tmp_path, val_fraction=0.25)
+    lines = data_lines(index)
+    assert lines[0] == f"data: 2 classes from {tmp_path}; images: train 6, val 2"
+    assert lines[1].startswith("data: 2 file(s) skipped and left out (") and "ftkit_run.json" in lines[1]
+    assert lines[2] == "data warning: class folder wasps has no usable image"
+    index.record_skip(str(tmp_path / "ants" / "late.jpg"), "truncated or corrupt", "cut", "train")
+    assert data_lines(index, since=2) == [
+        "data: 1 file(s) skipped while decoding (1 truncated or corrupt); never modified, each listed with its "
+        "reason in ftkit_run.json"]
+
+
+def test_a_folder_without_a_checkpoint_is_not_offered_for_resuming(tmp_path, monkeypatch, repo_root):
+    from ftkit.training import train
+
+    monkeypatch.chdir(repo_root)
+    (tmp_path / "recipe.yaml").write_text("# left by a run that failed before its first epoch ended\n")
+    with pytest.raises(ValueError, match="has no checkpoint to resume.*delete the folder yourself"):
+        train("recipes/mnist_pretrain_0to4.yaml", smoke=True, out=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["recipe.yaml"]  # untouched

@@ -45,10 +45,16 @@ def find_predictions(run_or_report: str | Path, *, split: str = "test") -> Path:
         if candidate.is_file() and candidate.name.endswith(".csv"):
             return candidate
     found = sorted(str(p) for p in path.glob(f"**/{FILES['predictions']}")) if path.is_dir() else []
-    hint = f" Found below it: {found[:EXAMPLES_IN_ERRORS]}; pass one of them." if found else " Run `ftkit evaluate` first."
+    splits = sorted({p.parent.name for p in path.glob(f"{REPORT_DIR}/*/{FILES['predictions']}")}) if path.is_dir() else []
+    if splits:  # a run that `ftkit train` evaluated on other splits than this one
+        hint = f" The run was evaluated on {splits}: pass --split {splits[0]}."
+    elif found:
+        hint = f" Found below it: {found[:EXAMPLES_IN_ERRORS]}; pass one of them."
+    else:
+        hint = " Run `ftkit evaluate` first."
     raise FileNotFoundError(
-        f"No {FILES['predictions']} in the run folder's report/, in the folder, or as the path itself.{hint} "
-        f"Received: run={str(run_or_report)!r}"
+        f"No {FILES['predictions']} for split {split!r} in the run folder's report/, in the folder, or as the path "
+        f"itself.{hint} Received: run={str(run_or_report)!r}, split={split!r}"
     )
 
 

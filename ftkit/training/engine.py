@@ -288,6 +288,7 @@ class Trainer:
         self.resume_rng: dict[str, list] = {}
         self.cache_version = -1  # bumps when a phase trains the backbone (cached features go stale)
         self.backbone_version = 0
+        self.skipped_at_start = len(plan.data.index.skipped)  # files found bad later were met while decoding
 
     # - model -
     def build(self):
@@ -472,10 +473,13 @@ class Trainer:
             logs = self._fit_distributed(phase, global_epoch, callbacks)
         else:
             train, val = self._datasets(global_epoch)
+            verbose = self._fit_verbosity()
+            if verbose:
+                callbacks.append(_run_progbar(sum(p.epochs for p in self.plan.phases)))
             history = self.trainer.fit(train, validation_data=val, initial_epoch=global_epoch,
                                        epochs=global_epoch + 1, steps_per_epoch=self.steps_per_epoch(),
                                        validation_steps=self.validation_steps(), callbacks=callbacks,
-                                       verbose=self._fit_verbosity(), shuffle=False)
+                                       verbose=verbose, shuffle=False)
             logs = {k: v[-1] for k, v in history.history.items()}
         seconds = time.perf_counter() - start
         if self.cached:
@@ -503,6 +507,19 @@ class Trainer:
         if best is None:
             return True
         return value > best if "accuracy" in self.recipe.train.monitor else value < best
+
+
+def _run_progbar(total_epochs: int):
+    """Keras's progress bar, numbering epochs over the whole run. The engine fits one epoch per call
+    (``initial_epoch=e, epochs=e + 1``), for which Keras's own bar printed "Epoch 2/2", "Epoch 6/6"... and no
+    header for the first epoch."""
+    import keras
+
+    class RunProgbar(keras.callbacks.ProgbarLogger):
+        def set_params(self, params):
+            super().set_params({**params, "epochs": total_epochs})
+
+    return RunProgbar()
 
 
 def _cached_rows(cache, split: str, rows, batch_size: int, *, with_weights: bool):
@@ -586,8 +603,10 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
     else:
         folder = runs.RunFolder(out or _default_out(recipe), writable=writable)
         if writable and folder.root.exists() and any(folder.root.iterdir()):
-            raise ValueError(f"The run folder exists and is not empty; pick another --out or --resume it. "
-                             f"Received: out={str(folder.root)!r}")
+            what = ("pick another --out or --resume it" if folder.state_path.is_file() else
+                    "it has no checkpoint to resume (a run that stopped before its first epoch ended, or not a run "
+                    "folder): pick another --out, or delete the folder yourself (ftkit never deletes files)")
+            raise ValueError(f"The run folder exists and is not empty; {what}. Received: out={str(folder.root)!r}")
         state = None
     plan = plan_run(resolved)
     previous_policy = keras.mixed_precision.global_policy().name
@@ -625,6 +644,8 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
         folder.truncate_history(state.global_epoch)
         log(f"resuming {folder.root}: phase {state.phase + 1}, epoch {state.epoch_in_phase + 1} of that phase")
     folder.write_meta(_run_meta(plan))
+    for line in data_lines(plan.data.index):
+        log(line)
     trainer = Trainer(plan, folder, callbacks=callbacks, log=log, strategy=strategy)
     trainer.build()
     if state.global_epoch > 0 and state.epoch_in_phase == 0:
@@ -676,6 +697,28 @@ def _run_meta(plan: Plan) -> dict[str, Any]:
             "ftkit_version": __version__, "data": plan.data.index.summary()}
 
 
+def data_lines(index, *, since: int = 0) -> list[str]:
+    """What the run's data holds and what was left out of it, for the console: the split sizes, the files
+    skipped (from the ``since``-th on) counted by reason, and every data warning. The run record
+    (``ftkit_run.json``) lists each skipped file with its reason."""
+    from collections import Counter
+
+    if since:
+        lines = []
+    else:
+        sizes = ", ".join(f"{split} {len(rows)}" for split, rows in index.splits.items())
+        lines = [f"data: {len(index.class_names)} classes from {index.source}; images: {sizes}"]
+    skipped = index.skipped[since:]
+    if skipped:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in Counter(s.reason for s in skipped).most_common())
+        when = "while decoding" if since else "and left out"
+        lines.append(f"data: {len(skipped)} file(s) skipped {when} ({reasons}); never modified, each listed with "
+                     f"its reason in {runs.RUN_META}")
+    if not since:
+        lines += [f"data {p.severity}: {p.message}" for p in index.problems]
+    return lines
+
+
 def _finish(trainer: Trainer, state: runs.ResumeState, *, log) -> RunResult:
     from ftkit.head import inference_model
 
@@ -685,6 +728,12 @@ def _finish(trainer: Trainer, state: runs.ResumeState, *, log) -> RunResult:
         return RunResult(path=folder.root, history=trainer.rows, best=state.best, best_epoch=state.best_epoch,
                          reports={}, model=model)
     runs.atomic_save_model(model, folder.root / runs.INFERENCE_MODEL)
+    # Files found bad while decoding join the record written at the start.
+    index = trainer.plan.data.index
+    if len(index.skipped) > trainer.skipped_at_start:
+        folder.write_meta(_run_meta(trainer.plan))
+        for line in data_lines(index, since=trainer.skipped_at_start):
+            log(line)
     folder.write_state(dataclasses.replace(state, finished=True))
     folder.plot_curves()
     reports = evaluate_after_training(trainer, model)
