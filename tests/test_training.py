@@ -133,7 +133,7 @@ def test_resume_after_an_interruption_gives_the_same_weights(mnist, full_run, tm
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
     assert [r["loss"] for r in full.history] == pytest.approx([r["loss"] for r in resumed.history])
     assert len(resumed.history) == 4
-    assert [r["cached"] for r in resumed.history] == ["1", "1", "0", "0"]  # head phase ran on cached features
+    assert [r["cached"] for r in resumed.history] == [1, 1, 0, 0]  # head phase ran on cached features
 
 
 def test_checkpoint_writes_are_atomic(tmp_path):
@@ -159,6 +159,12 @@ def test_checkpoint_writes_are_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.keras"]
 
 
+def report_accuracy(root):
+    import json
+
+    return json.loads((root / "report" / "val" / "report.json").read_text())["accuracy"]
+
+
 def test_run_folder_follows_the_contract(full_run):
     import json
 
@@ -178,7 +184,10 @@ def test_run_folder_follows_the_contract(full_run):
     raw = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 1)).astype("float32")
     probs = loaded.model.predict(raw, verbose=0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    assert [row["phase"] for row in result.history] == ["0", "0", "1", "1"]
+    assert [row["phase"] for row in result.history] == [0, 0, 1, 1]
+    assert all(isinstance(row["loss"], float) and isinstance(row["epoch"], int) for row in result.history)
+    assert repr(result) == (f"RunResult(path={str(root)!r}, epochs=4, best={result.best}, "
+                            f"best_epoch={result.best_epoch}, accuracy={{'val': {report_accuracy(root)}}})")
     report = json.loads((root / "report" / "val" / "report.json").read_text())
     assert 0.0 <= report["accuracy"] <= 1.0
     assert load_recipe(root / "recipe.yaml").backbone.name == TINY_AUX

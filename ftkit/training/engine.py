@@ -55,7 +55,11 @@ class Plan:
 
 @dataclasses.dataclass
 class RunResult:
-    """What :func:`train` returns: the run folder and the numbers of its summary."""
+    """What :func:`train` returns: the run folder and the numbers of its summary.
+
+    ``history``: one dict per epoch, as ``history.csv`` holds it, typed (``epoch`` counts from 0, as in Keras
+    and the CSV; the console counts from 1). ``best_epoch`` is such an ``epoch``. ``reports``: split -> the
+    evaluation report (``report/<split>/report.json``)."""
 
     path: Path
     history: list[dict[str, Any]]
@@ -66,6 +70,11 @@ class RunResult:
 
     def __fspath__(self) -> str:
         return str(self.path)
+
+    def __repr__(self) -> str:
+        scores = {split: report.get("accuracy") for split, report in self.reports.items()}
+        return (f"RunResult(path={str(self.path)!r}, epochs={len(self.history)}, best={self.best}, "
+                f"best_epoch={self.best_epoch}, accuracy={scores})")
 
 
 def get_strategy(name: str | None = None, **options):

@@ -91,6 +91,17 @@ def atomic_save_model(model, path: str | Path) -> None:
         raise
 
 
+_INT_FIELDS = ("epoch", "phase", "cached")
+
+
+def _cell(key: str, value: str | None) -> Any:
+    if value in (None, ""):
+        return None
+    if key == "phase_name":
+        return value
+    return int(value) if key in _INT_FIELDS else float(value)
+
+
 class RunFolder:
     """Paths and writers of one run folder.
 
@@ -155,12 +166,14 @@ class RunFolder:
                 writer.writeheader()
             writer.writerow(row)
 
-    def read_history(self) -> list[dict[str, str]]:
+    def read_history(self) -> list[dict[str, Any]]:
+        """The rows of ``history.csv`` with their types back: ints (epoch, phase, cached), floats (rates, losses,
+        metrics, seconds), None where a value is missing (no validation data), the phase name a string."""
         path = self.root / HISTORY
         if not path.is_file():
             return []
         with open(path, newline="") as fp:
-            return list(csv.DictReader(fp))
+            return [{key: _cell(key, value) for key, value in row.items()} for row in csv.DictReader(fp)]
 
     def truncate_history(self, epochs: int) -> None:
         """Drop rows after ``epochs`` (those of an epoch whose checkpoint was never completed)."""
