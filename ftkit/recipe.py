@@ -13,7 +13,8 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
@@ -236,29 +237,109 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
 
 
 def format_errors(exc: ValidationError, data: dict[str, Any]) -> str:
-    """One line per problem: place, what is wrong, what was received, what is allowed."""
-    lines = [f"The recipe has {exc.error_count()} problem(s):"]
+    """One line per problem: place, what is wrong, what was received, what is allowed.
+
+    The place is the full path into the recipe (``augment.ops[1].flip.mode``), the received value is the
+    one pydantic validated (``error["input"]``), and the errors of the members of one union (pydantic
+    reports one per member, located under tags such as ``constrained-int``) collapse into one line that
+    lists the allowed forms.
+    """
+    lines: list[str] = []
+    unions: dict[tuple, list[tuple[dict, list, int]]] = {}
     for error in exc.errors():
-        loc = [part for part in error["loc"] if not (isinstance(part, str) and _is_tag(part))]
-        where = _place(loc)
-        if error["type"] == "extra_forbidden":
-            key = str(loc[-1])
-            allowed = _allowed_keys(loc[:-1])
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            parent = _place(loc[:-1]) or "the top level"
-            lines.append(f"- unknown key {key!r} in {parent}.{hint} Allowed keys: {allowed}. Received: {where}")
-        elif error["type"] == "missing":
-            lines.append(f"- {where}: this key is required. Allowed keys here: {_allowed_keys(loc[:-1])}")
-        else:
-            received = _lookup(data, loc)
-            lines.append(f"- {where}: {error['msg']}. Received: {where}={received!r}")
-    return "\n".join(lines)
+        loc, tag_at = _split_loc(error["loc"], data)
+        if tag_at is None:
+            lines.append(_line(error, loc))
+            continue
+        base = tuple(loc[:tag_at])
+        if base not in unions:
+            unions[base] = []
+            lines.append(base)  # placeholder, filled below in the order problems were found
+        unions[base].append((error, loc, tag_at))
+    out = [_union_line(list(line), unions[line], data) if isinstance(line, tuple) else line for line in lines]
+    return "\n".join([f"The recipe has {len(out)} problem(s):", *out])
 
 
-def _is_tag(part: str) -> bool:
-    # pydantic adds union-member tags such as "literal['head','all']", "int" or "function-after[...]".
-    return part in {"int", "float", "str", "bool", "list[str]", "dict[str,float]", "none"} or "[" in part
+def _line(error: dict[str, Any], loc: list) -> str:
+    where = _place(loc)
+    if error["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        parent = _place(loc[:-1]) or "the top level"
+        return f"- unknown key {key!r} in {parent}.{hint} Allowed keys: {allowed}. Received: {where}"
+    if error["type"] == "missing":
+        return f"- {where}: this key is required. Allowed keys here: {_allowed_keys(loc[:-1])}"
+    message = _message(error)
+    if "Received:" in message:  # our own validators already say what they received
+        return f"- {where or 'the recipe'}: {message}"
+    ending = "" if message.endswith((".", "?")) else "."
+    return f"- {where or 'the recipe'}: {message}{ending} Received: {where or 'recipe'}={error['input']!r}"
+
+
+def _message(error: dict[str, Any]) -> str:
+    message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if error["type"] == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        message = f"must be one of {expected}"
+        if isinstance(error["input"], str):
+            close = difflib.get_close_matches(error["input"], re.findall(r"'([^']*)'", expected), n=1)
+            message += f". Did you mean {close[0]!r}?" if close else ""
+    return message
+
+
+def _union_line(base: list, members: list[tuple[dict, list, int]], data: Any) -> str:
+    """One line for the failed members of one union at ``base``: the allowed forms and the received value."""
+    where = _place(base)
+    # the parts before the first tag are all kept, so the tag is at raw index tag_at too
+    whole = [error for error, _, tag_at in members if len(error["loc"]) == tag_at + 1]
+    received = whole[0]["input"] if whole else _lookup(data, base)
+    annotation = _annotation_at(base)
+    if annotation is not None:
+        allowed = _join(_forms(annotation))
+    else:
+        allowed = _join(list(dict.fromkeys(_message(error) for error, _, _ in members)))
+    return f"- {where}: must be {allowed}. Received: {where}={received!r}"
+
+
+_MISSING = object()
+_TAG_NAMES = {"int", "float", "str", "bool", "none", "list", "dict", "tuple"}
+_TAG_PREFIXES = ("constrained-", "function-", "lax-", "strict-", "json-", "nullable", "literal", "tagged-union")
+
+
+def _split_loc(raw: tuple, data: Any) -> tuple[list, int | None]:
+    """``raw`` without pydantic's union-member tags, and the index (in the result) where the first tag stood.
+
+    A string part is a tag when the recipe's data at that point is a value that cannot have keys (a string,
+    a number, a list), or when it is not a key there and looks like one of pydantic's tags
+    (``literal['head','all']``, ``constrained-int``, ``list[str]``, a model's class name).
+    """
+    loc: list = []
+    tag_at = None
+    node = data
+    for part in raw:
+        if isinstance(part, int):
+            loc.append(part)
+            node = node[part] if isinstance(node, list | tuple) and -len(node) <= part < len(node) else _MISSING
+            continue
+        if isinstance(node, dict) and part in node:
+            loc.append(part)
+            node = node[part]
+            continue
+        keyless = node is not _MISSING and not isinstance(node, dict)
+        if keyless or _looks_like_tag(part):
+            tag_at = len(loc) if tag_at is None else tag_at
+            continue
+        loc.append(part)
+        node = _MISSING
+    return loc, tag_at
+
+
+def _looks_like_tag(part: str) -> bool:
+    return part in _TAG_NAMES or "[" in part or part.startswith(_TAG_PREFIXES) or part[:1].isupper()
 
 
 def _place(loc: list) -> str:
@@ -275,6 +356,54 @@ def _lookup(data: Any, loc: list) -> Any:
         except (KeyError, IndexError, TypeError):
             return "<missing>"
     return data
+
+
+def _annotation_at(loc: list) -> Any:
+    """The schema's type annotation of the field at ``loc`` (``None`` when ``loc`` is not a field)."""
+    model: Any = Recipe
+    annotation = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        model = _model_in(annotation)
+    return annotation
+
+
+def _forms(annotation: Any) -> list[str]:
+    """The allowed forms of a value of type ``annotation``, in words (``'head'``, ``an integer > 0``, ...)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, UnionType):
+        return [form for arg in args for form in _forms(arg)]
+    if origin is Literal:
+        return [repr(value) for value in args]
+    if origin is Annotated:
+        bounds = [f"{symbol} {getattr(meta, name)}" for meta in annotation.__metadata__
+                  for name, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+                  if getattr(meta, name, None) is not None]
+        return [" ".join([_forms(args[0])[0], " and ".join(bounds)]).strip()]
+    if annotation is type(None):
+        return ["null"]
+    if origin in (list, tuple):
+        return [f"a list of {_plural(args[0]) if args else 'values'}"]
+    if origin is dict:
+        return [f"a mapping of {_plural(args[0])} to {_plural(args[1])}"]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [f"a mapping with keys {sorted(annotation.model_fields)}"]
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return [words.get(annotation, getattr(annotation, "__name__", str(annotation)))]
+
+
+def _plural(annotation: Any) -> str:
+    words = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+    return words.get(annotation, "values")
+
+
+def _join(forms: list[str]) -> str:
+    return forms[0] if len(forms) == 1 else f"{', '.join(forms[:-1])} or {forms[-1]}"
 
 
 def _allowed_keys(loc: list) -> list[str]:

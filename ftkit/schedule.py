@@ -13,12 +13,25 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 HEAD = "head"
 AUX = "aux"
 PRESETS = ("freeze", "freeze_unfreeze", "gradual")
 LR_SCHEDULES = ("constant", "step", "cosine")
+TRAIN_FORMS = (
+    "'head' (the new head only), 'all' (every layer group), a number N >= 1 (the last N backbone layer "
+    "groups plus the head) or a list of backbone layer group names (those groups plus the head)"
+)
 
 
 class PhaseConfig(BaseModel):
@@ -40,6 +53,15 @@ class PhaseConfig(BaseModel):
     train_bn: bool = False  # BatchNorm layers of frozen groups keep training (and run in training mode)
     lr_decay: float | None = Field(None, gt=0.0, le=1.0, description="multiplier per group, compounding towards the stem")
     lr_multipliers: dict[str, PositiveFloat] = Field(default_factory=dict)
+
+    @field_validator("train", mode="wrap")
+    @classmethod
+    def _train_forms(cls, value, handler):
+        # One message naming every allowed form instead of one error per member of the union.
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(f"`train` must be {TRAIN_FORMS}. Received: train={value!r}") from None
 
 
 class ScheduleConfig(BaseModel):

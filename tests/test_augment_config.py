@@ -134,3 +134,17 @@ def test_albumentations_unknown_transform_and_ignored_argument_are_errors():
         )
     with pytest.raises(ValidationError, match="'transform' key"):
         AugmentConfig(backend="albumentations", albumentations={"__class_fullname__": "Compose"})
+
+
+def test_parameter_errors_are_located_at_the_ops_index_and_name():
+    with pytest.raises(ValidationError) as error:
+        AugmentConfig(backend="keras", ops=[{"flip": {}}, {"flip": {"mode": "sideways"}}, {"flipp": {}}])
+    errors = error.value.errors()
+    assert [e["loc"] for e in errors] == [("ops", 1, "flip", "mode"), ("ops", 2)]
+    assert errors[0]["input"] == "sideways"
+    assert "Did you mean 'flip'?" in errors[1]["msg"]
+
+
+def test_parsed_ops_pass_through_unchanged():
+    config = AugmentConfig(backend="keras", ops=[{"flip": {"mode": "vertical"}}])
+    assert AugmentConfig(backend="keras", ops=list(config.ops)) == config

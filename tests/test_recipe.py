@@ -107,3 +107,61 @@ def test_every_recipe_runs_in_smoke_mode(path, tmp_path, monkeypatch):
     groups = [g for g in ftkit.backbone_info(recipe.backbone.name).group_names if g != "head"]
     assert len(result.history) == len(resolve_phases(recipe.schedule, groups))  # one epoch per phase
     assert all(float(row["loss"]) > 0 for row in result.history)
+
+
+def _with_ops(*ops):
+    return {**BASE, "augment": {"backend": "keras", "ops": [{"random_resized_crop": {}}, *ops]}}
+
+
+def test_bad_op_parameter_names_index_op_and_received_value():
+    message = _error(_with_ops({"flip": {"mode": "sideways"}}))
+    assert "1 problem(s)" in message
+    assert ("- augment.ops[1].flip.mode: must be one of 'horizontal', 'vertical' or 'horizontal_and_vertical'. "
+            "Received: augment.ops[1].flip.mode='sideways'") in message
+    assert "<missing>" not in message
+
+
+def test_every_bad_op_is_reported_at_its_index():
+    message = _error(_with_ops({"random_erasing": {"fill": 3}}, {"zoom": {"factor": 2}}))
+    assert "2 problem(s)" in message
+    assert "augment.ops[1].random_erasing.fill: must be one of 'zero', 'mean' or 'noise'. " \
+           "Received: augment.ops[1].random_erasing.fill=3" in message
+    assert "augment.ops[2].zoom.factor: Input should be less than 1. Received: augment.ops[2].zoom.factor=2" in message
+
+
+def test_misspelt_op_is_one_line_with_a_suggestion_and_the_allowed_ops():
+    message = _error(_with_ops({"flipp": {}}))
+    assert message.splitlines()[1:] == [
+        "- augment.ops[1]: unknown augmentation op 'flipp'. Did you mean 'flip'? Allowed: random_resized_crop, flip, "
+        "rotation, zoom, translation, color_jitter, rand_augment, aug_mix, random_erasing, cutout, grid_mask. "
+        "Received: op='flipp'"]
+    assert message.count("Received:") == 1 and message.count("grid_mask") == 1
+    assert "random_resized_crop': {}" not in message  # the ops list is not dumped
+
+
+def test_bad_phase_train_is_one_line_with_the_allowed_forms():
+    message = _error(apply_overrides(BASE, {"schedule.phases[0].train": "last_99"}))
+    lines = message.splitlines()
+    assert lines[0] == "The recipe has 1 problem(s):" and len(lines) == 2
+    assert lines[1].startswith("- schedule.phases[0].train: `train` must be 'head'")
+    for form in ("'head'", "'all'", "a number N >= 1", "a list of backbone layer group names"):
+        assert form in lines[1]
+    assert lines[1].endswith("Received: train='last_99'")
+    assert "constrained-int" not in message and "<missing>" not in message
+
+
+def test_union_errors_collapse_into_the_allowed_forms():
+    message = _error(apply_overrides(BASE, {"train.class_weight": {"cat": "x"}, "train.optimizer": "adm"}))
+    assert sorted(message.splitlines()[1:]) == [
+        "- train.class_weight: must be 'auto', a mapping of strings to numbers or null. "
+        "Received: train.class_weight={'cat': 'x'}",
+        "- train.optimizer: must be one of 'adam', 'adamw' or 'sgd'. Did you mean 'adam'? "
+        "Received: train.optimizer='adm'",
+    ]
+
+
+def test_validator_messages_are_not_followed_by_a_dump_of_the_section():
+    message = _error(apply_overrides(BASE, {"schedule.preset": "freeze"}))
+    assert "- schedule: schedule takes a preset or explicit phases, not both. Received: preset='freeze' and 2 phases" \
+        in message
+    assert message.count("Received:") == 1

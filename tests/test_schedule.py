@@ -97,3 +97,15 @@ def test_keras_schedule_follows_the_pure_function():
 def test_preset_expansion_is_data():
     phases = expand_preset(ScheduleConfig(preset="freeze_unfreeze", lr_decay=0.5), GROUPS)
     assert [p.lr_decay for p in phases] == [None, 0.5]
+
+
+@pytest.mark.parametrize("value", ["last_99", 0, ["stem", 3]])
+def test_bad_train_value_names_every_allowed_form(value):
+    with pytest.raises(ValueError) as error:
+        PhaseConfig(train=value)
+    errors = error.value.errors()
+    assert len(errors) == 1 and errors[0]["loc"] == ("train",)
+    message = errors[0]["msg"]
+    for form in ("'head'", "'all'", "a number N >= 1", "a list of backbone layer group names"):
+        assert form in message
+    assert message.endswith(f"Received: train={value!r}")

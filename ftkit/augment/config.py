@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 def _closest(name: str, allowed: list[str]) -> str:
@@ -181,7 +189,11 @@ ORDER_DEPENDENT_OPS = frozenset({"rand_augment", "aug_mix", "grid_mask"})
 
 
 def parse_op(item: Any) -> tuple[str, _Op]:
-    """``{op_name: {params}}`` (or a bare ``op_name`` for defaults) -> ``(op_name, validated params)``."""
+    """``{op_name: {params}}`` (or a bare ``op_name`` for defaults) -> ``(op_name, validated params)``.
+
+    A parameter that does not validate raises pydantic's ``ValidationError`` located under the op's name
+    (``flip.mode``), so a recipe's message reads ``augment.ops[1].flip.mode``.
+    """
     if isinstance(item, str):
         item = {item: {}}
     if not isinstance(item, dict) or len(item) != 1:
@@ -203,7 +215,17 @@ def parse_op(item: Any) -> tuple[str, _Op]:
                 f"unknown parameter '{key}' for op '{name}'.{_closest(key, allowed)} "
                 f"Allowed: {', '.join(allowed)}. Received: {key}={params[key]!r}"
             )
-    return name, model(**params)
+    try:
+        return name, model(**params)
+    except ValidationError as exc:
+        raise ValidationError.from_exception_data(
+            exc.title, [{**error, "loc": (name, *error["loc"])} for error in exc.errors()]
+        ) from None
+
+
+def _op_item(item: Any) -> Any:
+    # One item of AugmentConfig.ops: already-parsed ``(name, params)`` pairs pass through (round trips).
+    return item if isinstance(item, tuple) else parse_op(item)
 
 
 class MixUpConfig(BaseModel):
@@ -267,7 +289,8 @@ class AugmentConfig(BaseModel):
 
     backend: Literal["keras", "albumentations", "none"] = "none"
     seed: int = Field(0, ge=0)
-    ops: list[tuple[str, _Op]] = Field(default_factory=list)
+    # Items are parsed one by one, so every bad op is reported at its index (augment.ops[1].flip.mode).
+    ops: list[Annotated[tuple[str, _Op], BeforeValidator(_op_item)]] = Field(default_factory=list)
     albumentations: dict[str, Any] | None = None
     mixup: MixUpConfig | None = None
     cutmix: CutMixConfig | None = None
@@ -285,7 +308,7 @@ class AugmentConfig(BaseModel):
             return []
         if not isinstance(value, list):
             raise ValueError(f"`ops` must be a list of {{op_name: {{params}}}}. Received: ops={value!r}")
-        return [item if isinstance(item, tuple) else parse_op(item) for item in value]
+        return value
 
     @field_validator("albumentations")
     @classmethod
