@@ -180,10 +180,10 @@ def test_mirrored_over_two_cpu_devices_matches_one_device(mnist, tmp_path):
         np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-5, err_msg=key)
     losses = {name: [float(r["loss"]) for r in out[name]["history"]] for name in ("mirrored", "one")}
     assert losses["mirrored"] == pytest.approx(losses["one"], rel=1e-5)
-    assert [r["cached"] for r in out["mirrored"]["history"]] == ["1", "0", "0"]  # the cache serves phase 1
+    assert [r["cached"] for r in out["mirrored"]["history"]] == [1, 0, 0]  # the cache serves phase 1
     assert out["mirrored"]["reports"] == ["val"] and (tmp_path / "mirrored" / "report" / "val" / "report.json").is_file()
     mixed = out["mixed"]["history"][0]
-    assert mixed["cached"] == "0" and np.isfinite(float(mixed["loss"])) and np.isfinite(float(mixed["val_loss"]))
+    assert mixed["cached"] == 0 and np.isfinite(float(mixed["loss"])) and np.isfinite(float(mixed["val_loss"]))
 
 
 # -- MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 ---------------------------------------
