@@ -38,12 +38,17 @@ def export_run(run_dir: str | Path, *, format: str = "keras", out: str | Path | 
         target = out_dir / "model.keras"
         model.save(target)
         return target
-    saved = out_dir / "savedmodel"
-    model.export(str(saved), format="tf_saved_model", verbose=False)
     if format == "savedmodel":
+        saved = out_dir / "savedmodel"
+        model.export(str(saved), format="tf_saved_model", verbose=False)
         return saved
+    import tempfile
+
     import tensorflow as tf
 
     target = out_dir / "model.tflite"
-    target.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
+    # The converter reads a SavedModel; this one is a step, not a deliverable, so it is not left in out_dir.
+    with tempfile.TemporaryDirectory(prefix="ftkit-export-") as scratch:
+        model.export(scratch, format="tf_saved_model", verbose=False)
+        target.write_bytes(tf.lite.TFLiteConverter.from_saved_model(scratch).convert())
     return target
