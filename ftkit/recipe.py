@@ -360,17 +360,7 @@ def _lookup(data: Any, loc: list) -> Any:
 
 def _annotation_at(loc: list) -> Any:
     """The schema's type annotation of the field at ``loc`` (``None`` when ``loc`` is not a field)."""
-    model: Any = Recipe
-    annotation = None
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return None
-        annotation = field.annotation
-        model = _model_in(annotation)
-    return annotation
+    return _schema_at(loc)[1]
 
 
 def _forms(annotation: Any) -> list[str]:
@@ -408,15 +398,24 @@ def _join(forms: list[str]) -> str:
 
 def _allowed_keys(loc: list) -> list[str]:
     """The field names of the schema model at ``loc`` (walking nested models and lists of models)."""
+    model, _, found = _schema_at(loc)
+    return sorted(getattr(model, "model_fields", {})) if found else []
+
+
+def _schema_at(loc: list) -> tuple[Any, Any, bool]:
+    """``(model, annotation, found)`` at ``loc``: the schema model a value there is (or None), the field's type
+    annotation (None at the top), and whether ``loc`` is a path of the schema at all."""
     model: Any = Recipe
+    annotation = None
     for part in loc:
         if isinstance(part, int):
             continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
-            return []
-        model = _model_in(field.annotation)
-    return sorted(getattr(model, "model_fields", {}))
+            return None, None, False
+        annotation = field.annotation
+        model = _model_in(annotation)
+    return model, annotation, True
 
 
 def _model_in(annotation: Any) -> Any:

@@ -102,7 +102,7 @@ def test_predictions_keyed_by_path_in_file_order_and_equal_to_model(runs, report
     assert [r["path"] for r in rows] == expected_paths
     assert [r["true_label"] for r in rows] == ["cats"] * PER_CLASS + ["dogs"] * PER_CLASS
     loaded = load_model(runs["a"])
-    batch = np.stack([images.load_image(p, image_size=(16, 16), channels=3) for p in expected_paths])
+    batch = images.load_batch(expected_paths, image_size=(16, 16), channels=3)[0]
     probs = loaded.model.predict(batch, verbose=0)
     np.testing.assert_allclose([[float(r["prob_cats"]), float(r["prob_dogs"])] for r in rows], probs, atol=1e-5)
     assert [r["predicted_label"] for r in rows] == [CLASSES[i] for i in probs.argmax(axis=1)]
@@ -115,7 +115,7 @@ def test_report_agrees_with_model_evaluate(runs, report_a):
     import keras
 
     rows = read_csv(runs["a"] / "report" / "predictions.csv")
-    x = np.stack([images.load_image(r["path"], image_size=(16, 16), channels=3) for r in rows])
+    x = images.load_batch([r["path"] for r in rows], image_size=(16, 16), channels=3)[0]
     y = np.array([CLASSES.index(r["true_label"]) for r in rows])
     model = load_model(runs["a"]).model
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
