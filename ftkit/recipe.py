@@ -42,13 +42,18 @@ class DataConfig(_Section):
     train: str  # a folder of class folders (with or without train/val/test), a CSV file, or an MNIST folder
     val: str | None = None
     test: str | None = None
-    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # held out from train (stratified) when val is not given
+    # Held out from train (stratified, seeded) when the data has no val split and data.val is not given; the
+    # same default as `ftkit data check` and fastai's valid_pct. 0: no validation (train.monitor then falls
+    # back to the training metric, and says so).
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # likewise for test, when there is no test split
     image_size: tuple[PositiveInt, PositiveInt] | None = None  # default: the backbone's input size
     channels: Literal[1, 3] | None = None  # default: the backbone's
     resize: Literal["stretch", "crop", "pad"] = "stretch"
     batch_size: PositiveInt = 32
     classes: list[str] | None = None  # keep only these classes (in this order)
     samples_per_class: PositiveInt | None = None  # a labelled sample of the training split
+    max_samples_per_class: PositiveInt | None = None  # cap the training split, at most this per class (smoke)
     eval_samples_per_class: PositiveInt | None = None  # cap val/test too (smoke runs)
     oversample: bool = False  # resample the training split to balanced classes each epoch
     seed: int = 0
@@ -221,8 +226,9 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
         # Auxiliary classifiers have their own minimum (GoogLeNet's 5x5/3 pool needs a 65x65 input), which the
         # metadata's headless minimum does not describe: keep the recipe's size.
         small = tuple(recipe.data.image_size)
+    # Caps, not samples: a class with fewer images than the cap is kept whole, as the full run keeps it.
     data["data"].update(image_size=list(small), batch_size=min(recipe.data.batch_size, 4),
-                        samples_per_class=SMOKE_SAMPLES_PER_CLASS, eval_samples_per_class=SMOKE_SAMPLES_PER_CLASS)
+                        max_samples_per_class=SMOKE_SAMPLES_PER_CLASS, eval_samples_per_class=SMOKE_SAMPLES_PER_CLASS)
     data["backbone"].update(weights=None, init_from=None)
     schedule = data["schedule"]
     schedule.update(epochs=1, unfrozen_epochs=None if schedule.get("preset") else schedule.get("unfrozen_epochs"))

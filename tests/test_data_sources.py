@@ -488,3 +488,109 @@ def test_doctor_on_an_empty_tree(tmp_path, capsys):
     assert report["imbalance_ratio"] is None and report["usable"] is False
     assert report["problems"] == [{"severity": "error", "kind": "no images",
                                    "message": f"no usable training image in {tmp_path / 'empty'}"}]
+
+
+# --- layouts and tables a new user brings (ninth session's walkthrough) ----------------------------------------
+
+def _tree(root: Path, layout: dict[str, int]) -> Path:
+    """Writes ``{"split/class": n}`` distinct little JPEGs."""
+    for i, (folder, n) in enumerate(layout.items()):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for j in range(n):
+            (root / folder / f"{j}.jpg").write_bytes(_noise_jpeg(100 * i + j, size=16))
+    return root
+
+
+def test_valid_folder_is_the_val_split_and_strays_are_reported(tmp_path):
+    root = _tree(tmp_path / "t", {"train/a": 3, "train/b": 3, "valid/a": 2, "valid/b": 2, "holdout/a": 2})
+    (root / "loose.jpg").write_bytes(_noise_jpeg(7, size=16))
+    index = scan(root)
+    assert {k: len(v) for k, v in index.splits.items()} == {"train": 6, "val": 4}
+    assert [p.kind for p in index.problems] == ["not a split folder"]
+    assert "holdout/" in index.problems[0].message
+    assert _reasons(index) == {"loose.jpg": "not in a class folder"}
+    # Two folders for one split is ambiguous: refused, naming both.
+    _tree(root, {"val/a": 1})
+    with pytest.raises(ValueError, match=r"two folders for the val split: '(val|valid)' and '(val|valid)'"):
+        scan(root)
+
+
+def test_csv_split_aliases_unknown_splits_and_malformed_rows(shared_data, tmp_path):
+    src = sorted((shared_data / "hymenoptera" / "train" / "ants").iterdir())[:8]
+    for i, p in enumerate(src):
+        (tmp_path / f"{i}.jpg").write_bytes(p.read_bytes())
+    rows = ["0.jpg,a,train", "1.jpg,b,Train", "2.jpg,a,training", "3.jpg,b,VALID", "4.jpg,a,validation",
+            "5.jpg,b,testing", "6.jpg,a,holdout", ",b,train", "7.jpg,a,train,extra"]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    index = scan(tmp_path / "t.csv", val_fraction=0.0)
+    assert {k: len(v) for k, v in index.splits.items()} == {"train": 3, "val": 2, "test": 1}
+    reasons = {s.reason: s.detail for s in index.skipped}
+    assert set(reasons) == {"unknown split", "no path", "malformed row"}
+    assert "t.csv line 7: split 'holdout'; allowed: train (training), val (valid, validation)" in reasons["unknown split"]
+    assert reasons["no path"] == "t.csv line 8"
+    assert reasons["malformed row"].startswith("t.csv line 9: 4 columns")
+
+
+def test_csv_header_names_columns_in_any_order_and_semicolons(shared_data, tmp_path):
+    src = sorted((shared_data / "hymenoptera" / "train" / "bees").iterdir())[:4]
+    for i, p in enumerate(src):
+        (tmp_path / f"{i}.jpg").write_bytes(p.read_bytes())
+    (tmp_path / "h.csv").write_text("class,notes,filename\na,x,0.jpg\nb,y,1.jpg\na,,2.jpg\nb,z,3.jpg\n")
+    index = scan(tmp_path / "h.csv", val_fraction=0.0)
+    assert index.class_names == ["a", "b"] and index["train"].counts(2).tolist() == [2, 2] and not index.skipped
+    (tmp_path / "s.csv").write_text("path;label\n0.jpg;a\n1.jpg;b\n")
+    index = scan(tmp_path / "s.csv", val_fraction=0.0)
+    assert index["train"].counts(2).tolist() == [1, 1] and not index.skipped
+
+
+def test_splits_come_in_train_val_test_order_and_missing_classes_are_warned(shared_data, tmp_path):
+    src = sorted((shared_data / "hymenoptera" / "train" / "ants").iterdir())[:5]
+    for i, p in enumerate(src):
+        (tmp_path / f"{i}.jpg").write_bytes(p.read_bytes())
+    (tmp_path / "o.csv").write_text("0.jpg,a,val\n1.jpg,a,train\n2.jpg,b,train\n3.jpg,a,test\n4.jpg,b,test\n")
+    index = scan(tmp_path / "o.csv")
+    assert list(index.splits) == ["train", "val", "test"]
+    assert [p.message for p in index.problems] == [
+        "the val split has no image of 'b': its val scores say nothing about it"]
+
+
+def test_npz_without_keras_arrays_is_a_clear_error(tmp_path, capsys):
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(2, np.uint8))
+    assert cli_main(["data", "check", str(tmp_path / "bad.npz"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the arrays x_train, y_train, x_test, y_test. Received: arrays ['images', 'labels']" in err
+
+
+def test_doctor_on_arrays_reports_tiny_images_conversions_and_leakage(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    x_test = np.concatenate([x[:1], x[:1] ^ 1])
+    np.savez(tmp_path / "m.npz", x_train=x, y_train=np.array([0, 1, 0, 1, 0, 1], np.uint8),
+             x_test=x_test, y_test=np.array([0, 1], np.uint8))
+    report = check(tmp_path / "m.npz", val_fraction=0.0, min_side=100, channels=3)
+    assert len(report.tiny_images) == 8 and report.tiny_images[0] == {"path": "train[0]", "split": "train",
+                                                                       "width": 28, "height": 28}
+    assert report.conversion_counts == {"grayscale to RGB": 8}
+    assert check(tmp_path / "m.npz", val_fraction=0.0, min_side=28, channels=1).conversions == []
+    leakage = [p for p in report.problems if p["kind"] == "leakage"]  # classes 2-9 have no image: warnings too
+    assert [p["message"] for p in leakage] == ["1 group(s) of byte-identical images in more than one split (2 files): "
+                                               "scores on the later split overstate what the model learnt"]
+    assert report.usable
+    assert not check(tmp_path / "m.npz", val_fraction=0.0, strict=True).usable
+
+
+def test_bomb_message_is_the_same_above_pillows_own_refusal(tmp_path):
+    """A PNG whose header claims 15000x15000 (225 MP: above twice Pillow's limit, which Pillow refuses itself)."""
+    import zlib
+
+    data = bytearray(_save(Image.new("RGB", (1, 1)), "PNG"))
+    data[16:24] = (15000).to_bytes(4, "big") * 2  # IHDR width and height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    (tmp_path / "huge.png").write_bytes(bytes(data))
+    with pytest.raises(decode.BadImage, match=r"^too large: 225000000 pixels > max_pixels=89478485$"):
+        decode.inspect(tmp_path / "huge.png")
+
+
+def test_doctor_max_pixels_none_and_zero(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["data", "check", str(tmp_path), "--max-pixels", "0"])
+    assert "must be a positive number of pixels or 'none'" in capsys.readouterr().err

@@ -83,7 +83,7 @@ def test_smoke_shrinks_any_recipe():
     recipe = load_recipe(apply_overrides(BASE, ["schedule.phases[0].epochs=50", "backbone.weights=imagenet"]))
     small = smoke_recipe(recipe)
     assert [p.epochs for p in small.schedule.phases] == [1, 1]
-    assert small.train.steps_per_epoch == 2 and small.data.samples_per_class == 4
+    assert small.train.steps_per_epoch == 2 and small.data.max_samples_per_class == 4
     assert small.data.image_size == (32, 32) and small.backbone.weights is None
 
 

@@ -265,3 +265,52 @@ def test_a_folder_without_a_checkpoint_is_not_offered_for_resuming(tmp_path, mon
     with pytest.raises(ValueError, match="has no checkpoint to resume.*delete the folder yourself"):
         train("recipes/mnist_pretrain_0to4.yaml", smoke=True, out=tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["recipe.yaml"]  # untouched
+
+
+def _few(shared_data, root, n):
+    for name in ("ants", "bees"):
+        (root / name).mkdir(parents=True)
+        for source in sorted((shared_data / "hymenoptera" / "train" / name).iterdir())[:n]:
+            (root / name / source.name).write_bytes(source.read_bytes())
+    return root
+
+
+def test_no_val_split_is_announced_and_a_file_lost_while_decoding_is_counted(shared_data, tmp_path):
+    """8 + 8 good images and a truncated one (its header reads fine, so the scan keeps it): 3 steps counted
+    at batch 8, 2 batches delivered. Keras's "ran out of data" then warned every epoch; the run record
+    counted the lost file; with no val split, best.keras was picked on training accuracy under the name
+    val_accuracy."""
+    import warnings
+
+    from ftkit.training import train
+
+    root = _few(shared_data, tmp_path / "data", 8)
+    whole = (root / "ants").iterdir().__next__().read_bytes()
+    (root / "ants" / "zz_cut.jpg").write_bytes(whole[: len(whole) // 2])
+    recipe = {"data": {"train": str(root), "val_fraction": 0.0, "image_size": [16, 16], "batch_size": 8},
+              "backbone": {"name": TINY}, "schedule": {"phases": [{"train": "all", "epochs": 2, "lr": 0.01}]},
+              "train": {"verbose": 0, "monitor": "val_accuracy"}, "evaluate": {"enabled": False}}
+    lines = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(recipe, out=tmp_path / "run", log=lines.append)
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    assert ("no val split: checkpoints/best.keras is chosen on the training accuracy, not val_accuracy (set "
+            "data.val_fraction above 0 or data.val for validation data)") in lines
+    assert "best accuracy (training; no val split): " in lines[-1]
+    record = json.loads((result.path / "ftkit_run.json").read_text())["data"]
+    assert record["counts"]["train"] == {"ants": 8, "bees": 8}
+    assert [f["path"].rsplit("/", 1)[-1] for f in record["skipped_files"]] == ["zz_cut.jpg"]
+
+
+def test_smoke_caps_classes_instead_of_refusing_small_ones(shared_data, tmp_path):
+    from ftkit.recipe import load_recipe
+    from ftkit.training.inputs import load_data
+
+    root = _few(shared_data, tmp_path, 6)
+    for extra in sorted((root / "bees").iterdir())[1:]:
+        extra.unlink()  # our own copy: bees keeps one image
+    recipe = load_recipe({"data": {"train": str(root), "image_size": [16, 16]}, "backbone": {"name": TINY},
+                          "schedule": {"phases": [{"train": "all", "epochs": 1}]}}, smoke=True)
+    data = load_data(recipe.data, image_shape=(16, 16, 1))
+    assert data.index["train"].counts(2).tolist() == [4, 1]  # 5 ants after the default 20% val, capped at 4

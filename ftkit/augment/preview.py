@@ -1,22 +1,34 @@
 """``ftkit augment preview``: a PNG grid of training images and augmented variants, to check a policy
 before hours of training. Row = one sample image: the original (resized) first, then ``variants``
-augmented versions; each tile is ``image_size`` pixels, so the PNG is (rows*H) x ((1+variants)*W).
+augmented versions; each tile is ``image_size`` pixels, below a strip that labels the columns, so the PNG is
+(LABEL_STRIP + rows*H) x ((1+variants)*W).
+
+The samples are what training is fed: rows of the training split as ``ftkit train`` scans it (class folders,
+a ``path,label`` CSV, MNIST IDX or ``mnist.npz``), decoded by :mod:`ftkit.data.decode` under the training
+conversions (EXIF orientation applied, alpha over white, 16-bit precision, CMYK to RGB). A file that cannot
+be used is skipped and logged with its reason, never raised.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ftkit.augment.config import AugmentConfig
+from ftkit.data import DataIndex, Skipped, decode
 
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+log = logging.getLogger("ftkit.augment")
+
+LABEL_STRIP = 14  # pixels above the tiles for the column labels (7-point text at 100 dpi)
+_LISTED_SKIPS = 20  # skipped files named one per line; `ftkit data check` lists them all
 
 
 def read_recipe_sections(recipe: str | Path) -> tuple[dict[str, Any], AugmentConfig, Path]:
-    """The recipe's ``data`` section, validated ``augment`` section and the training image folder.
+    """The recipe's ``data`` section, validated ``augment`` section and the training data source.
 
     The whole recipe is validated by the recipe loader, so preview accepts exactly what ``ftkit train`` does.
     """
@@ -29,32 +41,86 @@ def read_recipe_sections(recipe: str | Path) -> tuple[dict[str, Any], AugmentCon
         from ftkit.backbones import backbone_info
 
         data["image_size"] = list(backbone_info(loaded.backbone.name).default_input_shape[:2])
-    return data, loaded.augment, _training_folder(loaded.data.train, recipe=Path(recipe))
+    return data, loaded.augment, _training_source(loaded.data.train, recipe=Path(recipe))
 
 
-def _training_folder(root: str, *, recipe: Path) -> Path:
-    """``root/train`` if present, else ``root``; a relative root is looked up from the working folder,
-    then from the recipe's folder. Preview samples images from class folders (not CSV or MNIST sources)."""
+def _training_source(root: str, *, recipe: Path) -> Path:
+    """``data.train`` looked up from the working folder (as training does), then from the recipe's folder."""
     candidates = [Path(root), recipe.parent / root] if not Path(root).is_absolute() else [Path(root)]
     for candidate in candidates:
-        if candidate.is_dir():
-            return candidate / "train" if (candidate / "train").is_dir() else candidate
+        if candidate.exists():
+            return candidate
     raise FileNotFoundError(
-        f"augment preview needs data.train to be a folder of class folders; looked in "
-        f"{[str(c) for c in candidates]}. Received: data.train={root!r}"
+        "augment preview needs data.train to be a folder of class folders, a path,label CSV, an MNIST folder or "
+        f"mnist.npz; looked in {[str(c) for c in candidates]}. Received: data.train={root!r}"
     )
 
 
-def sample_images(folder: Path, *, count: int) -> list[tuple[np.ndarray, int]]:
-    """``count`` (uint8 RGB image, class index) pairs spread evenly over the sorted class folders' files."""
-    from PIL import Image
+def training_index(data: dict[str, Any], source: Path) -> DataIndex:
+    """The index ``ftkit train`` builds from the recipe's data section (same held-out split and classes).
 
-    classes = sorted(p for p in folder.iterdir() if p.is_dir())
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted(c.iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
-    if not files:
-        raise ValueError(f"no images in class folders under {folder}. Received: folder={str(folder)!r}")
-    picks = np.linspace(0, len(files) - 1, num=min(count, len(files))).round().astype(int)
-    return [(np.asarray(Image.open(files[i][0]).convert("RGB")), files[i][1]) for i in picks]
+    Unlike training, it does not refuse data with a single class: a preview of it is still useful.
+    """
+    from ftkit.data.sources import scan_unchecked
+
+    return scan_unchecked(source, val_fraction=0.0 if data.get("val") else data.get("val_fraction", 0.0),
+                          test_fraction=0.0 if data.get("test") else data.get("test_fraction", 0.0),
+                          seed=data.get("seed", 0), class_names=data.get("classes"))
+
+
+def sample_images(index: DataIndex, *, count: int, split: str = "train") -> list[tuple[np.ndarray, int]]:
+    """Up to ``count`` (uint8 RGB image, class index) pairs spread evenly over the split's rows, in row order.
+
+    A file that fails to decode is recorded in ``index.skipped`` (as the pipeline records it) and the next
+    unused row takes its place.
+    """
+    data = index.splits.get(split)
+    if data is None or len(data) == 0:
+        return []
+    picked: list[tuple[int, np.ndarray]] = []
+    for row in _spread(len(data), count):
+        image = _decode_row(index, split, row)
+        if image is not None:
+            picked.append((row, image))
+            if len(picked) == count:
+                break
+    return [(image, int(data.labels[row])) for row, image in sorted(picked, key=lambda item: item[0])]
+
+
+def _spread(n: int, count: int) -> Iterator[int]:
+    """``count`` rows evenly spaced over ``range(n)``, then every other row in order (replacements)."""
+    picks = np.linspace(0, n - 1, num=min(count, n)).round().astype(int)
+    yield from picks.tolist()
+    yield from np.setdiff1d(np.arange(n), picks).tolist()
+
+
+def _decode_row(index: DataIndex, split: str, row: int) -> np.ndarray | None:
+    """One row's pixels as uint8 RGB, or None after recording why its file cannot be decoded."""
+    data = index[split]
+    if data.images is not None:  # in-memory (MNIST): [H, W] or [H, W, C]
+        image = data.images[row]
+        image = image if image.ndim == 3 else image[..., None]
+        return image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, axis=-1)
+    path = str(data.paths[row])
+    try:
+        return decode.decode_file(path, max_pixels=index.max_pixels)
+    except decode.BadImage as bad:
+        reason, detail = bad.reason, bad.detail
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises, as the training pipeline does
+        reason, detail = decode.CORRUPT, f"{type(exc).__name__}: {exc}"
+    index.record_skip(path, reason, detail, split)
+    return None
+
+
+def report_skipped(index: DataIndex, *, split: str = "train") -> list[Skipped]:
+    """Logs the split's bad files (one warning line each, naming the file and its reason) and returns them."""
+    bad = [s for s in index.skipped if s.split == split and s.reason in decode.REASONS]
+    for s in bad[:_LISTED_SKIPS]:
+        log.warning("skipped %s: %s%s", s.path, s.reason, f" ({s.detail})" if s.detail else "")
+    if len(bad) > _LISTED_SKIPS:
+        log.warning("... and %d more skipped files; `ftkit data check %s` lists every one",
+                    len(bad) - _LISTED_SKIPS, index.source)
+    return bad
 
 
 def augment_samples(
@@ -87,37 +153,54 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def save_grid(originals: np.ndarray, augmented: np.ndarray, out: str | Path) -> Path:
-    """Tiles at one image pixel per PNG pixel, originals in the first column."""
+    """Tiles at one image pixel per PNG pixel, originals in the first column, labels in a strip above."""
     from matplotlib.figure import Figure
 
     rows, variants, height, width = augmented.shape[:4]
     cols = 1 + variants
-    dpi = 100
-    figure = Figure(figsize=(cols * width / dpi, rows * height / dpi), dpi=dpi)
+    grid = np.full((LABEL_STRIP + rows * height, cols * width, 3), 255, np.uint8)
     for row in range(rows):
         for col in range(cols):
-            ax = figure.add_axes((col / cols, 1 - (row + 1) / rows, 1 / cols, 1 / rows))
-            ax.imshow(originals[row] if col == 0 else augmented[row, col - 1], interpolation="nearest")
-            ax.set_axis_off()
-            if row == 0:
-                ax.text(2, 2, "original" if col == 0 else f"augmented {col}", color="yellow", fontsize=7,
-                        va="top", ha="left", backgroundcolor=(0, 0, 0, 0.5))
+            top, left = LABEL_STRIP + row * height, col * width
+            grid[top:top + height, left:left + width] = originals[row] if col == 0 else augmented[row, col - 1]
+    dpi = 100
+    figure = Figure(figsize=(grid.shape[1] / dpi, grid.shape[0] / dpi), dpi=dpi)
+    figure.figimage(grid, origin="upper")  # placed pixel for pixel, no resampling
+    for col in range(cols):
+        figure.text((col * width + 2) / grid.shape[1], 1 - 1 / grid.shape[0], _column_label(col, width=width),
+                    fontsize=7, va="top", ha="left")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=dpi, format="png")
     return out
 
 
+def _column_label(col: int, *, width: int) -> str:
+    """The longest label that fits a tile ``width`` pixels wide at 7 points (~6 pixels a character)."""
+    labels = ("original", "orig") if col == 0 else (f"augmented {col}", f"aug {col}", str(col))
+    return next((label for label in labels if 6 * len(label) + 4 <= width), labels[-1])
+
+
 def preview(
     recipe: str | Path, *, out: str | Path, samples: int = 4, variants: int = 5,
     image_size: tuple[int, int] | None = None,
 ) -> Path:
-    """Write the preview grid for ``recipe``; the size is ``image_size``, else ``data.image_size``, else 224."""
+    """Write the preview grid for ``recipe``; the size is ``image_size``, else ``data.image_size``, else 224.
+
+    Bad files met in the training split are logged (``ftkit.augment`` logger, one warning each); when none
+    of its files decodes, raises ``ValueError``.
+    """
     if samples < 1 or variants < 1:
         raise ValueError(f"samples and variants must be >= 1. Received: samples={samples}, variants={variants}")
-    data, config, folder = read_recipe_sections(recipe)
+    data, config, source = read_recipe_sections(recipe)
     size = image_size or data.get("image_size") or 224
     size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    originals, augmented = augment_samples(config, sample_images(folder, count=samples), image_size=size,
-                                           variants=variants)
+    index = training_index(data, source)
+    picked = sample_images(index, count=samples)
+    bad = report_skipped(index)
+    if not picked:
+        found = f" ({len(bad)} bad file(s), listed above)" if bad else ""
+        raise ValueError(f"augment preview found no decodable training image in {index.source}{found}. "
+                         f"Received: data.train={str(source)!r}")
+    originals, augmented = augment_samples(config, picked, image_size=size, variants=variants)
     return save_grid(originals, augmented, out)

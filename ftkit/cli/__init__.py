@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader of our output went away (`ftkit data check ROOT --json - | head`): not an error of ours.
+        # Point stdout at devnull so that the interpreter's final flush does not raise again (Python's docs,
+        # "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except _user_errors() as exc:
         # A user's mistake (unknown name, bad value, missing file) is a message, not a traceback.
         if os.environ.get("FTKIT_DEBUG"):

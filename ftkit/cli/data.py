@@ -34,11 +34,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the carved splits")
     p.add_argument("--channels", type=int, choices=[1, 3], default=3, help="channels the backbone takes")
     p.add_argument("--min-side", type=int, default=32, help="report images with a side under this (px)")
-    p.add_argument("--max-pixels", type=int, default=None,
-                   help="decompression-bomb limit in pixels (default: Pillow's, 89,478,485)")
+    p.add_argument("--max-pixels", type=_max_pixels, default=None,
+                   help="decompression-bomb limit in pixels, or 'none' for no limit (default: Pillow's, 89,478,485)")
     p.add_argument("--root", help="folder that the CSV's paths are relative to (default: the CSV's folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_check)
+
+
+def _max_pixels(text: str) -> int:
+    """A positive pixel count, or 'none' (no limit, returned as 0)."""
+    if text.strip().lower() == "none":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels or 'none' (no limit); received {text!r}")
+    return value
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -47,7 +60,8 @@ def _check(args: argparse.Namespace) -> int:
 
     report = check(args.source, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                    seed=args.seed, verify=args.verify, strict=args.strict, channels=args.channels,
-                   min_side=args.min_side, max_pixels=args.max_pixels or decode.DEFAULT_MAX_PIXELS,
+                   min_side=args.min_side,
+                   max_pixels=decode.DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels or None,
                    root=args.root, progress=not args.quiet and sys.stderr.isatty())
     if args.json == "-":
         json.dump(report.to_dict(), sys.stdout, indent=2)

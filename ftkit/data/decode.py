@@ -26,6 +26,7 @@ import errno
 import io
 import math
 import os
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -154,7 +155,10 @@ def _open(fp, max_pixels: int | None) -> Image.Image:
         try:
             image = Image.open(fp)
         except Image.DecompressionBombError as exc:
-            raise BadImage(TOO_LARGE, str(exc)) from exc
+            # Pillow refuses above twice its own limit before ftkit sees the size; say it as ftkit does below.
+            pixels = re.search(r"\((\d+) pixels\)", str(exc))
+            raise BadImage(TOO_LARGE, f"{pixels.group(1)} pixels > max_pixels={max_pixels}" if pixels and max_pixels
+                           else str(exc)) from exc
         except UnidentifiedImageError as exc:
             raise _unidentified(head) from exc
         except _DECODE_ERRORS as exc:

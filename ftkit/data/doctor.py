@@ -186,6 +186,11 @@ def check(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction
     index = scan_unchecked(source, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                            class_names=class_names, verify=verify, max_pixels=max_pixels, root=root,
                            progress=progress, on_file=on_file)
+    for split, data in index.splits.items():
+        if data.images is not None:  # in-memory pixels (MNIST): no headers were read, the arrays say it all
+            conversions_, tiny_ = _array_notes(split, data.images, channels=channels, min_side=min_side)
+            conversions += conversions_
+            tiny += tiny_
     counts = {split: dict(zip(index.class_names, s.counts(index.num_classes).tolist(), strict=True))
               for split, s in index.splits.items()}
     groups = duplicate_groups(index)
@@ -193,6 +198,11 @@ def check(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction
     conflicting = [g for g in groups if len({f["class"] for f in g}) > 1]
     plain = [g for g in groups if len({f["split"] for f in g}) == 1 and len({f["class"] for f in g}) == 1]
     problems = [p._asdict() for p in index.problems]
+    if across:
+        problems.append({"severity": "warning", "kind": "leakage",
+                         "message": f"{len(across)} group(s) of byte-identical images in more than one split "
+                                    f"({sum(len(g) for g in across)} files): scores on the later split overstate "
+                                    f"what the model learnt"})
     if conflicting:
         problems.append({"severity": "warning", "kind": "conflicting labels",
                          "message": f"{len(conflicting)} group(s) of byte-identical images filed under different "
@@ -203,6 +213,19 @@ def check(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction
         bad_files=[s._asdict() for s in index.skipped], conversions=conversions, tiny_images=tiny,
         duplicates_across_splits=across, problems=problems, min_side=min_side,
         duplicates_conflicting_labels=conflicting, duplicates_within_class=plain)
+
+
+def _array_notes(split: str, images: np.ndarray, *, channels: int, min_side: int) -> tuple[list[dict], list[dict]]:
+    """Conversions and tiny images of in-memory pixels, one row per image named ``split[i]`` as in
+    :func:`duplicate_groups`: all images of such an array share one shape and one mode."""
+    height, width = images.shape[1:3]
+    gray = images.ndim == 3 or images.shape[-1] == 1
+    notes = [GRAY_TO_RGB] if gray and channels == 3 else [RGB_TO_GRAY] if not gray and channels == 1 else []
+    names = [f"{split}[{i}]" for i in range(len(images))]
+    conversions = [{"path": name, "split": split, "conversions": list(notes)} for name in names] if notes else []
+    tiny = ([{"path": name, "split": split, "width": int(width), "height": int(height)} for name in names]
+            if min(width, height) < min_side else [])
+    return conversions, tiny
 
 
 def duplicate_groups(index: DataIndex) -> list[list[dict]]:

@@ -12,6 +12,7 @@ import array
 import csv
 import dataclasses
 import gzip
+import io
 import os
 import sys
 import threading
@@ -24,7 +25,10 @@ import numpy as np
 from ftkit.data import decode
 
 SPLITS = ("train", "val", "test")
-_SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+# Split folder names (and a CSV's split values), case-insensitive: "valid" is Roboflow's and many Kaggle sets'.
+_SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                  "test": "test", "testing": "test"}
+SPLIT_NAMES_TEXT = "train (training), val (valid, validation), test (testing)"
 # Operating-system clutter that is never data; dot-files (.DS_Store, .ipynb_checkpoints) are ignored too.
 _CLUTTER = {"Thumbs.db", "desktop.ini", "__MACOSX"}
 VERIFY_MODES = ("none", "header", "full")
@@ -33,6 +37,13 @@ POLICIES = ("skip", "strict")
 OUTSIDE_CLASS = "not in a class folder"
 UNKNOWN_CLASS = "class not in the training classes"
 NO_LABEL = "no label"
+NO_PATH = "no path"
+UNKNOWN_SPLIT = "unknown split"
+MALFORMED_ROW = "malformed row"
+# A CSV's header names, case-insensitive; without a header the columns are path, label[, split].
+_CSV_COLUMNS = {"path": ("path", "file", "filename", "filepath", "file_path", "image", "image_path", "img"),
+                "label": ("label", "class", "class_name", "category", "target"),
+                "split": ("split", "subset", "set")}
 
 # Split.codecs values; 0 means the header was not read (verify="none").
 CODECS = {"JPEG": 1, "PNG": 2, "GIF": 4, "PNG16": 5}
@@ -136,14 +147,23 @@ class DataIndex:
             self.skipped.append(Skipped(path, reason, detail, split))
             return True
 
+    def usable_counts(self, split: str) -> np.ndarray:
+        """Images per class of ``split``, less the files found bad while decoding (still in the split's rows)."""
+        data = self.splits[split]
+        gone = {s.path for s in self.skipped if s.split == split}
+        if not gone or data.paths is None:
+            return data.counts(self.num_classes)
+        keep = np.fromiter((path not in gone for path in data.paths), bool, len(data))
+        return np.bincount(data.labels[keep], minlength=self.num_classes)
+
     def summary(self) -> dict:
         """The run-record view: counts per split and class, and every skipped file with its reason."""
         return {
             "source": self.source,
             "kind": self.kind,
             "class_names": list(self.class_names),
-            "counts": {name: dict(zip(self.class_names, s.counts(self.num_classes).tolist(), strict=True))
-                       for name, s in self.splits.items()},
+            "counts": {name: dict(zip(self.class_names, self.usable_counts(name).tolist(), strict=True))
+                       for name in self.splits},
             "skipped": len(self.skipped),
             "skipped_files": [s._asdict() for s in self.skipped],
             "problems": [p._asdict() for p in self.problems],
@@ -193,18 +213,20 @@ def scan_unchecked(source: str | os.PathLike, *, val_fraction: float = 0.2, test
     if (path.is_file() and path.suffix.lower() == ".npz") or _is_mnist_folder(path):
         return _scan_mnist(path, fractions=fractions, seed=seed, class_names=class_names)
     if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
-        entries, skipped, folders = _csv_entries(path, Path(root) if root else path.parent)
+        entries, skipped, folders, layout = _csv_entries(path, Path(root) if root else path.parent)
         kind = "csv"
     elif path.is_dir():
-        entries, skipped, folders = _folder_entries(path)
+        entries, skipped, folders, layout = _folder_entries(path)
         kind = "folder"
     else:
         raise ValueError("source must be a class-per-folder directory, a .csv file, an MNIST folder or an "
                          f".npz file, and must exist. Received: source={os.fspath(source)!r}")
     rows = _inspect(entries, skipped, verify=verify, max_pixels=max_pixels, progress=progress,
                     on_file=on_file)
-    return _build_index(rows, skipped, folders, source=os.fspath(source), kind=kind, class_names=class_names,
-                        fractions=fractions, seed=seed, max_pixels=max_pixels)
+    index = _build_index(rows, skipped, folders, source=os.fspath(source), kind=kind, class_names=class_names,
+                         fractions=fractions, seed=seed, max_pixels=max_pixels)
+    index.problems[:0] = layout
+    return index
 
 
 FILES_SPLIT = "test"
@@ -262,15 +284,35 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name in _CLUTTER
 
 
-def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str, str]]]:
-    """Lists a class-per-folder tree; returns entries, files skipped while listing, and class folders
-    (split, class name, folder path relative to ``root`` as it is on disk)."""
-    subdirs = {e.name: e.path for e in _listdir(str(root)) if _is_dir(e)}
-    split_dirs = {_SPLIT_FOLDERS[n.lower()]: p for n, p in subdirs.items() if n.lower() in _SPLIT_FOLDERS}
-    if not split_dirs:
-        split_dirs = {"train": str(root)}
+def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str, str]], list[Problem]]:
+    """Lists a class-per-folder tree; returns entries, files skipped while listing, class folders (split,
+    class name, folder path relative to ``root`` as it is on disk), and problems of the tree's layout."""
+    top = _listdir(str(root))
+    subdirs = {e.name: e.path for e in top if _is_dir(e)}
+    split_dirs: dict[str, str] = {}
+    problems: list[Problem] = []
+    for name, path in subdirs.items():
+        split = _SPLIT_FOLDERS.get(name.lower())
+        if split is None:
+            continue
+        if split in split_dirs:
+            raise ValueError(f"{root} has two folders for the {split} split: {os.path.basename(split_dirs[split])!r} "
+                             f"and {name!r}; keep one. Received: source={os.fspath(root)!r}")
+        split_dirs[split] = path
     entries: Entries = {}
     skipped: list[Skipped] = []
+    if split_dirs:
+        # A tree of split folders: whatever else is at its top is not data, and is reported, not silently dropped.
+        for entry in top:
+            if entry.name in subdirs and entry.name.lower() not in _SPLIT_FOLDERS:
+                problems.append(Problem("warning", "not a split folder",
+                                        f"folder {entry.name}/ at the top of {root} is not a split folder "
+                                        f"({SPLIT_NAMES_TEXT}); its files were not used"))
+            elif entry.name not in subdirs:
+                skipped.append(Skipped(entry.path, OUTSIDE_CLASS,
+                                       "at the top of a tree of split folders: files belong in SPLIT/CLASS/", ""))
+    else:
+        split_dirs = {"train": str(root)}
     folders: list[tuple[str, str, str]] = []
     root_key = _dir_key(str(root))
     for split, split_dir in sorted(split_dirs.items(), key=lambda kv: SPLITS.index(kv[0])):
@@ -286,7 +328,7 @@ def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str,
                     skipped.append(Skipped(path, decode.SYMLINK_LOOP, skip, split))
                 else:
                     rows.append((entry.name, path))
-    return entries, skipped, folders
+    return entries, skipped, folders, problems
 
 
 def _listdir(directory: str) -> list[os.DirEntry]:
@@ -325,24 +367,65 @@ def _walk(directory: str, ancestors: list[tuple[int, int]]) -> Iterator[tuple[st
             yield entry.path, None
 
 
-def _csv_entries(csv_path: Path, base: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str, str]]]:
-    """Reads ``path,label[,split]`` rows (a header row is optional; ``\\t`` for ``.tsv``)."""
-    delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
+def _csv_entries(csv_path: Path, base: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str, str]],
+                                                     list[Problem]]:
+    """Reads ``path,label[,split]`` rows: a header row naming the columns (in any order, see
+    :data:`_CSV_COLUMNS`; other columns are ignored) or none (then exactly those columns, in that order). The
+    delimiter is ``\t`` for ``.tsv``; for ``.csv`` a comma, or a semicolon when the first line has one and
+    no comma. Rows that cannot be used (no path, no label, an unknown split, extra columns without a header)
+    are skipped with their line number."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as fp:
+        text = fp.read()
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ("," if "," in first or ";" not in first else ";")
     entries: Entries = {}
     skipped: list[Skipped] = []
-    with open(csv_path, newline="", encoding="utf-8-sig") as fp:
-        for number, row in enumerate(csv.reader(fp, delimiter=delimiter), start=1):
-            cells = [c.strip() for c in row]
-            if not cells or not any(cells) or (number == 1 and [c.lower() for c in cells[:2]] == ["path", "label"]):
+    columns: dict[str, int] | None = None  # None until the first row is read; {} without a header row
+    where = csv_path.name
+    for number, row in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter), start=1):
+        cells = [c.strip() for c in row]
+        if not any(cells):
+            continue
+        if columns is None:
+            columns = _csv_header(cells) or {}
+            if columns:
                 continue
-            split = _SPLIT_FOLDERS.get(cells[2].lower(), "train") if len(cells) > 2 and cells[2] else "train"
-            path = os.path.normpath(os.path.join(base, cells[0]))
-            if len(cells) < 2 or not cells[1]:
-                skipped.append(Skipped(path, NO_LABEL, f"{csv_path.name} line {number}", split))
+        if not columns:
+            while cells and not cells[-1]:
+                cells.pop()
+            if len(cells) > 3:
+                skipped.append(Skipped(f"{csv_path}:{number}", MALFORMED_ROW,
+                                       f"{where} line {number}: {len(cells)} columns; without a header row the "
+                                       f"columns are path,label[,split]", ""))
                 continue
-            entries.setdefault(split, []).append((cells[1], path))
+            cell = dict(zip(("path", "label", "split"), cells, strict=False))
+        else:
+            cell = {key: cells[i] if i < len(cells) else "" for key, i in columns.items()}
+        raw_split = cell.get("split", "")
+        split = _SPLIT_FOLDERS.get(raw_split.lower()) if raw_split else "train"
+        if not cell.get("path"):
+            skipped.append(Skipped(f"{csv_path}:{number}", NO_PATH, f"{where} line {number}", split or raw_split))
+            continue
+        path = os.path.normpath(os.path.join(base, cell["path"]))
+        if split is None:
+            skipped.append(Skipped(path, UNKNOWN_SPLIT, f"{where} line {number}: split {raw_split!r}; allowed: "
+                                                        f"{SPLIT_NAMES_TEXT}", raw_split))
+            continue
+        if not cell.get("label"):
+            skipped.append(Skipped(path, NO_LABEL, f"{where} line {number}", split))
+            continue
+        entries.setdefault(split, []).append((cell["label"], path))
     entries.setdefault("train", [])
-    return entries, skipped, []
+    return entries, skipped, [], []
+
+
+def _csv_header(cells: list[str]) -> dict[str, int] | None:
+    """Column positions if ``cells`` is a header row naming a path and a label column, else None."""
+    lowered = [c.lower() for c in cells]
+    found = {key: next((i for i, c in enumerate(lowered) if c in names), None) for key, names in _CSV_COLUMNS.items()}
+    if found["path"] is None or found["label"] is None:
+        return None
+    return {key: i for key, i in found.items() if i is not None}
 
 
 # --- inspection and index building ---------------------------------------------------------------------
@@ -402,7 +485,7 @@ def _build_index(rows: dict[str, _Rows], skipped: list[Skipped], folders: list[t
     names = list(class_names) if class_names is not None else train_classes
     lookup = {name: i for i, name in enumerate(names)}
     splits: dict[str, Split] = {}
-    for split, acc in rows.items():
+    for split, acc in sorted(rows.items(), key=lambda kv: SPLITS.index(kv[0]) if kv[0] in SPLITS else len(SPLITS)):
         labels = np.array([lookup.get(c, -1) for c in acc.classes], dtype=np.int32)
         for i in np.flatnonzero(labels < 0):
             skipped.append(Skipped(acc.paths[i], UNKNOWN_CLASS, f"class {acc.classes[i]!r}", split))
@@ -464,6 +547,16 @@ def _problems(index: DataIndex, empty: list[str]) -> list[Problem]:
     for name, count in zip(index.class_names, counts, strict=True):
         if not count:
             problems.append(Problem("warning", "class without images", f"class {name!r} has no training image"))
+    for split in ("val", "test"):
+        data = index.splits.get(split)
+        if data is None or len(data) == 0:
+            continue
+        missing = [n for n, c, t in zip(index.class_names, data.counts(index.num_classes), counts, strict=True)
+                   if t and not c]
+        if missing:
+            problems.append(Problem("warning", f"class missing from {split}",
+                                    f"the {split} split has no image of {', '.join(repr(n) for n in missing)}: "
+                                    f"its {split} scores say nothing about {'it' if len(missing) == 1 else 'them'}"))
     return problems
 
 
@@ -489,6 +582,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def _mnist_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if path.suffix.lower() == ".npz":
         with np.load(path) as npz:
+            keys = ("x_train", "y_train", "x_test", "y_test")
+            if not set(keys) <= set(npz.files):
+                raise ValueError(f"{path} is not an MNIST .npz in Keras's layout: it needs the arrays "
+                                 f"{', '.join(keys)}. Received: arrays {sorted(npz.files)}")
             return {"train": (npz["x_train"], npz["y_train"]), "test": (npz["x_test"], npz["y_test"])}
     out = {}
     for split, prefix in _MNIST_FILES.items():

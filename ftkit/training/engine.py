@@ -24,6 +24,7 @@ import functools
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -485,10 +486,12 @@ class Trainer:
             verbose = self._fit_verbosity()
             if verbose:
                 callbacks.append(_run_progbar(sum(p.epochs for p in self.plan.phases)))
-            history = self.trainer.fit(train, validation_data=val, initial_epoch=global_epoch,
-                                       epochs=global_epoch + 1, steps_per_epoch=self.steps_per_epoch(),
-                                       validation_steps=self.validation_steps(), callbacks=callbacks,
-                                       verbose=verbose, shuffle=False)
+            with warnings.catch_warnings(record=True) as caught:
+                history = self.trainer.fit(train, validation_data=val, initial_epoch=global_epoch,
+                                           epochs=global_epoch + 1, steps_per_epoch=self.steps_per_epoch(),
+                                           validation_steps=self.validation_steps(), callbacks=callbacks,
+                                           verbose=verbose, shuffle=False)
+            _reissue(caught, explained=len(self.plan.data.index.skipped) > self.skipped_at_start)
             logs = {k: v[-1] for k, v in history.history.items()}
         seconds = time.perf_counter() - start
         if self.cached:
@@ -504,18 +507,22 @@ class Trainer:
             row[key] = None if value is None else float(value)
         return row
 
-    def monitor_value(self, row: dict[str, Any]) -> float | None:
+    @property
+    def monitor(self) -> str:
+        """The metric that picks ``best.keras``: ``train.monitor``, or its training twin when there is no
+        validation data (announced at the start of the run and named so in the summary)."""
         key = self.recipe.train.monitor
-        if row.get(key) is None:
-            key = key.replace("val_", "")
-        return row.get(key)
+        return key.removeprefix("val_") if key.startswith("val_") and not self.plan.data.has("val") else key
+
+    def monitor_value(self, row: dict[str, Any]) -> float | None:
+        return row.get(self.monitor)
 
     def better(self, value: float | None, best: float | None) -> bool:
         if value is None:
             return False
         if best is None:
             return True
-        return value > best if "accuracy" in self.recipe.train.monitor else value < best
+        return value > best if "accuracy" in self.monitor else value < best
 
 
 def _run_progbar(total_epochs: int):
@@ -656,6 +663,9 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
     for line in data_lines(plan.data.index):
         log(line)
     trainer = Trainer(plan, folder, callbacks=callbacks, log=log, strategy=strategy)
+    if trainer.monitor != recipe.train.monitor:
+        log(f"no val split: checkpoints/best.keras is chosen on the training {trainer.monitor}, not "
+            f"{recipe.train.monitor} (set data.val_fraction above 0 or data.val for validation data)")
     trainer.build()
     if state.global_epoch > 0 and state.epoch_in_phase == 0:
         _load_model_weights(trainer, folder.last)
@@ -682,6 +692,16 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
         if not phase.head_only:
             trainer.backbone_version += 1
     return _finish(trainer, state, log=log)
+
+
+def _reissue(caught: list[warnings.WarningMessage], *, explained: bool) -> None:
+    """Shows the warnings of a ``fit`` call again, except Keras's "ran out of data" when ``explained``: files
+    found bad while decoding (this epoch or an earlier one) can leave an epoch a batch short of the steps
+    counted from the scan; they are logged as found and listed at the end of the run."""
+    for w in caught:
+        if explained and "ran out of data" in str(w.message):
+            continue
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
 
 
 def _silent(*args, **kwargs) -> None:
@@ -801,8 +821,8 @@ def summary_text(trainer: Trainer, state: runs.ResumeState, history: list[dict],
                  _cell(row, "val_loss", 9, ".4f"), _cell(row, "val_accuracy", 8, ".4f"), _cell(row, "seconds", 7, ".1f")]
         lines.append(f"{int(row['epoch']) + 1:>5} {row['phase_name'][:10]:<10} " + " ".join(cells))
     if state.best is not None:
-        lines.append(f"best {recipe.train.monitor}: {state.best:.4f} at epoch {state.best_epoch + 1} "
-                     f"(checkpoints/best.keras)")
+        what = trainer.monitor if trainer.monitor == recipe.train.monitor else f"{trainer.monitor} (training; no val split)"
+        lines.append(f"best {what}: {state.best:.4f} at epoch {state.best_epoch + 1} (checkpoints/best.keras)")
     for split, report in reports.items():
         acc = report.get("accuracy")
         where = trainer.folder.root / "report" / split / "report.html"

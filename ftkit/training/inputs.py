@@ -101,7 +101,8 @@ def load_data(config: DataConfig, *, image_shape: tuple[int, int, int], class_we
     """Scan the recipe's data, select classes and samples, and check it can be trained on."""
     from ftkit.data import scan
 
-    index = scan(config.train, val_fraction=0.0 if config.val else config.val_fraction, seed=config.seed,
+    index = scan(config.train, val_fraction=0.0 if config.val else config.val_fraction,
+                 test_fraction=0.0 if config.test else config.test_fraction, seed=config.seed,
                  class_names=config.classes)
     for split, path in (("val", config.val), ("test", config.test)):
         if path:
@@ -112,6 +113,9 @@ def load_data(config: DataConfig, *, image_shape: tuple[int, int, int], class_we
     if config.samples_per_class:
         index.splits["train"] = _sample(index["train"], config.samples_per_class, seed=config.seed,
                                         class_names=index.class_names)
+    if config.max_samples_per_class:
+        index.splits["train"] = _sample(index["train"], config.max_samples_per_class, seed=config.seed,
+                                        class_names=index.class_names, at_most=True)
     if config.eval_samples_per_class:
         for split in ("val", "test"):
             if split in index.splits:
