@@ -12,7 +12,7 @@ def register(subparsers) -> None:
     preview = commands.add_parser(
         "preview", help="write a PNG grid of training images (first column) and augmented variants"
     )
-    preview.add_argument("recipe", help="a training recipe (its data.train folder and augment section are used)")
+    preview.add_argument("recipe", help="a training recipe (its training data and augment section are used)")
     preview.add_argument("--out", required=True, help="PNG file to write")
     preview.add_argument("--samples", type=int, default=4, help="rows: training images to show (default 4)")
     preview.add_argument("--variants", type=int, default=5, help="augmented versions per image (default 5)")
