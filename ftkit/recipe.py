@@ -42,6 +42,7 @@ class DataConfig(_Section):
     train: str  # a folder of class folders (with or without train/val/test), a CSV file, or an MNIST folder
     val: str | None = None
     test: str | None = None
+    root: str | None = None  # the folder a CSV's relative paths start from (default: the CSV's own folder)
     # Held out from train (stratified, seeded) when the data has no val split and data.val is not given; the
     # same default as `ftkit data check` and fastai's valid_pct. 0: no validation (train.monitor then falls
     # back to the training metric, and says so).

@@ -314,3 +314,23 @@ def test_smoke_caps_classes_instead_of_refusing_small_ones(shared_data, tmp_path
                           "schedule": {"phases": [{"train": "all", "epochs": 1}]}}, smoke=True)
     data = load_data(recipe.data, image_shape=(16, 16, 1))
     assert data.index["train"].counts(2).tolist() == [4, 1]  # 5 ants after the default 20% val, capped at 4
+
+
+def test_recipe_csv_root_and_a_val_folder_differing_by_case_or_spaces(shared_data, tmp_path):
+    from ftkit.recipe import load_recipe
+    from ftkit.training.inputs import load_data
+
+    images = _few(shared_data, tmp_path / "images", 3)
+    table = tmp_path / "tables" / "labels.csv"
+    table.parent.mkdir()
+    table.write_text("".join(f"{p.parent.name}/{p.name},{p.parent.name}\n" for p in sorted(images.rglob("*.jpg"))))
+    base = {"backbone": {"name": TINY}, "schedule": {"phases": [{"train": "all", "epochs": 1}]}}
+    recipe = load_recipe({**base, "data": {"train": str(table), "root": str(images), "val_fraction": 0.0}})
+    assert load_data(recipe.data, image_shape=(16, 16, 1)).index["train"].counts(2).tolist() == [3, 3]
+
+    tree = _few(shared_data, tmp_path / "tree" / "train", 2).parent
+    _few(shared_data, tmp_path / "tree" / "val", 1)
+    (tree / "val" / "bees").rename(tree / "val" / "Bees ")
+    recipe = load_recipe({**base, "data": {"train": str(tree)}})
+    with pytest.raises(ValueError, match=r"Differing only by case or spaces: 'Bees ' -> 'bees'\."):
+        load_data(recipe.data, image_shape=(16, 16, 1))

@@ -103,10 +103,10 @@ def load_data(config: DataConfig, *, image_shape: tuple[int, int, int], class_we
 
     index = scan(config.train, val_fraction=0.0 if config.val else config.val_fraction,
                  test_fraction=0.0 if config.test else config.test_fraction, seed=config.seed,
-                 class_names=config.classes)
+                 class_names=config.classes, root=config.root)
     for split, path in (("val", config.val), ("test", config.test)):
         if path:
-            extra = scan(path, val_fraction=0.0, seed=config.seed, class_names=index.class_names)
+            extra = scan(path, val_fraction=0.0, seed=config.seed, class_names=index.class_names, root=config.root)
             index.splits[split] = extra["train"].subset(np.arange(len(extra["train"])), split)
             index.skipped.extend(s._replace(split=split) for s in extra.skipped)
     check_splits(index, selected=config.classes is not None, source=config.train)
@@ -142,9 +142,22 @@ def check_splits(index, *, selected: bool, source: str) -> None:
         if extra:
             raise ValueError(
                 f"The {split} split has classes the training split does not have: {extra}; a model trained on "
-                f"{index.class_names} cannot be scored on them. Remove them or list the classes to use in "
-                f"data.classes. Received: {split} classes {extra}"
+                f"{index.class_names} cannot be scored on them.{_near_names(extra, index.class_names)} Remove "
+                f"them or list the classes to use in data.classes. Received: {split} classes {extra}"
             )
+
+
+def _near_names(details: list[str], class_names: list[str]) -> str:
+    """" Did you mean ...?" for folder names that differ from a training class only by case or spaces."""
+    import ast
+
+    known = {name.strip().lower(): name for name in class_names}
+    pairs = []
+    for detail in details:  # "class 'Bees '"
+        name = ast.literal_eval(detail.removeprefix("class "))
+        if name.strip().lower() in known:
+            pairs.append(f"{name!r} -> {known[name.strip().lower()]!r}")
+    return f" Differing only by case or spaces: {', '.join(pairs)}." if pairs else ""
 
 
 def _sample(split, n: int, *, seed: int, class_names=(), at_most: bool = False):
