@@ -4,7 +4,11 @@ import argparse
 import csv
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,8 +79,9 @@ def read_csv(path):
         return list(csv.DictReader(handle))
 
 
-def test_bundle_files_and_required_keys(runs, report_a):
-    out = runs["a"] / "report"
+def test_bundle_files_and_required_keys(runs, report_a, data_dir):
+    out = runs["a"] / "report" / f"{data_dir.parent.name}-test"  # a split folder is named with its parent
+    assert report_a["out_dir"] == str(out.resolve())
     for name in FILES.values():
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     saved = json.loads((out / "report.json").read_text())
@@ -95,7 +100,7 @@ def test_bad_file_is_skipped_and_reported(report_a, data_dir):
 
 
 def test_predictions_keyed_by_path_in_file_order_and_equal_to_model(runs, report_a, data_dir):
-    rows = read_csv(runs["a"] / "report" / "predictions.csv")
+    rows = read_csv(Path(report_a["out_dir"]) / "predictions.csv")
     expected_paths = [
         str(p.resolve()) for name in CLASSES for p in sorted((data_dir / name).iterdir()) if p.name != "broken.jpg"
     ]
@@ -114,7 +119,7 @@ def test_predictions_keyed_by_path_in_file_order_and_equal_to_model(runs, report
 def test_report_agrees_with_model_evaluate(runs, report_a):
     import keras
 
-    rows = read_csv(runs["a"] / "report" / "predictions.csv")
+    rows = read_csv(Path(report_a["out_dir"]) / "predictions.csv")
     x = images.load_batch([r["path"] for r in rows], image_size=(16, 16), channels=3)[0]
     y = np.array([CLASSES.index(r["true_label"]) for r in rows])
     model = load_model(runs["a"]).model
@@ -128,6 +133,7 @@ def test_classes_that_do_not_match_are_refused(runs, data_dir, tmp_path):
     extra = tmp_path / "extra"
     shutil.copytree(data_dir, extra)
     (extra / "birds").mkdir()
+    shutil.copy(sorted((data_dir / "cats").iterdir())[0], extra / "birds")  # an empty one is left out instead
     with pytest.raises(ClassMismatchError, match=r"classes the model does not know: \['birds'\].*Received"):
         evaluate_run(runs["a"], extra, tmp_path / "out_extra")
     only_cats = tmp_path / "only_cats"
@@ -193,11 +199,13 @@ def test_predict_files_folders_and_bad_files(runs, data_dir, tmp_path, capsys):
 
 
 def test_compare_runs_paired_counts(runs, data_dir, report_a, tmp_path, capsys):
-    evaluate_run(runs["b"], data_dir)
-    assert cli(["compare", str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "cmp")]) == 0
+    report_b = evaluate_run(runs["b"], data_dir)
+    name = Path(report_a["out_dir"]).name
+    assert Path(report_b["out_dir"]).name == name
+    assert cli(["compare", str(runs["a"]), str(runs["b"]), "--split", name, "--out", str(tmp_path / "cmp")]) == 0
     result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    a = {r["path"]: r for r in read_csv(runs["a"] / "report" / "predictions.csv")}
-    b = {r["path"]: r for r in read_csv(runs["b"] / "report" / "predictions.csv")}
+    a = {r["path"]: r for r in read_csv(Path(report_a["out_dir"]) / "predictions.csv")}
+    b = {r["path"]: r for r in read_csv(Path(report_b["out_dir"]) / "predictions.csv")}
     a_only = sorted(p for p in a if a[p]["correct"] == "1" and b[p]["correct"] == "0")
     b_only = sorted(p for p in a if a[p]["correct"] == "0" and b[p]["correct"] == "1")
     assert sorted(r["path"] for r in result["a_right_b_wrong"]) == a_only
@@ -211,7 +219,7 @@ def test_compare_runs_paired_counts(runs, data_dir, report_a, tmp_path, capsys):
     assert "McNemar" in capsys.readouterr().out
 
 
-def test_compare_refuses_different_images(runs, data_dir, tmp_path):
+def test_compare_refuses_different_images(runs, data_dir, report_a, tmp_path):
     subset = tmp_path / "subset"
     for name in CLASSES:
         (subset / name).mkdir(parents=True)
@@ -221,9 +229,9 @@ def test_compare_refuses_different_images(runs, data_dir, tmp_path):
     from ftkit.evaluate import compare_runs
 
     with pytest.raises(ValueError, match="evaluated on different images.*Received"):
-        compare_runs(runs["a"], tmp_path / "b_subset")
+        compare_runs(report_a["out_dir"], tmp_path / "b_subset")
     with pytest.raises(FileNotFoundError, match="No predictions.csv.*b_subset"):
-        compare_runs(runs["a"], tmp_path)
+        compare_runs(report_a["out_dir"], tmp_path)
 
 
 def test_compare_finds_a_training_runs_split_reports(tmp_path):
@@ -287,3 +295,144 @@ def test_report_names_where_an_index_came_from(runs, data_dir, tmp_path):
     files.source = "catsdogs (test split)"
     report = evaluate_model(load_model(runs["a"]), files, tmp_path / "report")
     assert report["data"] == "catsdogs (test split)"
+
+
+def test_empty_class_folder_is_left_out_with_a_warning(runs, data_dir, tmp_path, capsys):
+    """As `ftkit train` and `ftkit data check` do; an empty folder of a model class is then an absent class."""
+    data = tmp_path / "test"
+    shutil.copytree(data_dir, data)
+    (data / "wasps").mkdir()
+    (data / "wasps" / ".DS_Store").write_bytes(b"\0")  # hidden files do not count
+    assert cli(["evaluate", str(runs["a"]), str(data), "--out", str(tmp_path / "rep"), "--top-k", "1"]) == 0
+    assert "warning: class folder wasps has no image" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert saved["n_samples"] == 2 * PER_CLASS and saved["class_names"] == CLASSES
+    assert saved["warnings"] == ["class folder wasps has no image: left out of the evaluation"]
+    assert "class folder wasps has no image" in (tmp_path / "rep" / "report.md").read_text()
+    for path in (data / "dogs").iterdir():
+        path.unlink()
+    with pytest.raises(ClassMismatchError, match=r"absent from the data: \['dogs'\] \(the folders of \['dogs'\] are empty\)"):
+        evaluate_run(runs["a"], data, tmp_path / "rep2")
+
+
+def test_a_tree_of_split_folders_names_the_split_to_pass(runs, tmp_path):
+    root = tmp_path / "catsdogs"
+    for split in ("train", "val", "test"):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+    expected = r"DATA looks like a tree of split folders \(train, val, test\): pass one of them, e\.g\. "
+    with pytest.raises(ClassMismatchError, match=expected + str(root / "test").replace("\\", "\\\\")):
+        evaluate_run(runs["a"], root, tmp_path / "out")
+
+
+def test_a_checkpoint_says_which_model_to_use(runs, data_dir, tmp_path):
+    """A training checkpoint returns logits: the error names the run's model.keras and the commands."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["a"], run)
+    logits = make_run(tmp_path / "logits", seed=3, softmax=False)
+    (run / "checkpoints").mkdir()
+    shutil.copy(logits / "model.keras", run / "checkpoints" / "best.keras")
+    one = sorted((data_dir / "dogs").iterdir())[0]
+    from ftkit.evaluate import predict_paths
+
+    with pytest.raises(ValueError, match="logits") as error:
+        predict_paths(run / "checkpoints" / "best.keras", [one])
+    message = str(error.value)
+    assert str(run / "model.keras") in message
+    assert f"ftkit evaluate {run}" in message and f"ftkit export {run}" in message
+
+
+def test_predict_reports_every_bad_file_once_in_the_order_given(runs, data_dir, tmp_path, capsys, caplog):
+    """Symlink loops get ftkit.data's reason, whether given or met while walking a folder, as notes.txt does;
+    a file that fails only when decoded is reported once; the CSV keeps the order the files were given in."""
+    cats = sorted(p for p in (data_dir / "cats").iterdir() if p.name != "broken.jpg")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(cats[0], folder / "a.jpg")
+    data = cats[1].read_bytes()
+    (folder / "b_truncated.jpg").write_bytes(data[: len(data) // 2 + 100])  # the header reads, the pixels do not
+    (folder / "c_loop.jpg").symlink_to(folder / "c_loop.jpg")
+    (folder / "d_again").symlink_to(folder, target_is_directory=True)
+    (folder / "e_notes.txt").write_text("not an image\n")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    given = [cats[2], tmp_path / "loop.jpg", folder, tmp_path / "nope.jpg", cats[3]]
+    csv_path = tmp_path / "pred.csv"
+    caplog.set_level("WARNING")
+    assert cli(["predict", str(runs["a"]), *map(str, given), "--csv", str(csv_path)]) == 0
+    err = capsys.readouterr().err
+    expected = [str(cats[2].resolve()), str(tmp_path / "loop.jpg"), str((folder / "a.jpg").resolve()),
+                str(folder / "b_truncated.jpg"), str(folder / "c_loop.jpg"), str(folder / "d_again"),
+                str(folder / "e_notes.txt"), str(tmp_path / "nope.jpg"), str(cats[3].resolve())]
+    rows = read_csv(csv_path)
+    assert [r["path"] for r in rows] == expected
+    status = {r["path"]: r["status"] for r in rows}
+    for loop in (tmp_path / "loop.jpg", folder / "c_loop.jpg", folder / "d_again"):
+        assert status[str(loop)].startswith("error: symlink loop"), status[str(loop)]
+        assert f"could not read {loop}: symlink loop" in err
+    assert status[str(folder / "e_notes.txt")].startswith("error: not an image")
+    assert status[str(folder / "b_truncated.jpg")].startswith("error: truncated or corrupt")
+    assert status[str(tmp_path / "nope.jpg")].startswith("error: missing file")
+    assert [r["status"] for r in rows].count("ok") == 3 and all(r["prob_cats"] == "" for r in rows if r["status"] != "ok")
+    assert err.count("b_truncated.jpg") == 1
+    assert not [r for r in caplog.records if "b_truncated.jpg" in r.getMessage()]
+
+
+def test_evaluate_without_out_writes_one_folder_per_data_set(data_dir, tmp_path, capsys):
+    """Beside the training's report/val and report/test, never over them or over another data set's report."""
+    run = make_run(tmp_path / "run", seed=1)
+    training_test = run / "report" / "test" / "report.json"
+    training_test.parent.mkdir(parents=True)
+    training_test.write_text('{"data": "the training split"}')
+    assert cli(["evaluate", str(run), str(data_dir), "--top-k", "1"]) == 0
+    first = run / "report" / f"{data_dir.parent.name}-test"
+    assert f"report: {first.resolve()}/report.html" in capsys.readouterr().out
+    other = tmp_path / "other" / data_dir.parent.name / "test"  # another data set whose folders have the same names
+    shutil.copytree(data_dir, other)
+    (other / "cats" / "broken.jpg").unlink()
+    second = evaluate_run(run, other, top_k=(1,))
+    assert second["out_dir"] == str(first.resolve()) + "-2"
+    assert json.loads((first / "report.json").read_text())["n_samples"] == 2 * PER_CLASS  # not overwritten
+    again = evaluate_run(run, data_dir, top_k=(1,))  # the same data again: its report is replaced
+    assert again["out_dir"] == str(first.resolve()) and again["data"] == str(data_dir)
+    assert sorted(p.name for p in (run / "report").iterdir()) == sorted(["test", first.name, first.name + "-2"])
+    assert training_test.read_text() == '{"data": "the training split"}'
+
+
+def test_report_counts_skipped_files_by_reason(report_a):
+    assert "| Files skipped | 1 (1 not an image) |" in Path(report_a["out_dir"], "report.md").read_text()
+    assert report_a["skipped"][0]["reason"] == "not an image" and report_a["skipped"][0]["detail"]
+
+
+def test_predict_batches_is_quiet(runs, capfd):
+    """In-memory data (MNIST) is predicted without Keras' progress bar, as files are."""
+    from ftkit.evaluate import predict_batches
+
+    model = load_model(runs["a"]).model
+    batches = [np.random.default_rng(0).uniform(0, 255, (5, 16, 16, 3)).astype("float32") for _ in range(2)]
+    capfd.readouterr()
+    probs = predict_batches(model, batches)
+    assert capfd.readouterr().out == ""
+    np.testing.assert_allclose(probs, model.predict(np.concatenate(batches), verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["no run", "no data", "predict, no run"])
+def test_mistakes_are_reported_before_tensorflow_loads(runs, tmp_path, case):
+    argv = {"no run": ["evaluate", str(tmp_path / "no_run"), str(tmp_path)],
+            "no data": ["evaluate", str(runs["a"]), str(tmp_path / "no_data")],
+            "predict, no run": ["predict", str(tmp_path / "no_run"), str(tmp_path / "x.jpg")]}[case]
+    code = ("import sys; from ftkit.cli import main; rc = main(sys.argv[1:]); "
+            "print('rc', rc, 'tensorflow' in sys.modules or 'keras' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert "rc 2 False" in done.stdout, done.stdout + done.stderr
+
+
+def test_walking_a_relative_folder_lists_its_links_by_absolute_path(tmp_path, monkeypatch):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "again").symlink_to(tmp_path / "folder", target_is_directory=True)
+    (tmp_path / "folder" / "loop.jpg").symlink_to(tmp_path / "folder" / "loop.jpg")
+    monkeypatch.chdir(tmp_path)
+    listed, unwalkable = images.expand_paths(["folder"])
+    assert listed == [str(tmp_path / "folder" / "again"), str(tmp_path / "folder" / "loop.jpg")]
+    assert unwalkable == [{"path": str(tmp_path / "folder" / "again"), "reason": "symlink loop",
+                           "detail": "a symbolic link to a folder that contains it"}]

@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="MODEL_OR_RUN", help="run folder (model.keras + ftkit_run.json) or a .keras file in one")
     p.add_argument("data", metavar="DATA", help="split folder with one subfolder per class")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/report)")
+    p.add_argument("--out", metavar="DIR",
+                   help="output folder (default: RUN/report/<name of DATA>, e.g. RUN/report/catsdogs-test for "
+                        "catsdogs/test; beside the report/val and report/test that training wrote)")
     p.add_argument("--top-k", type=_positive_int, nargs="+", default=[5], metavar="K", help="top-k accuracies (default: 5)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--allow-missing-classes", action="store_true",
@@ -51,34 +53,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_b", metavar="RUN_B", help="run folder, report folder or predictions.csv")
     p.add_argument("--out", metavar="DIR", help="write compare.json, compare.md and compare.html here")
     p.add_argument("--json", action="store_true", help="print the full comparison as JSON")
-    p.add_argument("--split", default="test", choices=["test", "val"],
-                   help="which of a training run's evaluations (RUN/report/SPLIT) to compare (default: test)")
+    p.add_argument("--split", default="test", metavar="NAME",
+                   help="which evaluation of a run folder to compare, RUN/report/NAME: a split training evaluated "
+                        "(test, val) or what `ftkit evaluate RUN DATA` wrote (default: test)")
     p.set_defaults(func=_compare)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ftkit.evaluate import evaluate_run
+    from ftkit.evaluate.images import describe
 
     report = evaluate_run(
         args.model, args.data, args.out, top_k=args.top_k, batch_size=args.batch_size,
         allow_missing_classes=args.allow_missing_classes,
     )
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     top_k = ", ".join(f"top-{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in report["top_k_accuracy"].items())
     print(f"{report['n_samples']} images, accuracy {report['accuracy']:.4f}, balanced {report['balanced_accuracy']:.4f}, {top_k}")
     for skipped in report["skipped"]:
-        print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+        print(f"skipped {skipped['path']}: {describe(skipped)}", file=sys.stderr)
     print(f"report: {report['out_dir']}/{report['files']['html']}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ftkit.evaluate.images import describe
     from ftkit.evaluate.predict import predict_paths, top_k, write_predict_csv
 
     result = predict_paths(args.model, args.paths, batch_size=args.batch_size)
-    for path, best in zip(result.paths, top_k(result.probs, result.class_names, args.top_k), strict=True):
+    for path, probs, failure in result.rows():
+        if failure is not None:
+            print(f"could not read {path}: {describe(failure)}", file=sys.stderr)
+            continue
+        best = top_k(probs[None], result.class_names, args.top_k)[0]
         print(path + "\t" + "\t".join(f"{name} {prob:.4f}" for name, prob in best))
-    for failure in result.failures:
-        print(f"could not read {failure['path']}: {failure['reason']}", file=sys.stderr)
     if args.csv:
         write_predict_csv(result, args.csv, k=args.top_k)
     print(f"{len(result.paths)} predicted, {len(result.failures)} unreadable", file=sys.stderr)

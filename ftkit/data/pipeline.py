@@ -570,7 +570,7 @@ class _FileSource:
             reason, detail = decode.CORRUPT, f"{type(exc).__name__}: {exc}"
         if rejected:
             detail = f"the in-graph decoder failed on it, and Pillow: {detail}"
-        if index.record_skip(path, reason, detail, self._split):
+        if index.record_skip(path, reason, detail, self._split) and index.log_skips:
             log.warning("Skipped %s: %s (%s)", path, reason, detail)
         return np.zeros((*self._size, 3), np.uint8), False
 

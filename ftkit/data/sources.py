@@ -26,7 +26,7 @@ from ftkit.data import decode
 
 SPLITS = ("train", "val", "test")
 # Split folder names (and a CSV's split values), case-insensitive: "valid" is Roboflow's and many Kaggle sets'.
-_SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                   "test": "test", "testing": "test"}
 SPLIT_NAMES_TEXT = "train (training), val (valid, validation), test (testing)"
 # Operating-system clutter that is never data; dot-files (.DS_Store, .ipynb_checkpoints) are ignored too.
@@ -127,6 +127,8 @@ class DataIndex:
     source: str
     kind: str
     max_pixels: int | None = decode.DEFAULT_MAX_PIXELS
+    # Log each file found bad while decoding (once); off where the caller reports ``skipped`` itself.
+    log_skips: bool = True
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __getitem__(self, split: str) -> Split:
@@ -292,7 +294,7 @@ def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str,
     split_dirs: dict[str, str] = {}
     problems: list[Problem] = []
     for name, path in subdirs.items():
-        split = _SPLIT_FOLDERS.get(name.lower())
+        split = SPLIT_FOLDERS.get(name.lower())
         if split is None:
             continue
         if split in split_dirs:
@@ -304,7 +306,7 @@ def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str,
     if split_dirs:
         # A tree of split folders: whatever else is at its top is not data, and is reported, not silently dropped.
         for entry in top:
-            if entry.name in subdirs and entry.name.lower() not in _SPLIT_FOLDERS:
+            if entry.name in subdirs and entry.name.lower() not in SPLIT_FOLDERS:
                 problems.append(Problem("warning", "not a split folder",
                                         f"folder {entry.name}/ at the top of {root} is not a split folder "
                                         f"({SPLIT_NAMES_TEXT}); its files were not used"))
@@ -323,9 +325,9 @@ def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str,
                 continue
             folders.append((split, entry.name, os.path.relpath(entry.path, root)))
             ancestors = [root_key, _dir_key(split_dir)]
-            for path, skip in _walk(entry.path, ancestors):
+            for path, skip in walk_files(entry.path, ancestors):
                 if skip:
-                    skipped.append(Skipped(path, decode.SYMLINK_LOOP, skip, split))
+                    skipped.append(Skipped(path, *skip, split))
                 else:
                     rows.append((entry.name, path))
     return entries, skipped, folders, problems
@@ -348,21 +350,23 @@ def _dir_key(path: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _walk(directory: str, ancestors: list[tuple[int, int]]) -> Iterator[tuple[str, str | None]]:
-    """Files under ``directory``, recursively and in sorted order; a folder that links back to one of its
-    ancestors is yielded once as a symlink loop instead of being followed."""
+def walk_files(directory: str, ancestors: Sequence[tuple[int, int]] = ()) -> Iterator[tuple[str, tuple[str, str] | None]]:
+    """``(path, None)`` for each file under ``directory``, recursively, in sorted order, hidden files and
+    operating-system clutter left out, linked folders followed; ``(folder, (reason, detail))`` for a folder
+    that links back to one of its ancestors (``ancestors``: ``(st_dev, st_ino)`` of folders above it) or
+    cannot be listed. A file that cannot be read is yielded as a file: the decoder names its problem."""
     key = _dir_key(directory)
     if key in ancestors:
-        yield directory, "a symbolic link to a folder that contains it"
+        yield directory, (decode.SYMLINK_LOOP, "a symbolic link to a folder that contains it")
         return
     try:
         children = _listdir(directory)
     except OSError as exc:
-        yield directory, f"folder unreadable: {exc.strerror or exc}"
+        yield directory, (decode.UNREADABLE, f"folder unreadable: {exc.strerror or exc}")
         return
     for entry in children:
         if _is_dir(entry):
-            yield from _walk(entry.path, [*ancestors, key])
+            yield from walk_files(entry.path, [*ancestors, key])
         else:
             yield entry.path, None
 
@@ -402,7 +406,7 @@ def _csv_entries(csv_path: Path, base: Path) -> tuple[Entries, list[Skipped], li
         else:
             cell = {key: cells[i] if i < len(cells) else "" for key, i in columns.items()}
         raw_split = cell.get("split", "")
-        split = _SPLIT_FOLDERS.get(raw_split.lower()) if raw_split else "train"
+        split = SPLIT_FOLDERS.get(raw_split.lower()) if raw_split else "train"
         if not cell.get("path"):
             skipped.append(Skipped(f"{csv_path}:{number}", NO_PATH, f"{where} line {number}", split or raw_split))
             continue

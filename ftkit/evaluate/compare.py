@@ -37,8 +37,9 @@ class EvaluatedRun:
 
 
 def find_predictions(run_or_report: str | Path, *, split: str = "test") -> Path:
-    """``predictions.csv`` of a run folder (``RUN/report/`` or, as ``ftkit train`` writes it,
-    ``RUN/report/<split>/``), a report folder, or the file itself."""
+    """``predictions.csv`` of a run folder (``RUN/report/<split>/``: ``test`` or ``val`` as ``ftkit train`` writes
+    them, or the ``RUN/report/<data name>/`` of ``ftkit evaluate``; older runs' ``RUN/report/``), a report folder,
+    or the file itself."""
     path = Path(run_or_report)
     for candidate in (path, path / FILES["predictions"], path / REPORT_DIR / FILES["predictions"],
                       path / REPORT_DIR / split / FILES["predictions"]):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ftkit.data.sources import SPLIT_FOLDERS
 from ftkit.evaluate import images as image_io
 from ftkit.evaluate.metrics import compute_metrics
 from ftkit.evaluate.predict import DEFAULT_BATCH_SIZE, predict_files
-from ftkit.evaluate.report import write_bundle
-from ftkit.evaluate.runs import REPORT_DIR, LoadedModel, load_model
+from ftkit.evaluate.report import FILES, write_bundle
+from ftkit.evaluate.runs import REPORT_DIR, LoadedModel, load_model, read_run_meta, resolve_model_path
 
 DEFAULT_TOP_K = (5,)
 
@@ -25,15 +28,21 @@ def evaluate_predictions(
     *,
     top_k: Sequence[int] = DEFAULT_TOP_K,
     skipped: Sequence[dict] = (),
+    warnings: Sequence[str] = (),
     model: str = "",
     data: str = "",
+    images=None,
 ) -> dict:
-    """Score predictions already made (``probs[i]`` for ``paths[i]``) and write the bundle to ``out_dir``."""
+    """Score predictions already made (``probs[i]`` for ``paths[i]``) and write the bundle to ``out_dir``.
+
+    ``skipped``: files left out, ``{"path", "reason", "detail"}``; ``warnings``: about the data as a whole;
+    ``images``: in-memory data's uint8 images, row for row (``paths`` are then identifiers), for the gallery."""
     from ftkit import __version__
 
     report = compute_metrics(y_true, probs, class_names, top_k=top_k)
-    report.update(model=model, data=data, skipped=list(skipped), ftkit_version=__version__)
-    return write_bundle(out_dir, report, paths=list(paths), y_true=np.asarray(y_true), probs=np.asarray(probs))
+    report.update(model=model, data=data, skipped=list(skipped), warnings=list(warnings), ftkit_version=__version__)
+    return write_bundle(out_dir, report, paths=list(paths), y_true=np.asarray(y_true), probs=np.asarray(probs),
+                        images=images)
 
 
 def _as_labelled(data, class_names: Sequence[str], *, allow_missing_classes: bool) -> image_io.LabelledFiles:
@@ -67,14 +76,15 @@ def evaluate_model(
     """Predict every image of ``data`` with ``loaded`` (model + run metadata), score, write ``out_dir``.
 
     ``data`` is a split folder (one subfolder per class, named as the model's classes) or a
-    ``LabelledFiles`` index. Unreadable files are skipped and listed in the report.
+    ``LabelledFiles`` index. Unreadable files are skipped and listed in the report, and empty class folders
+    left out with a warning.
     """
     index = _as_labelled(data, loaded.class_names, allow_missing_classes=allow_missing_classes)
     result = predict_files(loaded, index.paths, batch_size=batch_size)
     if not result.paths:
         raise ValueError(
             f"None of the {len(index.paths)} evaluation files could be read; first error: "
-            f"{result.failures[0]['reason']}. Received: data={str(data)!r}"
+            f"{image_io.describe(result.failures[0])}. Received: data={str(data)!r}"
         )
     label_of = dict(zip(index.paths, index.labels.tolist(), strict=True))
     y_true = np.asarray([label_of[p] for p in result.paths], dtype=np.int64)
@@ -86,9 +96,43 @@ def evaluate_model(
         out_dir,
         top_k=top_k,
         skipped=index.skipped + result.failures,
+        warnings=index.warnings,
         model=loaded.source,
-        data=str(data) if isinstance(data, str | Path) else index.source or "index",
+        data=index.source or "index",
     )
+
+
+def default_report_dir(run_dir: str | Path, data: image_io.LabelledFiles) -> Path:
+    """Where ``ftkit evaluate RUN DATA`` writes without ``--out``: ``RUN/report/<data name>/``.
+
+    One folder per data set, beside the ``report/val`` and ``report/test`` that training wrote and never over
+    them: a split folder is named with its parent (``.../catsdogs/test`` gives ``catsdogs-test``). Evaluating
+    the same data again replaces its report, as a second ``ftkit train`` evaluation would; other data whose
+    folder has the same name gets ``-2``, ``-3``..., so no evaluation overwrites another's.
+    """
+    source = data.source or "index"
+    path = Path(source)
+    name = path.name
+    if name.lower() in SPLIT_FOLDERS:
+        name = f"{path.parent.name or 'data'}-{name}"
+    name = re.sub(r"[^\w.-]+", "_", name).strip("._") or "data"
+    reports = Path(run_dir) / REPORT_DIR
+    for n in range(1, 10_000):
+        candidate = reports / (name if n == 1 else f"{name}-{n}")
+        if not candidate.exists() or _holds_evaluation_of(candidate, source) or _empty_folder(candidate):
+            return candidate
+    raise FileExistsError(f"No free report folder name for {name!r} in {reports}. Received: data={source!r}")
+
+
+def _empty_folder(folder: Path) -> bool:
+    return folder.is_dir() and not any(folder.iterdir())
+
+
+def _holds_evaluation_of(folder: Path, source: str) -> bool:
+    try:
+        return json.loads((folder / FILES["json"]).read_text()).get("data") == source
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def evaluate_run(
@@ -102,11 +146,17 @@ def evaluate_run(
 ) -> dict:
     """``ftkit evaluate``: load a run folder (or ``.keras`` with its ``ftkit_run.json``) and evaluate it.
 
-    ``out_dir`` defaults to ``RUN/report`` (for a checkpoint file, the run folder holding its metadata). Returns the report dict (what ``report.json`` holds).
+    ``out_dir`` defaults to ``RUN/report/<data name>/`` (:func:`default_report_dir`; for a checkpoint file, in
+    the run folder holding its metadata). Returns the report dict (what ``report.json`` holds; ``out_dir`` says
+    where it went).
     """
-    loaded = load_model(model_or_run)
+    _, meta_path, run_dir = resolve_model_path(model_or_run)
+    # The data is checked against the run's classes before the model loads, so a mistake in DATA is reported
+    # at once rather than after TensorFlow's start-up (seconds).
+    index = _as_labelled(data, read_run_meta(meta_path)["class_names"], allow_missing_classes=allow_missing_classes)
     if out_dir is None:
-        out_dir = loaded.run_dir / REPORT_DIR
+        out_dir = default_report_dir(run_dir, index)
     return evaluate_model(
-        loaded, data, out_dir, top_k=top_k, batch_size=batch_size, allow_missing_classes=allow_missing_classes
+        load_model(model_or_run), index, out_dir, top_k=top_k, batch_size=batch_size,
+        allow_missing_classes=allow_missing_classes,
     )

@@ -1,7 +1,9 @@
 """Thumbnail galleries of images: which ones, in which order, and as self-contained HTML.
 
-Thumbnails are small JPEGs made with Pillow and embedded as base64 ``data:`` URIs so a report opens from
-disk with nothing beside it. Source images are only read, never written.
+Thumbnails are decoded by :mod:`ftkit.data.decode`, under the conversions training applies (EXIF orientation,
+alpha over white, 16-bit precision, CMYK), so the gallery shows the image the model was scored on; they are
+embedded as small base64 JPEG ``data:`` URIs so a report opens from disk with nothing beside it. A file that
+no longer decodes gets a placeholder that says why. Source images are only read, never written.
 """
 
 from __future__ import annotations
@@ -9,10 +11,14 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
+
+from ftkit.data import decode
 
 THUMB_SIZE = 128
 THUMB_QUALITY = 80
@@ -20,26 +26,56 @@ PER_CELL = 24
 MAX_THUMBNAILS = 600
 
 
-def thumbnail_data_uri(path: str, *, size: int = THUMB_SIZE) -> str | None:
-    """A ``data:image/jpeg;base64,...`` thumbnail no larger than ``size`` pixels, or ``None`` if unreadable."""
-    from PIL import Image
+@dataclass(frozen=True)
+class Thumbnail:
+    """A gallery image: its ``data:`` URI, or ``None`` and why the file could not be decoded."""
 
+    uri: str | None
+    reason: str = ""
+    detail: str = ""
+
+
+def thumbnail(path: str, *, size: int = THUMB_SIZE) -> Thumbnail:
+    """The image at ``path`` as training decodes it, shrunk to fit ``size`` pixels, as a JPEG thumbnail."""
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((size, size))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=THUMB_QUALITY)
-    except Exception:  # noqa: BLE001 - an unreadable image becomes a text placeholder in the gallery
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        pixels = decode.decode_file(path, scale=_dct_scale(decode.inspect(path), size))
+    except decode.BadImage as bad:
+        return Thumbnail(None, bad.reason, bad.detail)
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises, the report is still written
+        return Thumbnail(None, decode.CORRUPT, f"{type(exc).__name__}: {exc}")
+    return pixel_thumbnail(pixels, size=size)
 
 
-def thumbnails(paths: Sequence[str], *, workers: int = 4) -> dict[str, str | None]:
-    """Thumbnails of ``paths`` keyed by path (decoded in parallel threads)."""
+def pixel_thumbnail(pixels: np.ndarray, *, size: int = THUMB_SIZE, enlarge: bool = False) -> Thumbnail:
+    """Decoded uint8 pixels (``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]``) as a JPEG thumbnail fitting ``size``;
+    with ``enlarge``, images smaller than that (MNIST's 28x28) are enlarged by a whole factor, pixel for pixel."""
+    pixels = np.asarray(pixels)
+    image = Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels)
+    factor = size // max(image.size)
+    if enlarge and factor > 1:
+        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=THUMB_QUALITY)
+    return Thumbnail("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
+
+
+def _dct_scale(header: decode.Header | None, size: int) -> int:
+    """The largest JPEG DCT downscale (1, 2, 4, 8) that keeps the longer side at twice ``size``, as Pillow's
+    own ``thumbnail`` does (its ``reducing_gap``); a photo then decodes at a fraction of its pixels."""
+    longer = max(header.width, header.height) if header else 0
+    return next((scale for scale in (8, 4, 2) if longer >= 2 * size * scale), 1)
+
+
+def thumbnails(paths: Sequence[str], *, pixels: Callable[[str], np.ndarray] | None = None,
+               workers: int = 4) -> dict[str, Thumbnail]:
+    """Thumbnails of ``paths`` keyed by path (decoded in parallel threads); ``pixels(path)`` gives in-memory
+    images (MNIST), whose "paths" are identifiers, not files."""
     unique = list(dict.fromkeys(paths))
+    if pixels is not None:
+        return {path: pixel_thumbnail(pixels(path), enlarge=True) for path in unique}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(unique, pool.map(thumbnail_data_uri, unique), strict=True))
+        return dict(zip(unique, pool.map(thumbnail, unique), strict=True))
 
 
 def misclassified_cells(
@@ -76,20 +112,22 @@ def cap_items(cells: list[dict], *, limit: int = MAX_THUMBNAILS) -> int:
     return limit - remaining
 
 
-def tile_html(item: dict, uri: str | None, *, caption: str) -> str:
-    """One thumbnail with its caption lines; the full path is the tooltip and the last caption line."""
+def tile_html(item: dict, thumb: Thumbnail, *, caption: str) -> str:
+    """One thumbnail, or a placeholder saying why there is none, with its caption lines; the full path is the
+    tooltip and the last caption line."""
     path = html.escape(item["path"])
-    image = (
-        f'<img src="{uri}" alt="{path}" loading="eager">'
-        if uri
-        else '<div class="missing">image unreadable</div>'
-    )
+    if thumb.uri:
+        image = f'<img src="{thumb.uri}" alt="{path}" loading="eager">'
+    else:
+        why = f"{thumb.reason} ({thumb.detail})" if thumb.detail else thumb.reason
+        image = (f'<div class="missing" title="{html.escape(why)}"><span>cannot decode:<br>'
+                 f'{html.escape(thumb.reason)}</span></div>')
     return f'<figure class="tile" title="{path}">{image}<figcaption>{caption}<br><code>{path}</code></figcaption></figure>'
 
 
-def misclassified_tile(item: dict, uri: str | None) -> str:
+def misclassified_tile(item: dict, thumb: Thumbnail) -> str:
     caption = (
         f"true <b>{html.escape(item['true'])}</b>, predicted <b>{html.escape(item['predicted'])}</b> "
         f"({item['confidence']:.1%})"
     )
-    return tile_html(item, uri, caption=caption)
+    return tile_html(item, thumb, caption=caption)

@@ -13,11 +13,15 @@ happen).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ftkit.data import sources
 
 RESIZE_MODES = ("stretch", "crop", "pad")
 
@@ -29,29 +33,70 @@ class LabelledFiles:
     paths: list[str]
     labels: np.ndarray
     class_names: list[str]
-    skipped: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {"path", "reason" (a ftkit.data REASONS code), "detail"}
     source: str = ""  # where the split came from (a folder, a data set's source), shown in the report
+    warnings: list[str] = field(default_factory=list)  # about the data as a whole (an empty class folder)
 
 
 class ClassMismatchError(ValueError):
     """The data set's classes are not the model's classes."""
 
 
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
+def skipped_file(path: str, reason: str, detail: str = "") -> dict:
+    """A file left out, as the report lists it: ``reason`` is one of ``ftkit.data.REASONS``."""
+    return {"path": path, "reason": reason, "detail": detail}
 
 
-def _files_under(folder: Path) -> list[Path]:
-    """Regular files below ``folder``, skipping hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``)."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+def describe(skipped: dict) -> str:
+    """``"reason (detail)"``, how a skipped file is shown."""
+    return f"{skipped['reason']} ({skipped['detail']})" if skipped.get("detail") else skipped["reason"]
+
+
+def count_by_reason(skipped: Sequence[dict]) -> str:
+    """``"3 (2 not an image, 1 too large)"``: how many files were skipped, and why."""
+    counts = Counter(s["reason"] for s in skipped).most_common()
+    return f"{len(skipped)} ({', '.join(f'{n} {reason}' for reason, n in counts)})" if skipped else "0"
+
+
+def _absolute(path: str) -> str:
+    try:
+        return str(Path(path).resolve(strict=True))
+    except (OSError, RuntimeError):  # a broken link or a link loop: the decoder names it
+        return os.path.abspath(path)
+
+
+def _walk(folder: str, ancestors: Sequence[tuple[int, int]] = ()) -> Iterator[tuple[str, dict | None]]:
+    """``(absolute path, None)`` for each file below ``folder``, or ``(folder, skipped)`` for a folder that
+    cannot be walked, listed as ``ftkit.data`` lists a class folder (:func:`ftkit.data.sources.walk_files`)."""
+    for path, bad in sources.walk_files(folder, ancestors):
+        if bad is None:
+            yield _absolute(path), None
+        else:
+            yield os.path.abspath(path), skipped_file(os.path.abspath(path), *bad)
+
+
+def _visible_folders(root: Path) -> dict[str, Path]:
+    return {p.name: p for p in sorted(root.iterdir()) if not p.name.startswith(".") and p.is_dir()}
+
+
+def _check_not_split_tree(folders: Sequence[str], class_names: Sequence[str], data_dir: str | Path) -> None:
+    """Refuse ``ROOT`` of a ``ROOT/{train,val,test}/<class>/`` tree, naming the split folder to pass instead."""
+    splits = sorted((name for name in folders if name.lower() in sources.SPLIT_FOLDERS),
+                    key=lambda name: sources.SPLITS.index(sources.SPLIT_FOLDERS[name.lower()]))
+    if not splits or len(splits) != len(folders) or set(folders) & set(class_names):
+        return
+    preferred = splits[-1]  # test, when there is one
+    raise ClassMismatchError(
+        f"DATA looks like a tree of split folders ({', '.join(splits)}): pass one of them, e.g. "
+        f"{os.path.join(str(data_dir), preferred)}. Evaluation takes one split folder with one subfolder per "
+        f"class. Received: data={str(data_dir)!r}"
     )
 
 
-def check_classes(found: Sequence[str], expected: Sequence[str], *, allow_missing: bool, source: str) -> None:
-    """Refuse a data set whose classes differ from the model's, naming the differences."""
+def check_classes(found: Sequence[str], expected: Sequence[str], *, allow_missing: bool, source: str,
+                  empty: Sequence[str] = ()) -> None:
+    """Refuse a data set whose classes differ from the model's, naming the differences (``empty``: class
+    folders left out because they hold no file)."""
     extra = sorted(set(found) - set(expected))
     missing = [name for name in expected if name not in set(found)]
     if extra or (missing and not allow_missing):
@@ -59,7 +104,9 @@ def check_classes(found: Sequence[str], expected: Sequence[str], *, allow_missin
         if extra:
             parts.append(f"classes the model does not know: {extra}")
         if missing:
-            parts.append(f"model classes absent from the data: {missing}")
+            emptied = [name for name in missing if name in empty]
+            parts.append(f"model classes absent from the data: {missing}"
+                         + (f" (the folders of {emptied} are empty)" if emptied else ""))
         hint = " (pass --allow-missing-classes to evaluate on a subset)" if missing and not extra else ""
         raise ClassMismatchError(
             f"The evaluation data's classes do not match the model's: {'; '.join(parts)}{hint}. "
@@ -69,37 +116,50 @@ def check_classes(found: Sequence[str], expected: Sequence[str], *, allow_missin
 
 
 def scan_split(data_dir: str | Path, class_names: Sequence[str], *, allow_missing_classes: bool = False) -> LabelledFiles:
-    """List ``data_dir/<class>/**`` files, labelled by the model's class order, sorted by class then path."""
+    """List ``data_dir/<class>/**`` files, labelled by the model's class order, sorted by class then path.
+
+    A class folder with no file is left out with a warning, as ``ftkit train`` and ``ftkit data check`` do;
+    then the remaining folders must be the model's classes (all of them, unless ``allow_missing_classes``).
+    """
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"Evaluation data must be a folder with one subfolder per class. Received: data={str(data_dir)!r}")
-    folders = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and _visible(p)}
-    check_classes(list(folders), class_names, allow_missing=allow_missing_classes, source=str(data_dir))
-    paths, labels = [], []
+    folders = _visible_folders(root)
+    _check_not_split_tree(list(folders), class_names, data_dir)
+    root_st = root.stat()
+    listed = {name: list(_walk(str(folder), ((root_st.st_dev, root_st.st_ino),))) for name, folder in folders.items()}
+    empty = [name for name, entries in listed.items() if not entries]
+    check_classes([name for name in folders if name not in empty], class_names, allow_missing=allow_missing_classes,
+                  source=str(data_dir), empty=empty)
+    paths, labels, skipped = [], [], []
     for index, name in enumerate(class_names):
-        if name not in folders:
-            continue
-        files = _files_under(folders[name])
-        paths.extend(str(p.resolve()) for p in files)
-        labels.extend([index] * len(files))
+        for path, bad in listed.get(name, ()):
+            if bad:
+                skipped.append(bad)
+            else:
+                paths.append(path)
+                labels.append(index)
     if not paths:
         raise ValueError(f"The evaluation data has no files in its class folders. Received: data={str(data_dir)!r}")
+    warnings = [f"class folder {name} has no image: left out of the evaluation" for name in empty]
     return LabelledFiles(paths=paths, labels=np.asarray(labels, dtype=np.int64), class_names=list(class_names),
-                         source=str(data_dir))
+                         skipped=skipped, source=os.path.abspath(data_dir), warnings=warnings)
 
 
 def expand_paths(inputs: Iterable[str | Path]) -> tuple[list[str], list[dict]]:
-    """Files as given plus every visible file under given folders (sorted); missing inputs are reported."""
-    paths, bad = [], []
+    """Every file asked for, in the order given (folders walked in sorted order), and those that cannot be
+    decoded because of where they are (a folder that links back into itself). Other bad files, missing ones
+    included, are left in for the decoder, which names each problem as ``ftkit data check`` does."""
+    listed, bad = [], []
     for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            paths.extend(str(p.resolve()) for p in _files_under(path))
-        elif path.is_file():
-            paths.append(str(path.resolve()))
+        if os.path.isdir(item):
+            for path, skipped in _walk(str(item)):
+                listed.append(path)
+                if skipped:
+                    bad.append(skipped)
         else:
-            bad.append({"path": str(item), "reason": "no such file or folder"})
-    return paths, bad
+            listed.append(_absolute(str(item)))
+    return listed, bad
 
 
 class TrainingDecode:
@@ -109,7 +169,7 @@ class TrainingDecode:
 
     def __init__(self, paths: Sequence[str], *, image_size: Sequence[int], channels: int, resize: str = "stretch",
                  batch_size: int = 32):
-        from ftkit.data import make_dataset, sources
+        from ftkit.data import make_dataset
 
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}. Received: resize={resize!r}")
@@ -117,27 +177,26 @@ class TrainingDecode:
             raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
         self.paths = [str(p) for p in paths]
         self._index = sources.scan_files(self.paths)
+        self._index.log_skips = False  # every failure goes to the caller with its reason (outcome()), who reports it
         split = self._index[sources.FILES_SPLIT]
         self._dataset = None if not len(split) else make_dataset(
             self._index, sources.FILES_SPLIT, image_size=tuple(image_size), channels=channels, resize=resize,
             batch_size=batch_size)
 
     def __iter__(self):
-        if self._dataset is not None:
-            for images, _ in self._dataset:
-                yield images.numpy()
+        if self._dataset is None:
+            return
+        for images, _ in self._dataset:
+            yield images.numpy()
 
     def outcome(self) -> tuple[list[int], list[dict]]:
         """``(kept, failures)``: indices into ``paths`` of the files that came through, in order (row ``i`` of
         the concatenated batches is ``paths[kept[i]]``), and each unreadable file with its reason."""
         bad = {s.path: s for s in self._index.skipped}
         kept = [i for i, path in enumerate(self.paths) if path not in bad]
-        failures = [{"path": path, "reason": _reason(bad[path])} for path in dict.fromkeys(self.paths) if path in bad]
+        failures = [skipped_file(path, bad[path].reason, bad[path].detail)
+                    for path in dict.fromkeys(self.paths) if path in bad]
         return kept, failures
-
-
-def _reason(skipped) -> str:
-    return f"{skipped.reason} ({skipped.detail})" if skipped.detail else skipped.reason
 
 
 def load_batch(paths: Sequence[str], *, image_size: Sequence[int], channels: int,
@@ -156,5 +215,5 @@ def load_image(path: str, *, image_size: Sequence[int], channels: int, resize: s
     """One image as float32 ``[H, W, C]`` in 0..255, as training saw it. Raises on an unreadable file."""
     images, kept, failures = load_batch([path], image_size=image_size, channels=channels, resize=resize)
     if not kept:
-        raise ValueError(f"Cannot read {path}: {failures[0]['reason']}. Received: path={path!r}")
+        raise ValueError(f"Cannot read {path}: {describe(failures[0])}. Received: path={path!r}")
     return images[0]

@@ -11,34 +11,70 @@ import numpy as np
 
 from ftkit.evaluate import images as image_io
 from ftkit.evaluate.metrics import PROB_SUM_TOLERANCE
-from ftkit.evaluate.runs import LoadedModel, load_model
+from ftkit.evaluate.runs import INFERENCE_MODEL, LoadedModel, load_model
 
 DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass
 class Predictions:
-    """``probs[i]`` belongs to ``paths[i]``; ``failures`` lists files that could not be read, with why."""
+    """``probs[i]`` belongs to ``paths[i]``; ``failures`` lists files that could not be read, with why
+    (``{"path", "reason", "detail"}``); ``inputs`` is every file asked for, in the order given."""
 
     paths: list[str]
     probs: np.ndarray
     class_names: list[str]
     failures: list[dict] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+
+    def rows(self):
+        """``(path, probabilities or None, failure or None)`` per file asked for, in the order given."""
+        reasons = {f["path"]: f for f in self.failures}
+        done = 0
+        for path in self.inputs or [*self.paths, *reasons]:
+            if done < len(self.paths) and self.paths[done] == path:
+                yield path, self.probs[done], None
+                done += 1
+            else:
+                yield path, None, reasons[path]
 
 
-def _check_output(probs: np.ndarray, n_classes: int, source: str) -> None:
+def _logits_hint(loaded: LoadedModel) -> str:
+    """What to use instead of a model that returns logits (a training checkpoint does)."""
+    run, inference = loaded.run_dir, Path(loaded.run_dir) / INFERENCE_MODEL
+    if Path(loaded.source) != inference:
+        if not inference.is_file():
+            return (f"this looks like logits from a training checkpoint, and the run has no {INFERENCE_MODEL} yet "
+                    f"(the inference model, written when training ends): finish it with "
+                    f"`ftkit train --resume {run}`, then use `ftkit evaluate {run} DATA`")
+        return (f"this looks like logits from a training checkpoint. Use the run's inference model {inference}: "
+                f"`ftkit evaluate {run} DATA` or `ftkit predict {run} PATH`; `ftkit export {run}` writes it for "
+                f"deployment")
+    return (f"this looks like logits, but the {INFERENCE_MODEL} that `ftkit train` writes returns probabilities: "
+            f"was it replaced by a training checkpoint (checkpoints/*.keras)?")
+
+
+def _check_output(probs: np.ndarray, loaded: LoadedModel) -> None:
+    n_classes = len(loaded.class_names)
     if probs.ndim != 2 or probs.shape[1] != n_classes:
         raise ValueError(
             f"The model's output must be [batch, {n_classes}] (one probability per class name). "
-            f"Received: output shape {probs.shape} from {source}"
+            f"Received: output shape {probs.shape} from {loaded.source}"
         )
     sums = probs.sum(axis=1)
     if probs.min() < 0 or np.abs(sums - 1).max() > PROB_SUM_TOLERANCE:
         raise ValueError(
-            "The model must return class probabilities (rows summing to 1), as the run's model.keras does; "
-            f"this looks like logits from a training checkpoint. Received: row sums {sums.min():.4g}..{sums.max():.4g} "
-            f"from {source}"
+            f"The model must return class probabilities (rows summing to 1); {_logits_hint(loaded)}. "
+            f"Received: row sums {sums.min():.4g}..{sums.max():.4g} from {loaded.source}"
         )
+
+
+def predict_batches(model, batches: Iterable) -> np.ndarray:
+    """``model``'s outputs for each batch of ``batches`` (arrays, or a ``tf.data.Dataset`` of image batches), in
+    order, as float64. Quiet, as the prediction of files is: ``Model.predict``'s progress bar redraws its line
+    with terminal escapes, which fill a log file (``ftkit train > log``) with noise."""
+    outputs = [np.asarray(model.predict_on_batch(batch), dtype=np.float64) for batch in batches]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0))
 
 
 def predict_files(
@@ -53,24 +89,29 @@ def predict_files(
     outputs = []
     for batch in decoded:
         probs = np.asarray(loaded.model.predict_on_batch(batch), dtype=np.float64)
-        _check_output(probs, len(loaded.class_names), loaded.source)
+        _check_output(probs, loaded)
         outputs.append(probs)
     kept, failures = decoded.outcome()
     probs = np.concatenate(outputs) if outputs else np.zeros((0, len(loaded.class_names)))
     if len(probs) != len(kept):  # the pipeline's contract: every readable file once, in order
         raise RuntimeError(f"{len(probs)} predictions for {len(kept)} readable files of {len(decoded.paths)}")
     return Predictions(paths=[decoded.paths[i] for i in kept], probs=probs, class_names=list(loaded.class_names),
-                       failures=failures)
+                       failures=failures, inputs=list(decoded.paths))
 
 
 def predict_paths(
     model_or_run: str | Path | LoadedModel, inputs: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> Predictions:
-    """Files or folders in (folders are walked, hidden files skipped), probabilities out."""
+    """Files or folders in (folders are walked, hidden files skipped), probabilities out; every file that
+    cannot be read (missing, a symlink loop, not an image...) is in ``failures`` with its reason, and
+    ``rows()`` gives them all in the order asked."""
+    listed, unwalkable = image_io.expand_paths(inputs)
     loaded = model_or_run if isinstance(model_or_run, LoadedModel) else load_model(model_or_run)
-    paths, missing = image_io.expand_paths(inputs)
-    result = predict_files(loaded, paths, batch_size=batch_size)
-    result.failures = missing + result.failures
+    walked = {f["path"] for f in unwalkable}
+    result = predict_files(loaded, [p for p in listed if p not in walked], batch_size=batch_size)
+    failed = {f["path"]: f for f in [*unwalkable, *result.failures]}
+    result.failures = [failed[p] for p in dict.fromkeys(listed) if p in failed]
+    result.inputs = listed
     return result
 
 
@@ -83,7 +124,8 @@ def top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[list[tu
 
 
 def write_predict_csv(result: Predictions, path: str | Path, *, k: int) -> None:
-    """``path, top1..topk class and probability, every class probability``; unreadable files with their error."""
+    """``path, top1..topk class and probability, every class probability``, one row per file in the order
+    asked; a file that could not be read has its error in ``status`` and empty probabilities."""
     k = min(k, len(result.class_names))
     header = ["path", "status"]
     for rank in range(1, k + 1):
@@ -92,7 +134,10 @@ def write_predict_csv(result: Predictions, path: str | Path, *, k: int) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
-        for file_path, row, best in zip(result.paths, result.probs, top_k(result.probs, result.class_names, k), strict=True):
-            writer.writerow([file_path, "ok", *[v for pair in best for v in (pair[0], f"{pair[1]:.6f}")], *[f"{p:.6f}" for p in row]])
-        for failure in result.failures:
-            writer.writerow([failure["path"], f"error: {failure['reason']}"] + [""] * (len(header) - 2))
+        for file_path, row, failure in result.rows():
+            if failure is not None:
+                writer.writerow([file_path, f"error: {image_io.describe(failure)}"] + [""] * (len(header) - 2))
+                continue
+            best = top_k(row[None], result.class_names, k)[0]
+            writer.writerow([file_path, "ok", *[v for pair in best for v in (pair[0], f"{pair[1]:.6f}")],
+                             *[f"{p:.6f}" for p in row]])

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ftkit.evaluate import gallery, plots
+from ftkit.evaluate.images import count_by_reason, describe
 
 FILES = {
     "json": "report.json",
@@ -71,7 +72,7 @@ def read_predictions_csv(path: str | Path) -> tuple[list[str], list[str], list[s
 def _summary_rows(report: dict) -> list[tuple[str, str]]:
     rows = [
         ("Images evaluated", str(report["n_samples"])),
-        ("Files skipped (unreadable)", str(len(report["skipped"]))),
+        ("Files skipped", count_by_reason(report["skipped"])),
         ("Accuracy", _fmt(report["accuracy"])),
         ("Balanced accuracy", _fmt(report["balanced_accuracy"])),
     ]
@@ -115,6 +116,11 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _notes(report: dict) -> list[str]:
+    """Warnings about the data (an empty class folder left out), then notes on undefined metrics."""
+    return [*report.get("warnings", ()), *report["notes"]]
+
+
 def render_markdown(report: dict) -> str:
     """report.md: the same numbers as report.json, with the PNGs linked beside it."""
     parts = [
@@ -133,10 +139,11 @@ def render_markdown(report: dict) -> str:
         f"Misclassified images with thumbnails: [{FILES['html']}]({FILES['html']}); every prediction: "
         f"[{FILES['predictions']}]({FILES['predictions']}).",
     ]
-    if report["notes"]:
-        parts += ["## Notes", "\n".join(f"- {note}" for note in report["notes"])]
+    notes = _notes(report)
+    if notes:
+        parts += ["## Notes", "\n".join(f"- {note}" for note in notes)]
     if report["skipped"]:
-        parts += ["## Skipped files", "\n".join(f"- `{s['path']}`: {s['reason']}" for s in report["skipped"])]
+        parts += ["## Skipped files", "\n".join(f"- `{s['path']}`: {describe(s)}" for s in report["skipped"])]
     return "\n\n".join(parts) + "\n"
 
 
@@ -150,7 +157,7 @@ th:first-child,td:first-child{text-align:left} th{background:#f3f5f8} tr:nth-chi
 .grid{display:flex;flex-wrap:wrap;gap:.6rem} .tile{margin:0;width:150px;font-size:.75rem}
 .tile img{width:128px;height:128px;object-fit:contain;background:#f3f3f3;display:block}
 .tile code{word-break:break-all;color:#666;font-size:.68rem} .missing{width:128px;height:128px;background:#eee;
-display:flex;align-items:center;justify-content:center;color:#999} .note{color:#8a5a00}
+display:flex;align-items:center;justify-content:center;text-align:center;color:#999} .note{color:#8a5a00}
 """
 
 
@@ -174,10 +181,10 @@ def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def _gallery_html(cells: list[dict], shown: int, total_wrong: int) -> str:
+def _gallery_html(cells: list[dict], shown: int, total_wrong: int, pixels=None) -> str:
     if not cells:
         return "<p>No misclassified images.</p>"
-    thumbs = gallery.thumbnails([item["path"] for cell in cells for item in cell["items"]])
+    thumbs = gallery.thumbnails([item["path"] for cell in cells for item in cell["items"]], pixels=pixels)
     parts = [f'<p class="meta">Showing {shown} of {total_wrong} misclassified images, most confident mistakes first.</p>']
     for cell in cells:
         if not cell["items"]:
@@ -189,8 +196,9 @@ def _gallery_html(cells: list[dict], shown: int, total_wrong: int) -> str:
     return "".join(parts)
 
 
-def render_html(report: dict, out_dir: Path, cells: list[dict]) -> str:
-    """report.html: summary, figures, tables and the misclassified-image gallery in one file."""
+def render_html(report: dict, out_dir: Path, cells: list[dict], pixels=None) -> str:
+    """report.html: summary, figures, tables and the misclassified-image gallery in one file (``pixels``: see
+    :func:`write_bundle`)."""
     total_wrong = sum(cell["count"] for cell in cells)
     shown = gallery.cap_items(cells)
     figures = "".join(
@@ -201,8 +209,8 @@ def render_html(report: dict, out_dir: Path, cells: list[dict]) -> str:
             ("reliability", "reliability diagram"),
         )
     )
-    notes = "".join(f'<li class="note">{html.escape(n)}</li>' for n in report["notes"])
-    skipped = "".join(f"<li><code>{html.escape(s['path'])}</code>: {html.escape(s['reason'])}</li>" for s in report["skipped"])
+    notes = "".join(f'<li class="note">{html.escape(n)}</li>' for n in _notes(report))
+    skipped = "".join(f"<li><code>{html.escape(s['path'])}</code>: {html.escape(describe(s))}</li>" for s in report["skipped"])
     body = (
         f"<h1>Evaluation report</h1><p class=\"meta\">Model <code>{html.escape(report['model'])}</code><br>"
         f"Data <code>{html.escape(report['data'])}</code></p>"
@@ -212,16 +220,19 @@ def render_html(report: dict, out_dir: Path, cells: list[dict]) -> str:
         f"<h2>Per class</h2>{_html_table(PER_CLASS_HEADER, _per_class_rows(report))}"
         f"<h2>Most confused pairs</h2>"
         + (_html_table(CONFUSED_HEADER, _confused_rows(report)) if report["most_confused"] else "<p>None.</p>")
-        + f"<h2>Misclassified images</h2>{_gallery_html(cells, shown, total_wrong)}"
+        + f"<h2>Misclassified images</h2>{_gallery_html(cells, shown, total_wrong, pixels)}"
         + (f"<h2>Skipped files</h2><ul>{skipped}</ul>" if skipped else "")
     )
     return html_page("ftkit evaluation report", body)
 
 
 def write_bundle(
-    out_dir: str | Path, report: dict, *, paths: Sequence[str], y_true, probs
+    out_dir: str | Path, report: dict, *, paths: Sequence[str], y_true, probs, images=None
 ) -> dict:
-    """Write every bundle file into ``out_dir`` (created if needed); returns ``report`` with ``files`` added."""
+    """Write every bundle file into ``out_dir`` (created if needed); returns ``report`` with ``files`` added.
+
+    ``images``: the decoded uint8 images of in-memory data (MNIST), row for row with ``paths`` (which are then
+    identifiers, not files), for the gallery's thumbnails."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     class_names = report["class_names"]
@@ -239,5 +250,9 @@ def write_bundle(
     (out_dir / FILES["json"]).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     (out_dir / FILES["markdown"]).write_text(render_markdown(report))
     cells = gallery.misclassified_cells(paths, y_true, probs, class_names)
-    (out_dir / FILES["html"]).write_text(render_html(report, out_dir, cells), encoding="utf-8")
+    pixels = None
+    if images is not None:
+        row_of = {path: i for i, path in enumerate(paths)}
+        pixels = lambda path: images[row_of[path]]  # noqa: E731 - one lookup, named for the call below
+    (out_dir / FILES["html"]).write_text(render_html(report, out_dir, cells, pixels), encoding="utf-8")
     return report

@@ -78,13 +78,14 @@ def resolve_model_path(model_or_run: str | Path) -> tuple[Path, Path, Path]:
 
 
 def load_model(model_or_run: str | Path) -> LoadedModel:
-    """Load the Keras model and its run metadata (lazy TensorFlow import)."""
+    """Load the Keras model and its run metadata; the paths and metadata are checked before TensorFlow is
+    imported (seconds), so a wrong path fails at once."""
+    model_path, meta_path, run_dir = resolve_model_path(model_or_run)
+    meta = read_run_meta(meta_path)
     import keras
 
     import ftkit.backbones._preprocessing  # noqa: F401  registers the Preprocess layer a run's model contains
 
-    model_path, meta_path, run_dir = resolve_model_path(model_or_run)
-    meta = read_run_meta(meta_path)
     model = keras.saving.load_model(model_path, compile=False)
     return LoadedModel(
         model=model,

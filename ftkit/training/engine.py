@@ -776,7 +776,13 @@ def evaluate_after_training(trainer: Trainer, model) -> dict[str, dict]:
     """Score the final inference model on the recipe's evaluation splits with ``ftkit.evaluate``."""
     import numpy as np
 
-    from ftkit.evaluate import LabelledFiles, LoadedModel, evaluate_model, evaluate_predictions
+    from ftkit.evaluate import (
+        LabelledFiles,
+        LoadedModel,
+        evaluate_model,
+        evaluate_predictions,
+        predict_batches,
+    )
 
     recipe, data = trainer.recipe, trainer.plan.data
     if not recipe.evaluate.enabled:
@@ -787,6 +793,7 @@ def evaluate_after_training(trainer: Trainer, model) -> dict[str, dict]:
     reports = {}
     for split in recipe.evaluate.splits:
         if not data.has(split):
+            trainer.log(f"evaluate: the data has no {split} split; no report for it (evaluate.splits)")
             continue
         out_dir = trainer.folder.root / "report" / split
         rows = data.index[split]
@@ -796,11 +803,10 @@ def evaluate_after_training(trainer: Trainer, model) -> dict[str, dict]:
             reports[split] = evaluate_model(loaded, files, out_dir, top_k=recipe.evaluate.top_k,
                                             batch_size=data.batch_size, allow_missing_classes=True)
         else:  # in-memory images (MNIST): nothing can fail to decode, so rows and predictions align
-            images = data.dataset(split, with_weights=False).map(lambda x, y: x)
-            probs = model.predict(images, verbose=recipe.train.verbose)
+            probs = predict_batches(model, data.dataset(split, with_weights=False).map(lambda x, y: x))
             reports[split] = evaluate_predictions(split_ids(data, split), rows.labels, probs, data.class_names,
                                                   out_dir, top_k=recipe.evaluate.top_k, model=loaded.source,
-                                                  data=str(data.index.source))
+                                                  data=str(data.index.source), images=rows.images)
     return reports
 
 
