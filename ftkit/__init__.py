@@ -34,9 +34,17 @@ __all__ = [
 _LAZY = {"train": "ftkit.training.engine", "load_recipe": "ftkit.recipe"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+# Subpackages loaded on first use, so ``import ftkit`` then ``ftkit.evaluate.evaluate_run(...)`` works as the README
+# shows without importing them (and TensorFlow) up front.
+_SUBMODULES = {"augment", "backbones", "data", "distribute", "evaluate", "head", "layers", "recipe", "schedule",
+               "training"}
 
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"ftkit.{name}")
     raise AttributeError(f"module 'ftkit' has no attribute {name!r}")

@@ -334,3 +334,29 @@ def test_recipe_csv_root_and_a_val_folder_differing_by_case_or_spaces(shared_dat
     recipe = load_recipe({**base, "data": {"train": str(tree)}})
     with pytest.raises(ValueError, match=r"Differing only by case or spaces: 'Bees ' -> 'bees'\."):
         load_data(recipe.data, image_shape=(16, 16, 1))
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
+    from ftkit.cli import main
+
+    assert main(["train", "--resume", str(tmp_path), "--set", "schedule.phases[1].lr=0.1", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "--set, --out would be ignored" in err and "Received: --set --out with --resume" in err
+
+
+def test_run_files_get_the_umask_mode_and_subpackages_load_on_use(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from ftkit.training.runs import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "state.json", "{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o644  # mkstemp's 0600 before
+    code = "import ftkit, sys; ftkit.data.scan; ftkit.evaluate.evaluate_run; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # the data and evaluate stages load without TensorFlow

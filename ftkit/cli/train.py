@@ -63,11 +63,23 @@ def _train(args) -> int:
     if (args.workers is None) != (args.worker_index is None):
         raise ValueError("--workers and --worker-index go together. "
                          f"Received: workers={args.workers!r}, worker_index={args.worker_index!r}")
+    if args.resume is not None and (args.overrides or args.out or args.smoke):
+        given = [flag for flag, value in (("--set", args.overrides), ("--out", args.out), ("--smoke", args.smoke))
+                 if value]
+        raise ValueError(f"--resume continues {args.resume} with its own recipe.yaml, in that folder: "
+                         f"{', '.join(given)} would be ignored. Start a new run to change them (backbone.init_from can "
+                         f"start from its weights). Received: {' '.join(given)} with --resume")
     if args.workers is not None:
         distribute.use_workers(args.workers, args.worker_index)
     try:
         train(args.recipe, overrides=args.overrides, out=args.out, smoke=args.smoke, resume=args.resume,
               strategy=args.strategy, cluster=args.cluster, join_timeout=args.join_timeout)
+    except KeyboardInterrupt:
+        # The last completed epoch's checkpoint is intact (written atomically); a traceback says nothing useful.
+        print("\nftkit train: interrupted. Continue from the last completed epoch with `ftkit train --resume "
+              "RUN_DIR` (the run folder; a run stopped before its first epoch ended has nothing to resume).",
+              file=sys.stderr, flush=True)
+        return 130
     except distribute.WorkerLostError as exc:
         print(f"ftkit train: error: {exc}", file=sys.stderr, flush=True)
         sys.stdout.flush()

@@ -66,12 +66,21 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _umask_mode(tmp: str) -> None:
+    """The mode a plainly created file would have (0666 less the umask): mkstemp makes its files 0600, which
+    left a run's model and records readable by their owner alone."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fp:
             fp.write(text)
+        _umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -85,6 +94,7 @@ def atomic_save_model(model, path: str | Path) -> None:
     os.close(fd)
     try:
         model.save(tmp)
+        _umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
