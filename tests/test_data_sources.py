@@ -594,3 +594,9 @@ def test_doctor_max_pixels_none_and_zero(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["data", "check", str(tmp_path), "--max-pixels", "0"])
     assert "must be a positive number of pixels or 'none'" in capsys.readouterr().err
+
+
+def test_class_folders_named_like_a_split_are_classes_without_a_train_folder(tmp_path):
+    root = _tree(tmp_path / "docs", {"valid": 3, "invalid": 3})
+    index = scan(root, val_fraction=0.0)
+    assert index.class_names == ["invalid", "valid"] and len(index["train"]) == 6 and not index.problems

@@ -301,6 +301,10 @@ def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str,
             raise ValueError(f"{root} has two folders for the {split} split: {os.path.basename(split_dirs[split])!r} "
                              f"and {name!r}; keep one. Received: source={os.fspath(root)!r}")
         split_dirs[split] = path
+    if "train" not in split_dirs and len(split_dirs) < len(subdirs):
+        # Split names beside other folders and no train/: class folders that happen to be named like a split
+        # ("valid" and "invalid"), not a tree of splits.
+        split_dirs = {}
     entries: Entries = {}
     skipped: list[Skipped] = []
     if split_dirs:
