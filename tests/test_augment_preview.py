@@ -3,7 +3,6 @@ orientation, alpha over white, 16-bit precision); bad files are skipped and repo
 
 from __future__ import annotations
 
-import io
 import logging
 import struct
 import zlib
@@ -11,36 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from _image_fixtures import BLUE, GREEN, RED, SIZE, WHITE, _encode, _exif_rotated_jpeg, _half_transparent_png  # noqa: E402,F401
 from PIL import Image
 
 from ftkit.cli import main
-
-RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)
-SIZE = 32  # tiles of 32x32; every fixture image is 32x32 upright, so the resize is the identity
-
-
-def _encode(image: Image.Image, fmt: str, **save) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **save)
-    return buffer.getvalue()
-
-
-def _exif_rotated_jpeg() -> bytes:
-    """Stored 32 wide x 32 high with red on the left, tagged orientation 6: upright, the red band is on top."""
-    pixels = np.zeros((SIZE, SIZE, 3), np.uint8)
-    pixels[:, : SIZE // 2] = RED
-    pixels[:, SIZE // 2 :] = BLUE
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    return _encode(Image.fromarray(pixels), "JPEG", exif=exif.tobytes(), quality=95)
-
-
-def _half_transparent_png() -> bytes:
-    """Opaque red on the left; on the right, transparent pixels that hide green."""
-    pixels = np.zeros((SIZE, SIZE, 4), np.uint8)
-    pixels[:, : SIZE // 2] = (*RED, 255)
-    pixels[:, SIZE // 2 :] = (*GREEN, 0)
-    return _encode(Image.fromarray(pixels, "RGBA"), "PNG")
 
 
 def _gray16_png(value: int = 25700) -> bytes:

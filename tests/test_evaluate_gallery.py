@@ -10,36 +10,10 @@ import re
 from pathlib import Path
 
 import numpy as np
+from _image_fixtures import BLUE, GREEN, RED, SIZE, WHITE, _encode, _exif_rotated_jpeg, _half_transparent_png  # noqa: E402,F401
 from PIL import Image
 
 from ftkit.evaluate import evaluate_predictions
-
-RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)
-SIZE = 32
-
-
-def _encode(image: Image.Image, fmt: str, **save) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **save)
-    return buffer.getvalue()
-
-
-def _exif_rotated_jpeg() -> bytes:
-    """Stored with red on the left, tagged orientation 6: upright, the red band is on top."""
-    pixels = np.zeros((SIZE, SIZE, 3), np.uint8)
-    pixels[:, : SIZE // 2] = RED
-    pixels[:, SIZE // 2 :] = BLUE
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    return _encode(Image.fromarray(pixels), "JPEG", exif=exif.tobytes(), quality=95)
-
-
-def _half_transparent_png() -> bytes:
-    """Opaque red on the left; on the right, transparent pixels that hide green."""
-    pixels = np.zeros((SIZE, SIZE, 4), np.uint8)
-    pixels[:, : SIZE // 2] = (*RED, 255)
-    pixels[:, SIZE // 2 :] = (*GREEN, 0)
-    return _encode(Image.fromarray(pixels, "RGBA"), "PNG")
 
 
 def _truncated_jpeg() -> bytes:
