@@ -344,18 +344,14 @@ def test_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
     assert "--set, --out would be ignored" in err and "Received: --set --out with --resume" in err
 
 
-def test_run_files_get_the_umask_mode_and_subpackages_load_on_use(tmp_path):
-    import os
+def test_run_files_get_the_umask_mode_and_subpackages_load_on_use(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from ftkit.training.runs import atomic_write_text
+    from ftkit.training import runs
 
-    umask = os.umask(0o022)
-    try:
-        atomic_write_text(tmp_path / "state.json", "{}")
-    finally:
-        os.umask(umask)
+    monkeypatch.setattr(runs, "_UMASK", 0o022)  # the umask read when ftkit.training.runs was imported
+    runs.atomic_write_text(tmp_path / "state.json", "{}")
     assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o644  # mkstemp's 0600 before
     code = "import ftkit, sys; ftkit.data.scan; ftkit.evaluate.evaluate_run; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

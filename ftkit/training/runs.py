@@ -66,12 +66,21 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# Read once, at import (before training starts threads): reading it means setting it for a moment, and a file
+# another thread (TensorBoard's writer) created in that moment would get mode 0666.
+_UMASK = _read_umask()
+
+
 def _umask_mode(tmp: str) -> None:
     """The mode a plainly created file would have (0666 less the umask): mkstemp makes its files 0600, which
     left a run's model and records readable by their owner alone."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_UMASK)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
