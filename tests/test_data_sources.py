@@ -600,3 +600,18 @@ def test_class_folders_named_like_a_split_are_classes_without_a_train_folder(tmp
     root = _tree(tmp_path / "docs", {"valid": 3, "invalid": 3})
     index = scan(root, val_fraction=0.0)
     assert index.class_names == ["invalid", "valid"] and len(index["train"]) == 6 and not index.problems
+
+
+def test_csv_files_found_bad_carry_their_line_number(shared_data, tmp_path):
+    src = sorted((shared_data / "hymenoptera" / "train" / "ants").iterdir())[:4]
+    for i, p in enumerate(src):
+        (tmp_path / f"{i}.jpg").write_bytes(p.read_bytes())
+    (tmp_path / "cut.jpg").write_bytes(src[0].read_bytes()[:40])
+    rows = ["path,label,split", "0.jpg,a,train", "1.jpg,b,train", "gone.jpg,a,train", "2.jpg,a,val",
+            "cut.jpg,b,val", "3.jpg,b,train"]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    index = scan(tmp_path / "t.csv")
+    details = {Path(s.path).name: (s.reason, s.detail) for s in index.skipped}
+    assert details["gone.jpg"] == ("missing file", "no such file (t.csv line 4)")
+    assert details["cut.jpg"][1].endswith("(t.csv line 6)")
+    assert {k: len(v) for k, v in index.splits.items()} == {"train": 3, "val": 1}

@@ -214,9 +214,10 @@ def scan_unchecked(source: str | os.PathLike, *, val_fraction: float = 0.2, test
     fractions = {"val": val_fraction, "test": test_fraction}
     if (path.is_file() and path.suffix.lower() == ".npz") or _is_mnist_folder(path):
         return _scan_mnist(path, fractions=fractions, seed=seed, class_names=class_names)
+    lines = None
     if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
-        entries, skipped, folders, layout = _csv_entries(path, Path(root) if root else path.parent)
-        kind = "csv"
+        entries, skipped, lines = _csv_entries(path, Path(root) if root else path.parent)
+        folders, layout, kind = [], [], "csv"
     elif path.is_dir():
         entries, skipped, folders, layout = _folder_entries(path)
         kind = "folder"
@@ -224,7 +225,7 @@ def scan_unchecked(source: str | os.PathLike, *, val_fraction: float = 0.2, test
         raise ValueError("source must be a class-per-folder directory, a .csv file, an MNIST folder or an "
                          f".npz file, and must exist. Received: source={os.fspath(source)!r}")
     rows = _inspect(entries, skipped, verify=verify, max_pixels=max_pixels, progress=progress,
-                    on_file=on_file)
+                    on_file=on_file, lines=lines)
     index = _build_index(rows, skipped, folders, source=os.fspath(source), kind=kind, class_names=class_names,
                          fractions=fractions, seed=seed, max_pixels=max_pixels)
     index.problems[:0] = layout
@@ -280,6 +281,17 @@ def enforce(index: DataIndex, *, policy: str) -> None:
 # --- listing -----------------------------------------------------------------------------------------
 
 Entries = dict[str, list[tuple[str, str]]]  # split -> [(class name, path)]
+
+
+class Lines(NamedTuple):
+    """Where a CSV's entries came from: ``numbers[split][i]`` is the line of ``entries[split][i]`` (an int array,
+    not a string per file), so a file found bad later is reported with its line."""
+
+    file: str
+    numbers: dict[str, array.array]
+
+    def where(self, split: str, i: int) -> str:
+        return f" ({self.file} line {self.numbers[split][i]})"
 
 
 def _ignored(name: str) -> bool:
@@ -375,18 +387,18 @@ def walk_files(directory: str, ancestors: Sequence[tuple[int, int]] = ()) -> Ite
             yield entry.path, None
 
 
-def _csv_entries(csv_path: Path, base: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str, str]],
-                                                     list[Problem]]:
+def _csv_entries(csv_path: Path, base: Path) -> tuple[Entries, list[Skipped], Lines]:
     """Reads ``path,label[,split]`` rows: a header row naming the columns (in any order, see
     :data:`_CSV_COLUMNS`; other columns are ignored) or none (then exactly those columns, in that order). The
     delimiter is ``\t`` for ``.tsv``; for ``.csv`` a comma, or a semicolon when the first line has one and
     no comma. Rows that cannot be used (no path, no label, an unknown split, extra columns without a header)
-    are skipped with their line number."""
+    are skipped with their line number; so are files found bad later, through the returned :data:`Lines`."""
     with open(csv_path, newline="", encoding="utf-8-sig") as fp:
         text = fp.read()
     first = next((line for line in text.splitlines() if line.strip()), "")
     delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ("," if "," in first or ";" not in first else ";")
     entries: Entries = {}
+    lines: dict[str, array.array] = {}
     skipped: list[Skipped] = []
     columns: dict[str, int] | None = None  # None until the first row is read; {} without a header row
     where = csv_path.name
@@ -423,8 +435,9 @@ def _csv_entries(csv_path: Path, base: Path) -> tuple[Entries, list[Skipped], li
             skipped.append(Skipped(path, NO_LABEL, f"{where} line {number}", split))
             continue
         entries.setdefault(split, []).append((cell["label"], path))
+        lines.setdefault(split, array.array("i")).append(number)
     entries.setdefault("train", [])
-    return entries, skipped, [], []
+    return entries, skipped, Lines(where, lines)
 
 
 def _csv_header(cells: list[str]) -> dict[str, int] | None:
@@ -451,7 +464,7 @@ class _Rows:
 
 
 def _inspect(entries: Entries, skipped: list[Skipped], *, verify: str, max_pixels: int | None,
-             progress: bool, on_file: FileHook | None) -> dict[str, _Rows]:
+             progress: bool, on_file: FileHook | None, lines: Lines | None = None) -> dict[str, _Rows]:
     from tqdm import tqdm
 
     total = sum(len(v) for v in entries.values())
@@ -459,13 +472,14 @@ def _inspect(entries: Entries, skipped: list[Skipped], *, verify: str, max_pixel
     with tqdm(total=total, desc="checking images", unit="file", file=sys.stderr, disable=not progress) as bar:
         for split, items in entries.items():
             acc = rows.setdefault(split, _Rows())
-            for class_name, path in items:
+            for i, (class_name, path) in enumerate(items):
                 bar.update()
                 try:
                     header = decode.inspect(path, verify=verify, max_pixels=max_pixels,
                                             count_frames=on_file is not None)
                 except decode.BadImage as bad:
-                    skipped.append(Skipped(path, bad.reason, bad.detail, split))
+                    where = lines.where(split, i) if lines else ""
+                    skipped.append(Skipped(path, bad.reason, bad.detail + where, split))
                     continue
                 if on_file is not None:
                     on_file(split, path, header)
