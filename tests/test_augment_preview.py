@@ -168,3 +168,24 @@ def test_mnist_npz_recipe(tmp_path):
     assert _preview(tmp_path, _recipe(tmp_path, npz, size=28), samples=3) == 0
     for tile in _originals(tmp_path, rows=3, size=28):
         assert (tile[:14] == 255).all() and (tile[14:] == 0).all()
+
+
+def test_resize_policy_applies_to_originals_and_variants(tmp_path):
+    """A wide image under ``data.resize: pad`` is letterboxed, as training feeds it; a policy that does not
+    start with a random resized crop augments the letterboxed image, not the full-size one."""
+    wide = _encode(Image.new("RGB", (2 * SIZE, SIZE), RED), "PNG")
+    data = _write(tmp_path / "data", {"a/wide.png": wide, "b/wide.png": wide})
+    recipe = _recipe(tmp_path, data)
+    spec = yaml.safe_load(recipe.read_text())
+    spec["data"]["resize"] = "pad"
+    spec["augment"] = {"backend": "keras", "ops": [{"flip": {"mode": "horizontal"}}]}
+    recipe.write_text(yaml.safe_dump(spec))
+    assert _preview(tmp_path, recipe, samples=1, variants=2) == 0
+    with Image.open(tmp_path / "grid.png") as png:
+        pixels = np.asarray(png.convert("RGB")).astype(int)
+    tiles = pixels[pixels.shape[0] - SIZE:]
+    quarter = SIZE // 4
+    for col in range(3):  # the original and both variants: black bars above and below a red band
+        tile = tiles[:, col * SIZE:(col + 1) * SIZE]
+        assert (tile[: quarter - 1] == 0).all() and (tile[-quarter + 1:] == 0).all(), f"column {col}"
+        assert _close(tile[quarter + 1: -quarter - 1], RED, 2), f"column {col}"

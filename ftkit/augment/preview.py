@@ -1,6 +1,6 @@
 """``ftkit augment preview``: a PNG grid of training images and augmented variants, to check a policy
 before hours of training. Row = one sample image: the original (resized) first, then ``variants``
-augmented versions; each tile is ``image_size`` pixels, below a strip that labels the columns, so the PNG is
+augmented versions; each tile is ``image_size`` pixels (the original resized as ``data.resize`` says), below a strip that labels the columns, so the PNG is
 (LABEL_STRIP + rows*H) x ((1+variants)*W).
 
 The samples are what training is fed: rows of the training split as ``ftkit train`` scans it (class folders,
@@ -124,21 +124,28 @@ def report_skipped(index: DataIndex, *, split: str = "train") -> list[Skipped]:
 
 
 def augment_samples(
-    config: AugmentConfig, samples: list[tuple[np.ndarray, int]], *, image_size: tuple[int, int], variants: int
+    config: AugmentConfig, samples: list[tuple[np.ndarray, int]], *, image_size: tuple[int, int], variants: int,
+    resize: str = "stretch",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(originals [N,H,W,3], augmented [N,variants,H,W,3])`` uint8, through the training path."""
+    """``(originals [N,H,W,3], augmented [N,variants,H,W,3])`` uint8, through the training path: the originals
+    at ``image_size`` under the ``resize`` policy (``data.resize``), and the per-image augmentation fed what
+    :func:`ftkit.data.make_dataset` feeds it (the decoded image where the policy starts with a random resized
+    crop, else the resized one)."""
     import tensorflow as tf
 
     from ftkit.augment import build_augmentation
+    from ftkit.data.pipeline import resize_image
 
     num_classes = max(label for _, label in samples) + 1
     aug = build_augmentation(config, image_size=image_size, num_classes=num_classes)
-    originals = np.stack([tf.image.resize(image, image_size).numpy() for image, _ in samples])
+    originals = np.stack([resize_image(tf.constant(image), image_size, resize).numpy() for image, _ in samples])
+    decoded = bool(aug.per_image_fn and getattr(aug.per_image_fn, "takes_decoded", False))
     rows = []
     for index, (image, label) in enumerate(samples):
         seeds = [tf.constant([config.seed, index * variants + v], tf.int64) for v in range(variants)]
         if aug.per_image_fn:
-            batch = tf.stack([aug.per_image_fn(tf.constant(image), seed=s) for s in seeds])
+            fed = tf.constant(image if decoded else originals[index])
+            batch = tf.stack([aug.per_image_fn(fed, seed=s) for s in seeds])
         else:
             batch = tf.repeat(tf.constant(originals[index:index + 1]), variants, axis=0)
         if aug.per_batch_fn:
@@ -202,5 +209,6 @@ def preview(
         found = f" ({len(bad)} bad file(s), listed above)" if bad else ""
         raise ValueError(f"augment preview found no decodable training image in {index.source}{found}. "
                          f"Received: data.train={str(source)!r}")
-    originals, augmented = augment_samples(config, picked, image_size=size, variants=variants)
+    originals, augmented = augment_samples(config, picked, image_size=size, variants=variants,
+                                           resize=data.get("resize", "stretch"))
     return save_grid(originals, augmented, out)

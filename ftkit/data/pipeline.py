@@ -316,7 +316,7 @@ class _MemorySource:
         def load(row, word=None):
             image = row["image"]
             if not (to_uint8 and self._same_size):
-                image = tf.cast(image, tf.float32) if self._same_size else _resize(image, self._size, self._resize)
+                image = tf.cast(image, tf.float32) if self._same_size else resize_image(image, self._size, self._resize)
             image = _to_channels(image, self._channels)
             if to_uint8:
                 image = _to_uint8(image)
@@ -518,7 +518,7 @@ class _FileSource:
         """The target size (float32), or in full-size mode the decoded pixels as uint8."""
         if self._full_size:
             return image if image.dtype == tf.uint8 else _to_uint8(image)
-        return _resize(image, self._size, self._resize)
+        return resize_image(image, self._size, self._resize)
 
     def _graph_decode(self, row):
         contents = self._read(row)
@@ -681,7 +681,9 @@ def _derived_word(word, position):
                                        dtype=tf.int64)
 
 
-def _resize(image, size, resize):
+def resize_image(image, size, resize):
+    """``image`` (any size, channels last) at ``size`` under a resize policy of :data:`RESIZE_MODES`: stretch,
+    centre crop to the aspect ratio then resize, or letterbox (``tf.image.resize_with_pad``); float32."""
     height, width = size
     if resize == "pad":
         return tf.image.resize_with_pad(image, height, width)
