@@ -1,7 +1,7 @@
 """``ftkit augment preview``: a PNG grid of training images and augmented variants, to check a policy
-before hours of training. Row = one sample image: the original (resized) first, then ``variants``
-augmented versions; each tile is ``image_size`` pixels (the original resized as ``data.resize`` says), below a strip that labels the columns, so the PNG is
-(LABEL_STRIP + rows*H) x ((1+variants)*W).
+before hours of training. Row = one sample image: the original (resized as ``data.resize`` says) first,
+then ``variants`` augmented versions; each tile is ``image_size`` pixels, below a strip that labels the
+columns, so the PNG is (LABEL_STRIP + rows*H) x ((1+variants)*W).
 
 The samples are what training is fed: rows of the training split as ``ftkit train`` scans it (class folders,
 a ``path,label`` CSV, MNIST IDX or ``mnist.npz``), decoded by :mod:`ftkit.data.decode` under the training
