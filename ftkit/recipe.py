@@ -81,6 +81,9 @@ class TrainConfig(_Section):
     steps_per_epoch: PositiveInt | None = None  # cap (smoke runs); default: one pass over the data
     validation_steps: PositiveInt | None = None
     monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
+    # The epoch that becomes model.keras and is evaluated at the end: the last, or the best monitor value
+    # (checkpoints/best.keras; Keras's EarlyStopping(restore_best_weights=True), fastai's SaveModelCallback)
+    final_model: Literal["last", "best"] = "last"
     deterministic: bool = False  # enable_op_determinism: bit-reproducible runs and resumes, slower on GPU
     # auto: multi_worker when TF_CONFIG (or --workers) describes a cluster, mirrored with several GPUs, else
     # default. data.batch_size and the learning rates are global (per step, all replicas together).

@@ -82,3 +82,19 @@ def mnist_recipe(mnist: str, *, backbone: str = TINY, phases=None, **sections) -
     for section, values in sections.items():
         recipe.setdefault(section, {}).update(values)
     return recipe
+
+
+def tensorboard_epochs(run_dir) -> dict[str, list[list[int]]]:
+    """Per writer (``train``, ``validation``), the steps of ``epoch_loss`` in each of its event files, in the
+    order the files were written."""
+    from pathlib import Path
+
+    import tensorflow as tf
+
+    out = {}
+    for writer in ("train", "validation"):
+        files = sorted(Path(run_dir, "tensorboard", writer).glob("events.out.tfevents.*"),
+                       key=lambda p: p.stat().st_mtime_ns)
+        out[writer] = [[int(event.step) for event in tf.compat.v1.train.summary_iterator(str(path))
+                        for value in event.summary.value if value.tag == "epoch_loss"] for path in files]
+    return out

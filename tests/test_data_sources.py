@@ -612,6 +612,6 @@ def test_csv_files_found_bad_carry_their_line_number(shared_data, tmp_path):
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     index = scan(tmp_path / "t.csv")
     details = {Path(s.path).name: (s.reason, s.detail) for s in index.skipped}
-    assert details["gone.jpg"] == ("missing file", "no such file (t.csv line 4)")
-    assert details["cut.jpg"][1].endswith("(t.csv line 6)")
+    assert details["gone.jpg"] == ("missing file", "no such file, t.csv line 4")
+    assert details["cut.jpg"][1].endswith(", t.csv line 6")
     assert {k: len(v) for k, v in index.splits.items()} == {"train": 3, "val": 1}

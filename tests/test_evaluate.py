@@ -315,14 +315,15 @@ def test_empty_class_folder_is_left_out_with_a_warning(runs, data_dir, tmp_path,
         evaluate_run(runs["a"], data, tmp_path / "rep2")
 
 
-def test_a_tree_of_split_folders_names_the_split_to_pass(runs, tmp_path):
+def test_a_tree_of_split_folders_names_the_split_to_pass(tmp_path):
+    """scan_split takes one split folder (evaluate_run chooses one itself: tests/test_evaluate_sources.py)."""
     root = tmp_path / "catsdogs"
     for split in ("train", "val", "test"):
         for name in CLASSES:
             (root / split / name).mkdir(parents=True)
     expected = r"DATA looks like a tree of split folders \(train, val, test\): pass one of them, e\.g\. "
     with pytest.raises(ClassMismatchError, match=expected + str(root / "test").replace("\\", "\\\\")):
-        evaluate_run(runs["a"], root, tmp_path / "out")
+        images.scan_split(root, CLASSES)
 
 
 def test_a_checkpoint_says_which_model_to_use(runs, data_dir, tmp_path):
@@ -340,6 +341,43 @@ def test_a_checkpoint_says_which_model_to_use(runs, data_dir, tmp_path):
     message = str(error.value)
     assert str(run / "model.keras") in message
     assert f"ftkit evaluate {run}" in message and f"ftkit export {run}" in message
+
+
+def _save_checkpoints(run, *, seeds):
+    """``RUN/checkpoints/{best,last}.keras`` as training writes them: logits out, from a layer named ``logits``."""
+    import keras
+
+    from ftkit.head import LOGITS_LAYER
+
+    (run / "checkpoints").mkdir()
+    for name, seed in seeds.items():
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255.0),
+                                  keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+                                  keras.layers.Dense(len(CLASSES), name=LOGITS_LAYER)])
+        model.save(run / "checkpoints" / f"{name}.keras")
+
+
+def test_evaluate_and_predict_take_a_checkpoint(data_dir, tmp_path, capsys):
+    """--checkpoint best|last: that epoch's model, made an inference model, beside the final model's report."""
+    run = make_run(tmp_path / "run", seed=1)
+    _save_checkpoints(run, seeds={"best": 5, "last": 6})
+    assert cli(["evaluate", str(run), str(data_dir), "--top-k", "1", "--checkpoint", "best"]) == 0
+    report = json.loads((run / "report" / f"{data_dir.parent.name}-test-best" / "report.json").read_text())
+    assert report["model"] == str(run / "checkpoints" / "best.keras")
+    rows = read_csv(run / "report" / f"{data_dir.parent.name}-test-best" / "predictions.csv")
+    best = load_model(run, checkpoint="best").model
+    batch = images.load_batch([r["path"] for r in rows], image_size=(16, 16), channels=3)[0]
+    np.testing.assert_allclose([[float(r["prob_cats"]), float(r["prob_dogs"])] for r in rows],
+                               best.predict(batch, verbose=0), atol=1e-5)
+    one = rows[0]["path"]
+    capsys.readouterr()
+    assert cli(["predict", str(run), one, "--top-k", "2", "--checkpoint", "last"]) == 0
+    last = load_model(run, checkpoint="last").model.predict(batch[:1], verbose=0)[0]
+    printed = capsys.readouterr().out.strip().split("\t")
+    assert printed[0] == one and {printed[1], printed[2]} == {f"cats {last[0]:.4f}", f"dogs {last[1]:.4f}"}
+    with pytest.raises(SystemExit):
+        cli(["evaluate", str(run), str(data_dir), "--checkpoint", "top"])
 
 
 def test_predict_reports_every_bad_file_once_in_the_order_given(runs, data_dir, tmp_path, capsys, caplog):

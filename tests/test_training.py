@@ -4,11 +4,12 @@ checkpoints are atomic, and bad input fails before training."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 import numpy as np
 import pytest
-from _training_helpers import QUIET, TINY_AUX, mnist_recipe, register_tiny
+from _training_helpers import QUIET, TINY_AUX, mnist_recipe, register_tiny, tensorboard_epochs
 
 from ftkit.recipe import load_recipe
 
@@ -175,7 +176,8 @@ def test_run_folder_follows_the_contract(full_run):
     for name in ("recipe.yaml", "ftkit_run.json", "history.csv", "curves.png", "model.keras", "checkpoints/best.keras",
                  "checkpoints/last.keras", "checkpoints/state.json", "report/val/report.json"):
         assert (root / name).is_file(), name
-    assert any((root / "tensorboard").rglob("events.out.tfevents.*"))
+    # one event file per writer for the whole run (Keras closed its writers after each epoch's fit: one per epoch)
+    assert tensorboard_epochs(root) == {"train": [[0, 1, 2, 3]], "validation": [[0, 1, 2, 3]]}
     meta = json.loads((root / "ftkit_run.json").read_text())
     assert meta["class_names"] == ["0", "1", "2"] and meta["image_size"] == [16, 16] and meta["channels"] == 1
     loaded = load_model(root)
@@ -254,3 +256,36 @@ def test_discriminative_rates_scale_each_groups_update(mnist, tmp_path):
     stem_step = np.abs(stem_conv.kernel.numpy() - before[0]).max()
     stage_step = np.abs(stage_conv.kernel.numpy() - before[1]).max()
     assert 0 < stem_step < stage_step * 1e-2
+
+
+def test_a_run_stopped_before_its_first_state_starts_over_with_resume(mnist, tmp_path, monkeypatch):
+    """Killed after its first history row and checkpoint, before its first state.json: a new run to the same
+    folder says to resume it, --resume starts it over from epoch 1, and TensorBoard gets one more event file
+    per writer, as a resumed Keras run does."""
+    from ftkit.training import runs, train
+
+    recipe = mnist_recipe(mnist, phases=[{"train": "all", "epochs": 3, "lr": 0.01}], train={"steps_per_epoch": 2})
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        def killed(self, state):
+            raise KeyboardInterrupt
+
+        patch.setattr(runs.RunFolder, "write_state", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(recipe, out=out, **QUIET)
+    stopped = runs.RunFolder(out).read_history()
+    assert [row["epoch"] for row in stopped] == [0] and (out / "checkpoints" / "last.keras").is_file()
+    assert not (out / "checkpoints" / "state.json").exists()
+    with pytest.raises(ValueError, match=r"a run that stopped before its first epoch's checkpoint: `ftkit train "
+                                         r"--resume .*run` starts it over from epoch 1 with its own recipe.yaml"):
+        train(recipe, out=out, **QUIET)
+    lines = []
+    resumed = train(resume=out, log=lines.append)
+    assert lines[0] == (f"{out} stopped before its first epoch's checkpoint (no checkpoints/state.json): starting it "
+                        f"over from epoch 1 with its own recipe.yaml")
+    assert [row["epoch"] for row in resumed.history] == [0, 1, 2]
+    assert resumed.history[0]["loss"] == pytest.approx(stopped[0]["loss"], rel=1e-6)  # the same first epoch again
+    assert json.loads((out / "checkpoints" / "state.json").read_text())["finished"] is True
+    assert tensorboard_epochs(out) == {"train": [[0], [0, 1, 2]], "validation": [[0], [0, 1, 2]]}
+    with pytest.raises(FileNotFoundError, match="is not a run folder written by `ftkit train`"):
+        train(resume=tmp_path / "elsewhere", **QUIET)

@@ -90,6 +90,72 @@ def test_export_tflite_matches_the_keras_model(run, tmp_path):
     np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_load_model_builds_the_inference_model_of_a_checkpoint(run):
+    """One epoch: the best and the last checkpoint are the final model, so all three predict alike."""
+    from ftkit.evaluate import load_model
+
+    images = _raw_batch().astype(np.float32)
+    final = load_model(run.path)
+    for checkpoint in ("best", "last"):
+        loaded = load_model(run.path, checkpoint=checkpoint)
+        assert loaded.source == str(run.path / "checkpoints" / f"{checkpoint}.keras")
+        assert loaded.class_names == final.class_names and loaded.image_size == final.image_size == (16, 16)
+        assert [layer.name for layer in loaded.model.layers] == [layer.name for layer in final.model.layers]
+        np.testing.assert_allclose(loaded.model.predict(images, verbose=0), final.model.predict(images, verbose=0),
+                                   rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"checkpoint must be one of \('best', 'last'\). Received: checkpoint='top'"):
+        load_model(run.path, checkpoint="top")
+    with pytest.raises(FileNotFoundError, match="a checkpoint of a run folder, not of a model file"):
+        load_model(run.path / "model.keras", checkpoint="best")
+
+
+@pytest.fixture(scope="module")
+def best_run(shared_data, tmp_path_factory):
+    """Two epochs whose second diverges (lr 5), so the best epoch is the first; model.keras is that epoch."""
+    from ftkit.training import train
+
+    phases = [{"train": "all", "epochs": 1, "lr": 0.01}, {"train": "all", "epochs": 1, "lr": 5.0}]
+    recipe = mnist_recipe(str(shared_data / "mnist"), phases=phases, train={"final_model": "best"})
+    lines = []
+    result = train(recipe, out=tmp_path_factory.mktemp("best") / "run", log=lines.append)
+    return result, lines
+
+
+def test_final_model_best_and_exporting_either_checkpoint(best_run, tmp_path, capsys):
+    import keras
+
+    from ftkit.cli import main
+    from ftkit.evaluate import load_model
+    from ftkit.recipe import load_recipe
+    from ftkit.training.runs import recipe_digest
+
+    result, lines = best_run
+    assert result.best_epoch == 0 and result.history[1]["val_loss"] > 10 * result.history[0]["val_loss"]
+    assert ("train.final_model is best: model.keras and the final evaluation use epoch 1 (checkpoints/best.keras) "
+            "instead of the last, epoch 2") in lines
+    assert "probabilities; epoch 1, the best)" in lines[-1]
+    images = _raw_batch().astype(np.float32)
+    final = load_model(result.path).model.predict(images, verbose=0)
+    best = load_model(result.path, checkpoint="best").model.predict(images, verbose=0)
+    last = load_model(result.path, checkpoint="last").model.predict(images, verbose=0)
+    np.testing.assert_allclose(final, best, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(result.model.predict(images, verbose=0), best, rtol=1e-6, atol=1e-7)  # evaluated
+    assert np.abs(last - best).max() > 0.01
+    checkpoint = keras.saving.load_model(result.path / "checkpoints" / "last.keras", compile=False)
+    logits = checkpoint.predict(images, verbose=0)
+    np.testing.assert_allclose(last, keras.ops.softmax(logits).numpy(), rtol=1e-5, atol=1e-6)
+
+    assert main(["export", str(result.path), "--checkpoint", "last"]) == 0
+    target = result.path / "export-last" / "model.keras"
+    assert capsys.readouterr().out.strip() == str(target)
+    exported = keras.saving.load_model(target, compile=False)
+    np.testing.assert_allclose(exported.predict(_raw_batch(), verbose=0), last, rtol=1e-5, atol=1e-6)
+    # which weights are saved at the end is not part of how the run trains: a run may resume either way
+    saved = load_recipe(result.path / "recipe.yaml")
+    edited = load_recipe({**saved.to_dict(), "train": {**saved.to_dict()["train"], "final_model": "last"}})
+    assert recipe_digest(edited.to_dict()) == recipe_digest(saved.to_dict())
+
+
 def test_export_rejects_unknown_format(run):
     from ftkit.training import export_run
 
@@ -169,13 +235,68 @@ def test_init_match_by_name_copies_the_shared_layers_and_reports_the_rest(run, s
 
 def test_lr_find_writes_plot_and_suggests_a_rate(shared_data, tmp_path):
     from ftkit.training import lr_find
+    from ftkit.training.lr_find import min_loss_lr, suggest_lr
 
     recipe = mnist_recipe(str(shared_data / "mnist"), phases=[{"train": "all", "epochs": 1, "lr": 0.01}])
-    result = lr_find(recipe, out=tmp_path, steps=12, start_lr=1e-4, end_lr=1.0, **QUIET)
+    lines = []
+    result = lr_find(recipe, out=tmp_path, steps=12, start_lr=1e-4, end_lr=1.0, log=lines.append)
     assert (tmp_path / "lr_find.png").stat().st_size > 1000
     assert 1e-4 <= result.suggestion <= 1.0
     assert len(result.lrs) == len(result.losses) and result.lrs == sorted(result.lrs)
     assert result.lrs[0] == pytest.approx(1e-4)
+    assert result.suggestion == suggest_lr(result.lrs, result.losses)
+    assert result.minimum == result.lrs[int(np.argmin(result.losses))] == min_loss_lr(result.lrs, result.losses)
+    assert (f"lr_find: suggested learning rate {result.suggestion:.3g} (fastai's valley rule; for reference, the loss "
+            f"is lowest at {result.minimum:.3g}, a tenth of which is {result.minimum / 10:.3g})") in lines[-1]
+
+
+def _range_test_curve(*, cliff=False, warmup=False, noise=0.0):
+    """A smoothed lr_find curve on the default grid (1e-7 to 10, 100 steps) shaped like the walkthrough's: flat,
+    falling from 1e-3 (index 50), lowest at 2.72 (index 92), then diverging until 4x the minimum stops the
+    test (index 96)."""
+    lrs = np.logspace(-7, 1, 100)
+    t = np.clip((np.arange(100) - 50) / 42, 0, 1)
+    losses = 0.70 - 0.08 * t - (0.08 * t**8 if cliff else 0.08 * t)  # cliff: falls fastest just before the minimum
+    if noise:
+        losses[:50] += np.random.default_rng(0).uniform(-noise, noise, 50)
+    if warmup:  # the bias-corrected average of the first batches
+        losses[:4] = [0.80, 0.76, 0.73, 0.71]
+    losses = np.concatenate([losses[:93], losses[92] * 1.5 ** np.arange(1, 5)])
+    return lrs[:len(losses)], losses
+
+
+@pytest.mark.parametrize(("shape", "old", "expected"), [
+    ({"cliff": True}, 2.257, 0.04535),  # the walkthrough's case: the steepest point, just before divergence
+    ({"warmup": True}, 1e-7, 0.04535),  # the smoothing's first steps were the steepest
+    ({"noise": 0.005}, 6.43e-7, 0.01485),  # a noisy flat start was steeper than the descent
+    ({"noise": 0.005, "cliff": True}, 2.257, 0.01789),
+])
+def test_lr_find_suggests_the_middle_of_the_longest_valley(shape, old, expected):
+    from ftkit.training.lr_find import min_loss_lr, suggest_lr
+
+    lrs, losses = _range_test_curve(**shape)
+    steepest = lrs[np.argmin(np.gradient(losses, np.log10(lrs)))]  # the rule suggest_lr followed before
+    assert steepest == pytest.approx(old, rel=1e-3)
+    suggestion = suggest_lr(lrs, losses)
+    assert suggestion == pytest.approx(expected, rel=1e-3)
+    assert lrs[51] < suggestion < min_loss_lr(lrs, losses) / 10  # inside the descent, well before the minimum
+    assert min_loss_lr(lrs, losses) == pytest.approx(2.7186, rel=1e-4)
+
+
+def test_lr_find_valley_follows_fastai_on_small_curves():
+    from ftkit.training.lr_find import longest_valley, suggest_lr
+
+    assert longest_valley([3.0, 1.0, 2.0, 0.5, 0.4]) == (4, 4)  # a subsequence: the bump at 2.0 is stepped over
+    assert longest_valley([1.0, 1.0, 1.0, 0.9, 0.8]) == (4, 3)  # flat points do not extend it
+    lrs = np.logspace(-3, 0, 20)
+    losses = np.r_[np.full(8, 1.0), np.linspace(0.9, 0.1, 9), [0.5, 1.0, 2.0]]
+    # Left out: the first 2 and last 5 points; the valley is the last flat point and 7 falling ones (7..14), and
+    # fastai's index is 14 - 8 + int(8 / 3) + int(8 / 6) = 9.
+    assert suggest_lr(lrs, losses) == lrs[9]
+    assert suggest_lr(lrs, np.linspace(1.0, 2.0, 20)) == lrs[2]  # no valley: the first point kept
+    assert suggest_lr(lrs, np.r_[np.linspace(1.0, 0.5, 10), [np.nan] * 10]) == lrs[1]  # the curve ends at the NaN
+    with pytest.raises(ValueError, match="at least 3 finite points to suggest a rate. Received: 2 points"):
+        suggest_lr(lrs[:3], [1.0, 0.5, np.inf])
 
 
 def test_cli_train_smoke_and_export(tmp_path, monkeypatch, repo_root, capsys):

@@ -14,15 +14,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _checkpoint_flag(parser: argparse.ArgumentParser) -> None:
+    from ftkit.evaluate.runs import CHECKPOINTS
+
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS,
+                        help="a training checkpoint of the run folder (RUN/checkpoints/best.keras or last.keras) "
+                             "instead of its final model.keras")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="evaluate a trained model on a labelled folder and write a report bundle",
-        description="Predict every image of DATA (one subfolder per class, no shuffling), compute metrics with "
-        "scikit-learn and write report.json/.md/.html, confusion-matrix and reliability PNGs and predictions.csv.",
+        help="evaluate a trained model on labelled data and write a report bundle",
+        description="Predict every image of DATA (in its order, no shuffling), compute metrics with scikit-learn "
+        "and write report.json/.md/.html, confusion-matrix and reliability PNGs and predictions.csv. DATA is any "
+        "source `ftkit train` reads; of one with splits, one split is evaluated (--split).",
     )
     p.add_argument("model", metavar="MODEL_OR_RUN", help="run folder (model.keras + ftkit_run.json) or a .keras file in one")
-    p.add_argument("data", metavar="DATA", help="split folder with one subfolder per class")
+    p.add_argument("data", metavar="DATA",
+                   help="a folder with one subfolder per class, a tree of split folders (train/ val/ test/), a CSV of "
+                        "path,label[,split], or MNIST (its IDX files' folder or mnist.npz)")
+    p.add_argument("--split", metavar="NAME",
+                   help="the split of DATA to evaluate when it has splits: train, val or test (default: test, else "
+                        "val, else all of DATA)")
     p.add_argument("--out", metavar="DIR",
                    help="output folder (default: RUN/report/<name of DATA>, e.g. RUN/report/catsdogs-test for "
                         "catsdogs/test; beside the report/val and report/test that training wrote)")
@@ -30,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--allow-missing-classes", action="store_true",
                    help="accept DATA lacking some of the model's classes (they get support 0)")
+    _checkpoint_flag(p)
     p.set_defaults(func=_evaluate)
 
     p = subparsers.add_parser(
@@ -42,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=_positive_int, default=3, metavar="K", help="classes shown per image (default: 3)")
     p.add_argument("--csv", metavar="FILE", help="also write every probability to this CSV file")
     p.add_argument("--batch-size", type=_positive_int, default=32)
+    _checkpoint_flag(p)
     p.set_defaults(func=_predict)
 
     p = subparsers.add_parser(
@@ -65,8 +81,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate_run(
         args.model, args.data, args.out, top_k=args.top_k, batch_size=args.batch_size,
-        allow_missing_classes=args.allow_missing_classes,
+        allow_missing_classes=args.allow_missing_classes, split=args.split, checkpoint=args.checkpoint,
     )
+    if report["split_note"]:
+        print(report["split_note"])
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     top_k = ", ".join(f"top-{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in report["top_k_accuracy"].items())
@@ -81,7 +99,7 @@ def _predict(args: argparse.Namespace) -> int:
     from ftkit.evaluate.images import describe
     from ftkit.evaluate.predict import predict_paths, top_k, write_predict_csv
 
-    result = predict_paths(args.model, args.paths, batch_size=args.batch_size)
+    result = predict_paths(args.model, args.paths, batch_size=args.batch_size, checkpoint=args.checkpoint)
     for path, probs, failure in result.rows():
         if failure is not None:
             print(f"could not read {path}: {describe(failure)}", file=sys.stderr)

@@ -20,10 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("export", help="export a run's model (uint8 images in, probabilities out)",
-                              description="Export RUN_DIR/model.keras as keras, savedmodel or tflite.")
+                              description="Export RUN_DIR/model.keras, or the inference model of its best or last "
+                                          "epoch, as keras, savedmodel or tflite.")
     p.add_argument("run_dir")
     p.add_argument("--format", default="keras", choices=["keras", "savedmodel", "tflite"])
-    p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
+    p.add_argument("--checkpoint", choices=["best", "last"],
+                   help="export this epoch (checkpoints/best.keras: the best train.monitor value; last.keras: the last "
+                        "completed epoch) instead of model.keras (the last epoch, unless the recipe set "
+                        "train.final_model: best)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/export, or RUN_DIR/export-CHECKPOINT)")
     p.set_defaults(func=_export)
 
     p = subparsers.add_parser("lr-find", help="learning-rate range test: loss against rate, PNG and suggestion",
@@ -77,7 +82,7 @@ def _train(args) -> int:
     except KeyboardInterrupt:
         # The last completed epoch's checkpoint is intact (written atomically); a traceback says nothing useful.
         print("\nftkit train: interrupted. Continue from the last completed epoch with `ftkit train --resume "
-              "RUN_DIR` (the run folder; a run stopped before its first epoch ended has nothing to resume).",
+              "RUN_DIR` (the run folder; a run stopped before its first epoch ended starts over).",
               file=sys.stderr, flush=True)
         return 130
     except distribute.WorkerLostError as exc:
@@ -91,7 +96,7 @@ def _train(args) -> int:
 def _export(args) -> int:
     from ftkit.training import export_run
 
-    print(export_run(args.run_dir, format=args.format, out=args.out))
+    print(export_run(args.run_dir, format=args.format, out=args.out, checkpoint=args.checkpoint))
     return 0
 
 

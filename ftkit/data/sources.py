@@ -212,7 +212,7 @@ def scan_unchecked(source: str | os.PathLike, *, val_fraction: float = 0.2, test
     decode.allow_pixels(max_pixels)
     path = Path(source)
     fractions = {"val": val_fraction, "test": test_fraction}
-    if (path.is_file() and path.suffix.lower() == ".npz") or _is_mnist_folder(path):
+    if (path.is_file() and path.suffix.lower() == ".npz") or is_mnist_folder(path):
         return _scan_mnist(path, fractions=fractions, seed=seed, class_names=class_names)
     lines = None
     if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
@@ -291,20 +291,18 @@ class Lines(NamedTuple):
     numbers: dict[str, array.array]
 
     def where(self, split: str, i: int) -> str:
-        return f" ({self.file} line {self.numbers[split][i]})"
+        return f", {self.file} line {self.numbers[split][i]}"
 
 
 def _ignored(name: str) -> bool:
     return name.startswith(".") or name in _CLUTTER
 
 
-def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str, str]], list[Problem]]:
-    """Lists a class-per-folder tree; returns entries, files skipped while listing, class folders (split,
-    class name, folder path relative to ``root`` as it is on disk), and problems of the tree's layout."""
-    top = _listdir(str(root))
-    subdirs = {e.name: e.path for e in top if _is_dir(e)}
+def split_folders(root: str | os.PathLike) -> dict[str, str]:
+    """``{split: folder}`` when ``root`` is a tree of split folders (named as :data:`SPLIT_FOLDERS`: a
+    ``train/`` folder, or nothing but split folders at the top), else ``{}`` (a tree of class folders)."""
+    subdirs = {e.name: e.path for e in _listdir(os.fspath(root)) if _is_dir(e)}
     split_dirs: dict[str, str] = {}
-    problems: list[Problem] = []
     for name, path in subdirs.items():
         split = SPLIT_FOLDERS.get(name.lower())
         if split is None:
@@ -316,7 +314,17 @@ def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str,
     if "train" not in split_dirs and len(split_dirs) < len(subdirs):
         # Split names beside other folders and no train/: class folders that happen to be named like a split
         # ("valid" and "invalid"), not a tree of splits.
-        split_dirs = {}
+        return {}
+    return split_dirs
+
+
+def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str, str, str]], list[Problem]]:
+    """Lists a class-per-folder tree; returns entries, files skipped while listing, class folders (split,
+    class name, folder path relative to ``root`` as it is on disk), and problems of the tree's layout."""
+    top = _listdir(str(root))
+    subdirs = {e.name for e in top if _is_dir(e)}
+    split_dirs = split_folders(root)
+    problems: list[Problem] = []
     entries: Entries = {}
     skipped: list[Skipped] = []
     if split_dirs:
@@ -584,7 +592,9 @@ def _problems(index: DataIndex, empty: list[str]) -> list[Problem]:
 
 # --- MNIST ----------------------------------------------------------------------------------------------
 
-def _is_mnist_folder(path: Path) -> bool:
+def is_mnist_folder(path: str | os.PathLike) -> bool:
+    """A folder of MNIST's IDX files (``train-images-idx3-ubyte[.gz]`` and the others)."""
+    path = Path(path)
     return path.is_dir() and any((path / f"train-images-idx3-ubyte{gz}").is_file() for gz in ("", ".gz"))
 
 

@@ -1,4 +1,4 @@
-"""Evaluate a model on a labelled split: predict in file order (no shuffling), score, write the bundle."""
+"""Evaluate a model on a labelled split: predict in data order (no shuffling), score, write the bundle."""
 
 from __future__ import annotations
 
@@ -11,10 +11,19 @@ import numpy as np
 
 from ftkit.data.sources import SPLIT_FOLDERS
 from ftkit.evaluate import images as image_io
+from ftkit.evaluate.datasets import open_data
 from ftkit.evaluate.metrics import compute_metrics
-from ftkit.evaluate.predict import DEFAULT_BATCH_SIZE, predict_files
+from ftkit.evaluate.predict import DEFAULT_BATCH_SIZE, predict_files, predict_images
 from ftkit.evaluate.report import FILES, write_bundle
-from ftkit.evaluate.runs import REPORT_DIR, LoadedModel, load_model, read_run_meta, resolve_model_path
+from ftkit.evaluate.runs import (
+    REPORT_DIR,
+    RUN_META,
+    LoadedModel,
+    checkpoint_path,
+    load_model,
+    read_run_meta,
+    resolve_model_path,
+)
 
 DEFAULT_TOP_K = (5,)
 
@@ -32,21 +41,28 @@ def evaluate_predictions(
     model: str = "",
     data: str = "",
     images=None,
+    split: str = "",
+    split_note: str = "",
 ) -> dict:
     """Score predictions already made (``probs[i]`` for ``paths[i]``) and write the bundle to ``out_dir``.
 
     ``skipped``: files left out, ``{"path", "reason", "detail"}``; ``warnings``: about the data as a whole;
-    ``images``: in-memory data's uint8 images, row for row (``paths`` are then identifiers), for the gallery."""
+    ``images``: in-memory data's uint8 images, row for row (``paths`` are then identifiers), for the gallery;
+    ``split``, ``split_note``: the split chosen from a data set with splits, and the line saying why."""
     from ftkit import __version__
 
     report = compute_metrics(y_true, probs, class_names, top_k=top_k)
-    report.update(model=model, data=data, skipped=list(skipped), warnings=list(warnings), ftkit_version=__version__)
+    report.update(model=model, data=data, split=split or None, split_note=split_note, skipped=list(skipped),
+                  warnings=list(warnings), ftkit_version=__version__)
     return write_bundle(out_dir, report, paths=list(paths), y_true=np.asarray(y_true), probs=np.asarray(probs),
                         images=images)
 
 
-def _as_labelled(data, class_names: Sequence[str], *, allow_missing_classes: bool) -> image_io.LabelledFiles:
+def _as_labelled(data, class_names: Sequence[str], *, split: str | None,
+                 allow_missing_classes: bool) -> image_io.LabelledFiles:
     if isinstance(data, image_io.LabelledFiles):
+        if split is not None:
+            raise ValueError(f"split chooses a split of a data source; an index is one already. Received: split={split!r}")
         image_io.check_classes(
             data.class_names, class_names, allow_missing=allow_missing_classes, source="the given index"
         )
@@ -57,10 +73,10 @@ def _as_labelled(data, class_names: Sequence[str], *, allow_missing_classes: boo
             )
         return data
     if isinstance(data, str | Path):
-        return image_io.scan_split(data, class_names, allow_missing_classes=allow_missing_classes)
+        return open_data(data, class_names, split=split, allow_missing_classes=allow_missing_classes)
     raise TypeError(
-        "data must be a split folder (one subfolder per class) or an ftkit.evaluate.LabelledFiles index. "
-        f"Received: data of type {type(data).__name__}"
+        "data must be a path (a folder of class folders, a tree of split folders, a CSV of path,label[,split], "
+        f"MNIST) or an ftkit.evaluate.LabelledFiles index. Received: data of type {type(data).__name__}"
     )
 
 
@@ -72,50 +88,64 @@ def evaluate_model(
     top_k: Sequence[int] = DEFAULT_TOP_K,
     batch_size: int = DEFAULT_BATCH_SIZE,
     allow_missing_classes: bool = False,
+    split: str | None = None,
 ) -> dict:
     """Predict every image of ``data`` with ``loaded`` (model + run metadata), score, write ``out_dir``.
 
-    ``data`` is a split folder (one subfolder per class, named as the model's classes) or a
-    ``LabelledFiles`` index. Unreadable files are skipped and listed in the report, and empty class folders
-    left out with a warning.
+    ``data`` is a path to any source ``ftkit train`` reads (:func:`ftkit.evaluate.datasets.open_data`; ``split``
+    chooses a split of one that has them) or a ``LabelledFiles`` index. Unreadable files are skipped and listed
+    in the report, and empty class folders left out with a warning.
     """
-    index = _as_labelled(data, loaded.class_names, allow_missing_classes=allow_missing_classes)
+    index = _as_labelled(data, loaded.class_names, split=split, allow_missing_classes=allow_missing_classes)
+    paths, y_true, probs, failures = _predict(loaded, index, batch_size=batch_size)
+    return evaluate_predictions(
+        paths,
+        y_true,
+        probs,
+        loaded.class_names,
+        out_dir,
+        top_k=top_k,
+        skipped=index.skipped + failures,
+        warnings=index.warnings,
+        model=loaded.source,
+        data=index.source or "index",
+        images=index.images,
+        split=index.split,
+        split_note=index.split_note,
+    )
+
+
+def _predict(loaded: LoadedModel, index: image_io.LabelledFiles, *, batch_size: int):
+    """``(paths, y_true, probs, failures)`` of the rows that could be read, in the index's order."""
+    if index.images is not None:  # in memory: nothing can fail to decode
+        return index.paths, index.labels, predict_images(loaded, index.images, batch_size=batch_size), []
     result = predict_files(loaded, index.paths, batch_size=batch_size)
     if not result.paths:
         raise ValueError(
             f"None of the {len(index.paths)} evaluation files could be read; first error: "
-            f"{image_io.describe(result.failures[0])}. Received: data={str(data)!r}"
+            f"{image_io.describe(result.failures[0])}. Received: data={index.source or 'index'!r}"
         )
     label_of = dict(zip(index.paths, index.labels.tolist(), strict=True))
     y_true = np.asarray([label_of[p] for p in result.paths], dtype=np.int64)
-    return evaluate_predictions(
-        result.paths,
-        y_true,
-        result.probs,
-        loaded.class_names,
-        out_dir,
-        top_k=top_k,
-        skipped=index.skipped + result.failures,
-        warnings=index.warnings,
-        model=loaded.source,
-        data=index.source or "index",
-    )
+    return result.paths, y_true, result.probs, result.failures
 
 
-def default_report_dir(run_dir: str | Path, data: image_io.LabelledFiles) -> Path:
+def default_report_dir(run_dir: str | Path, data: image_io.LabelledFiles, *, checkpoint: str | None = None) -> Path:
     """Where ``ftkit evaluate RUN DATA`` writes without ``--out``: ``RUN/report/<data name>/``.
 
     One folder per data set, beside the ``report/val`` and ``report/test`` that training wrote and never over
-    them: a split folder is named with its parent (``.../catsdogs/test`` gives ``catsdogs-test``). Evaluating
+    them: a split folder is named with its parent (``.../catsdogs/test`` gives ``catsdogs-test``), a split of a
+    CSV or of MNIST with the file's name (``labels-test``, ``mnist-test``); a training checkpoint's evaluation
+    ends in its name (``catsdogs-test-best``), beside the run's model's. Evaluating
     the same data again replaces its report, as a second ``ftkit train`` evaluation would; other data whose
     folder has the same name gets ``-2``, ``-3``..., so no evaluation overwrites another's.
     """
     source = data.source or "index"
     path = Path(source)
-    name = path.name
-    if name.lower() in SPLIT_FOLDERS:
+    name = data.report_name or path.name
+    if not data.report_name and name.lower() in SPLIT_FOLDERS:
         name = f"{path.parent.name or 'data'}-{name}"
-    name = re.sub(r"[^\w.-]+", "_", name).strip("._") or "data"
+    name = (re.sub(r"[^\w.-]+", "_", name).strip("._") or "data") + (f"-{checkpoint}" if checkpoint else "")
     reports = Path(run_dir) / REPORT_DIR
     for n in range(1, 10_000):
         candidate = reports / (name if n == 1 else f"{name}-{n}")
@@ -135,6 +165,19 @@ def _holds_evaluation_of(folder: Path, source: str) -> bool:
         return False
 
 
+def _run_paths(model_or_run: str | Path, checkpoint: str | None) -> tuple[Path, Path]:
+    """``(metadata file, run folder)`` of what ``load_model(model_or_run, checkpoint=checkpoint)`` loads, checked
+    without TensorFlow."""
+    if checkpoint is None:
+        _, meta_path, run_dir = resolve_model_path(model_or_run)
+        return meta_path, run_dir
+    checkpoint_path(model_or_run, checkpoint)
+    run_dir = Path(model_or_run)
+    if not (run_dir / RUN_META).is_file():
+        raise FileNotFoundError(f"Run folder has no {RUN_META}. Received: run={str(run_dir)!r}")
+    return run_dir / RUN_META, run_dir
+
+
 def evaluate_run(
     model_or_run: str | Path,
     data,
@@ -143,20 +186,26 @@ def evaluate_run(
     top_k: Sequence[int] = DEFAULT_TOP_K,
     batch_size: int = DEFAULT_BATCH_SIZE,
     allow_missing_classes: bool = False,
+    split: str | None = None,
+    checkpoint: str | None = None,
 ) -> dict:
-    """``ftkit evaluate``: load a run folder (or ``.keras`` with its ``ftkit_run.json``) and evaluate it.
+    """``ftkit evaluate``: load a run folder (or ``.keras`` with its ``ftkit_run.json``) and evaluate it; with
+    ``checkpoint="best"`` or ``"last"``, that training checkpoint of a run folder (:func:`load_model`).
 
-    ``out_dir`` defaults to ``RUN/report/<data name>/`` (:func:`default_report_dir`; for a checkpoint file, in
-    the run folder holding its metadata). Returns the report dict (what ``report.json`` holds; ``out_dir`` says
-    where it went).
+    ``data``: any source ``ftkit train`` reads, or a ``LabelledFiles`` index. Of data with splits, ``split`` is
+    evaluated (default: test, else val, else all of it; the report's ``split_note`` says which). ``out_dir``
+    defaults to ``RUN/report/<data name>/`` (:func:`default_report_dir`; for a checkpoint file, in the run
+    folder holding its metadata). Returns the report dict (what ``report.json`` holds; ``out_dir`` says where
+    it went).
     """
-    _, meta_path, run_dir = resolve_model_path(model_or_run)
+    meta_path, run_dir = _run_paths(model_or_run, checkpoint)
     # The data is checked against the run's classes before the model loads, so a mistake in DATA is reported
     # at once rather than after TensorFlow's start-up (seconds).
-    index = _as_labelled(data, read_run_meta(meta_path)["class_names"], allow_missing_classes=allow_missing_classes)
+    index = _as_labelled(data, read_run_meta(meta_path)["class_names"], split=split,
+                         allow_missing_classes=allow_missing_classes)
     if out_dir is None:
-        out_dir = default_report_dir(run_dir, index)
+        out_dir = default_report_dir(run_dir, index, checkpoint=checkpoint)
     return evaluate_model(
-        load_model(model_or_run), index, out_dir, top_k=top_k, batch_size=batch_size,
+        load_model(model_or_run, checkpoint=checkpoint), index, out_dir, top_k=top_k, batch_size=batch_size,
         allow_missing_classes=allow_missing_classes,
     )

@@ -28,7 +28,10 @@ RESIZE_MODES = ("stretch", "crop", "pad")
 
 @dataclass
 class LabelledFiles:
-    """A split in a fixed order: ``paths[i]`` has class index ``labels[i]`` into ``class_names``."""
+    """A split in a fixed order: ``paths[i]`` has class index ``labels[i]`` into ``class_names``.
+
+    In-memory data (MNIST) has its uint8 pixels in ``images``, row for row; ``paths`` are then row names
+    (``test[1234]``: MNIST's index in its test arrays)."""
 
     paths: list[str]
     labels: np.ndarray
@@ -36,6 +39,10 @@ class LabelledFiles:
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason" (a ftkit.data REASONS code), "detail"}
     source: str = ""  # where the split came from (a folder, a data set's source), shown in the report
     warnings: list[str] = field(default_factory=list)  # about the data as a whole (an empty class folder)
+    images: np.ndarray | None = None
+    split: str = ""  # the split chosen from a data set with splits ("" when the data is one split)
+    split_note: str = ""  # which split was chosen and why, for the report and `ftkit evaluate`'s output
+    report_name: str = ""  # the report folder's name in RUN/report/ (default: from ``source``)
 
 
 class ClassMismatchError(ValueError):
@@ -79,24 +86,27 @@ def _visible_folders(root: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(root.iterdir()) if not p.name.startswith(".") and p.is_dir()}
 
 
-def _check_not_split_tree(folders: Sequence[str], class_names: Sequence[str], data_dir: str | Path) -> None:
-    """Refuse ``ROOT`` of a ``ROOT/{train,val,test}/<class>/`` tree, naming the split folder to pass instead."""
-    splits = sorted((name for name in folders if name.lower() in sources.SPLIT_FOLDERS),
-                    key=lambda name: sources.SPLITS.index(sources.SPLIT_FOLDERS[name.lower()]))
-    if not splits or len(splits) != len(folders) or set(folders) & set(class_names):
+def _check_not_split_tree(root: Path, class_names: Sequence[str]) -> None:
+    """Refuse ``ROOT`` of a ``ROOT/{train,val,test}/<class>/`` tree, naming the split folder to pass instead
+    (``ftkit evaluate`` and :func:`ftkit.evaluate.datasets.open_data` choose one themselves)."""
+    splits = sources.split_folders(root)
+    if not splits or set(class_names) & {Path(folder).name for folder in splits.values()}:
         return
-    preferred = splits[-1]  # test, when there is one
+    names = [Path(splits[name]).name for name in sources.SPLITS if name in splits]
     raise ClassMismatchError(
-        f"DATA looks like a tree of split folders ({', '.join(splits)}): pass one of them, e.g. "
-        f"{os.path.join(str(data_dir), preferred)}. Evaluation takes one split folder with one subfolder per "
-        f"class. Received: data={str(data_dir)!r}"
+        f"DATA looks like a tree of split folders ({', '.join(names)}): pass one of them, e.g. "
+        f"{os.path.join(str(root), names[-1])}. This takes one split folder with one subfolder per class. "
+        f"Received: data={str(root)!r}"
     )
 
 
+FOLDER_HINT = "DATA must be one split folder with one subfolder per class."
+
+
 def check_classes(found: Sequence[str], expected: Sequence[str], *, allow_missing: bool, source: str,
-                  empty: Sequence[str] = ()) -> None:
+                  empty: Sequence[str] = (), hint: str = FOLDER_HINT) -> None:
     """Refuse a data set whose classes differ from the model's, naming the differences (``empty``: class
-    folders left out because they hold no file)."""
+    folders left out because they hold no file; ``hint``: what DATA should be)."""
     extra = sorted(set(found) - set(expected))
     missing = [name for name in expected if name not in set(found)]
     if extra or (missing and not allow_missing):
@@ -107,11 +117,10 @@ def check_classes(found: Sequence[str], expected: Sequence[str], *, allow_missin
             emptied = [name for name in missing if name in empty]
             parts.append(f"model classes absent from the data: {missing}"
                          + (f" (the folders of {emptied} are empty)" if emptied else ""))
-        hint = " (pass --allow-missing-classes to evaluate on a subset)" if missing and not extra else ""
+        subset = " (pass --allow-missing-classes to evaluate on a subset)" if missing and not extra else ""
         raise ClassMismatchError(
-            f"The evaluation data's classes do not match the model's: {'; '.join(parts)}{hint}. "
-            f"DATA must be one split folder with one subfolder per class. "
-            f"Received: data={source!r} with classes {sorted(found)}, model classes {list(expected)}"
+            f"The evaluation data's classes do not match the model's: {'; '.join(parts)}{subset}. "
+            f"{hint} Received: data={source!r} with classes {sorted(found)}, model classes {list(expected)}"
         )
 
 
@@ -124,8 +133,8 @@ def scan_split(data_dir: str | Path, class_names: Sequence[str], *, allow_missin
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"Evaluation data must be a folder with one subfolder per class. Received: data={str(data_dir)!r}")
+    _check_not_split_tree(root, class_names)
     folders = _visible_folders(root)
-    _check_not_split_tree(list(folders), class_names, data_dir)
     root_st = root.stat()
     listed = {name: list(_walk(str(folder), ((root_st.st_dev, root_st.st_ino),))) for name, folder in folders.items()}
     empty = [name for name, entries in listed.items() if not entries]
@@ -197,6 +206,20 @@ class TrainingDecode:
         failures = [skipped_file(path, bad[path].reason, bad[path].detail)
                     for path in dict.fromkeys(self.paths) if path in bad]
         return kept, failures
+
+
+def decode_arrays(images: np.ndarray, *, image_size: Sequence[int], channels: int, resize: str = "stretch",
+                  batch_size: int = 32) -> Iterator[np.ndarray]:
+    """Batches of in-memory uint8 images (MNIST's ``[N, H, W]``), resized and converted by the training
+    pipeline, in order, as float32 ``[B, H, W, C]`` in 0..255."""
+    from ftkit.data import make_dataset
+
+    split = sources.Split(sources.FILES_SPLIT, np.zeros(len(images), np.int32), images=images)
+    index = sources.DataIndex([""], {sources.FILES_SPLIT: split}, [], [], "arrays", "arrays", None)
+    dataset = make_dataset(index, sources.FILES_SPLIT, image_size=tuple(image_size), channels=channels,
+                           resize=resize, batch_size=batch_size)
+    for batch, _ in dataset:
+        yield batch.numpy()
 
 
 def load_batch(paths: Sequence[str], *, image_size: Sequence[int], channels: int,

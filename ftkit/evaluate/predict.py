@@ -99,14 +99,34 @@ def predict_files(
                        failures=failures, inputs=list(decoded.paths))
 
 
+def predict_images(loaded: LoadedModel, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """Probabilities for in-memory uint8 images (MNIST), row for row, resized as training resized them."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size!r}")
+    outputs = []
+    for batch in image_io.decode_arrays(images, image_size=loaded.image_size, channels=loaded.channels,
+                                        resize=loaded.resize, batch_size=batch_size):
+        probs = np.asarray(loaded.model.predict_on_batch(batch), dtype=np.float64)
+        _check_output(probs, loaded)
+        outputs.append(probs)
+    return np.concatenate(outputs) if outputs else np.zeros((0, len(loaded.class_names)))
+
+
 def predict_paths(
-    model_or_run: str | Path | LoadedModel, inputs: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE
+    model_or_run: str | Path | LoadedModel, inputs: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
+    checkpoint: str | None = None,
 ) -> Predictions:
     """Files or folders in (folders are walked, hidden files skipped), probabilities out; every file that
     cannot be read (missing, a symlink loop, not an image...) is in ``failures`` with its reason, and
-    ``rows()`` gives them all in the order asked."""
+    ``rows()`` gives them all in the order asked. ``checkpoint``: ``"best"`` or ``"last"`` of a run folder
+    instead of its ``model.keras`` (:func:`load_model`)."""
     listed, unwalkable = image_io.expand_paths(inputs)
-    loaded = model_or_run if isinstance(model_or_run, LoadedModel) else load_model(model_or_run)
+    if isinstance(model_or_run, LoadedModel):
+        if checkpoint is not None:
+            raise ValueError(f"checkpoint picks a model to load; this one is loaded. Received: checkpoint={checkpoint!r}")
+        loaded = model_or_run
+    else:
+        loaded = load_model(model_or_run, checkpoint=checkpoint)
     walked = {f["path"] for f in unwalkable}
     result = predict_files(loaded, [p for p in listed if p not in walked], batch_size=batch_size)
     failed = {f["path"]: f for f in [*unwalkable, *result.failures]}

@@ -117,8 +117,9 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _notes(report: dict) -> list[str]:
-    """Warnings about the data (an empty class folder left out), then notes on undefined metrics."""
-    return [*report.get("warnings", ()), *report["notes"]]
+    """Which split of the data was evaluated, warnings about the data (an empty class folder left out), then
+    notes on undefined metrics."""
+    return [*filter(None, [report.get("split_note")]), *report.get("warnings", ()), *report["notes"]]
 
 
 def render_markdown(report: dict) -> str:

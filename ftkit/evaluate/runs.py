@@ -2,6 +2,8 @@
 
 The contract (docs/ARCHITECTURE.md, "Run folder"): ``RUN/model.keras`` takes raw 0..255 images and returns
 class probabilities; ``RUN/ftkit_run.json`` holds ``class_names``, ``image_size``, ``channels``, ``resize``.
+``RUN/checkpoints/{best,last}.keras`` are training models (logits out); ``load_model(run, checkpoint="best")``
+turns one into an inference model the way training turns its final model into ``model.keras``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 RUN_META = "ftkit_run.json"
 INFERENCE_MODEL = "model.keras"
 REPORT_DIR = "report"
+CHECKPOINTS = ("best", "last")  # RUN/checkpoints/<name>.keras, as ftkit.training writes them
 
 
 @dataclass
@@ -77,16 +80,50 @@ def resolve_model_path(model_or_run: str | Path) -> tuple[Path, Path, Path]:
     )
 
 
-def load_model(model_or_run: str | Path) -> LoadedModel:
+def checkpoint_path(run: str | Path, checkpoint: str) -> Path:
+    """``RUN/checkpoints/<checkpoint>.keras``, checked: ``checkpoint`` is ``"best"`` (the epoch of the best
+    ``train.monitor`` value) or ``"last"`` (the last completed epoch)."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}. Received: checkpoint={checkpoint!r}")
+    run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"checkpoint={checkpoint!r} picks a checkpoint of a run folder, not of a model file. "
+                                f"Received: model_or_run={str(run)!r}")
+    path = run / "checkpoints" / f"{checkpoint}.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"The run has no checkpoints/{path.name}: it stopped before its first epoch ended, "
+                                f"or is not a run folder written by `ftkit train`. Received: run={str(run)!r}")
+    return path
+
+
+def load_model(model_or_run: str | Path, *, checkpoint: str | None = None) -> LoadedModel:
     """Load the Keras model and its run metadata; the paths and metadata are checked before TensorFlow is
-    imported (seconds), so a wrong path fails at once."""
-    model_path, meta_path, run_dir = resolve_model_path(model_or_run)
+    imported (seconds), so a wrong path fails at once.
+
+    ``checkpoint=None``: the run's ``model.keras`` (or the ``.keras`` file given). ``"best"`` or ``"last"``: that
+    training checkpoint of a run folder, made an inference model (raw images in, probabilities out, auxiliary
+    heads left out) by the function that makes ``model.keras`` at the end of training.
+    """
+    if checkpoint is None:
+        model_path, meta_path, run_dir = resolve_model_path(model_or_run)
+    else:
+        model_path = checkpoint_path(model_or_run, checkpoint)
+        run_dir = Path(model_or_run)
+        meta_path = run_dir / RUN_META
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"Run folder has no {RUN_META}. Received: run={str(run_dir)!r}")
     meta = read_run_meta(meta_path)
     import keras
 
     import ftkit.backbones._preprocessing  # noqa: F401  registers the Preprocess layer a run's model contains
 
     model = keras.saving.load_model(model_path, compile=False)
+    if checkpoint is not None:
+        from types import SimpleNamespace
+
+        from ftkit.head import inference_model
+
+        model = inference_model(SimpleNamespace(model=model))  # it reads only the assembled training model
     return LoadedModel(
         model=model,
         class_names=list(meta["class_names"]),

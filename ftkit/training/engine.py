@@ -299,6 +299,7 @@ class Trainer:
         self.cache_version = -1  # bumps when a phase trains the backbone (cached features go stale)
         self.backbone_version = 0
         self.skipped_at_start = len(plan.data.index.skipped)  # files found bad later were met while decoding
+        self.tensorboard = None  # one callback for every epoch this process trains (see _run_tensorboard)
 
     # - model -
     def build(self):
@@ -474,10 +475,9 @@ class Trainer:
         return ds.map(lambda x, y, *w: (x, {n: y for n in names}, *w))
 
     def run_epoch(self, phase: Phase, global_epoch: int) -> dict[str, Any]:
-        import keras
-
-        callbacks = [*([keras.callbacks.TensorBoard(log_dir=str(self.folder.root / runs.TENSORBOARD))]
-                       if self.chief else []), *self.user_callbacks]
+        if self.chief and self.tensorboard is None:
+            self.tensorboard = _run_tensorboard(self.folder.root / runs.TENSORBOARD)
+        callbacks = [*([self.tensorboard] if self.tensorboard else []), *self.user_callbacks]
         start = time.perf_counter()
         if self.distributed:
             logs = self._fit_distributed(phase, global_epoch, callbacks)
@@ -506,6 +506,12 @@ class Trainer:
             value = logs.get(key, logs.get(key.replace("accuracy", "logits_accuracy")))
             row[key] = None if value is None else float(value)
         return row
+
+    def close(self) -> None:
+        """Close what stays open from epoch to epoch (TensorBoard's event files)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     @property
     def monitor(self) -> str:
@@ -536,6 +542,38 @@ def _run_progbar(total_epochs: int):
             super().set_params({**params, "epochs": total_epochs})
 
     return RunProgbar()
+
+
+def _run_tensorboard(log_dir: Path):
+    """Keras's TensorBoard callback for a run that calls ``fit`` once per epoch. Keras opens its writers in a
+    ``fit`` and closes them when it ends, so each epoch started a new event file per writer; these writers stay
+    open (flushed after each epoch) until ``close()``, so a run writes one event file per writer (train,
+    validation), and a resumed run one more each, as one long Keras ``fit`` and a restarted one do."""
+    import keras
+
+    class RunTensorBoard(keras.callbacks.TensorBoard):
+        @property
+        def _writers(self):
+            return self.__dict__.setdefault("_run_writers", {})
+
+        @_writers.setter
+        def _writers(self, value):
+            pass  # Keras resets its writers in set_model, which every fit calls: these are kept
+
+        def set_model(self, model):
+            if model is not self._model:  # a phase's new model: its summary (and graph) are written once
+                super().set_model(model)
+
+        def _close_writers(self):  # Keras's end of each fit
+            for writer in self._writers.values():
+                writer.flush()
+
+        def close(self):
+            for writer in self._writers.values():
+                writer.close()
+            self._writers.clear()
+
+    return RunTensorBoard(log_dir=str(log_dir))
 
 
 def _cached_rows(cache, split: str, rows, batch_size: int, *, with_weights: bool):
@@ -592,7 +630,8 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
     import keras
 
     if resume is not None:
-        state = runs.RunFolder(resume).read_state()
+        unstarted = runs.RunFolder(resume).stopped_before_first_checkpoint()
+        state = None if unstarted else runs.RunFolder(resume).read_state()
         saved = load_recipe(runs.RunFolder(resume).root / runs.RECIPE_FILE)
         resolved = saved
     else:
@@ -602,7 +641,7 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
     writable = distribute.is_chief(active)
     if resume is not None:
         folder = runs.RunFolder(resume, writable=writable)
-        if state.finished:
+        if state is not None and state.finished:
             raise ValueError(f"{folder.root} finished its schedule; there is nothing to resume. Start a new run "
                              f"(backbone.init_from can start from its weights). Received: resume={str(resume)!r}")
         if recipe is not None:
@@ -613,16 +652,19 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
                     f"runs. Resume without a recipe (its own recipe.yaml is used) or start a new run. "
                     f"Received: resume={str(resume)!r}"
                 )
-        if state.recipe_sha256 != runs.recipe_digest(saved.to_dict()):
+        if state is None:
+            if writable:
+                log(f"{folder.root} stopped before its first epoch's checkpoint (no {runs.CHECKPOINTS}/{runs.STATE}): "
+                    f"starting it over from epoch 1 with its own {runs.RECIPE_FILE}")
+            state = start_state(saved)
+        elif state.recipe_sha256 != runs.recipe_digest(saved.to_dict()):
             raise ValueError(f"{folder.root / runs.RECIPE_FILE} was edited after the run started. "
                              f"Received: resume={str(resume)!r}")
     else:
         folder = runs.RunFolder(out or _default_out(recipe), writable=writable)
         if writable and folder.root.exists() and any(folder.root.iterdir()):
-            what = ("pick another --out or --resume it" if folder.state_path.is_file() else
-                    "it has no checkpoint to resume (a run that stopped before its first epoch ended, or not a run "
-                    "folder): pick another --out, or delete the folder yourself (ftkit never deletes files)")
-            raise ValueError(f"The run folder exists and is not empty; {what}. Received: out={str(folder.root)!r}")
+            raise ValueError(f"The run folder exists and is not empty; {_taken(folder)}. "
+                             f"Received: out={str(folder.root)!r}")
         state = None
     plan = plan_run(resolved)
     previous_policy = keras.mixed_precision.global_policy().name
@@ -630,6 +672,24 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
         return _train(plan, folder, state=state, callbacks=callbacks, log=log, strategy=active)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _taken(folder: runs.RunFolder) -> str:
+    """What to do about an ``--out`` folder that is not empty."""
+    if folder.state_path.is_file():
+        return f"pick another --out, or continue it with `ftkit train --resume {folder.root}`"
+    if folder.stopped_before_first_checkpoint():
+        return (f"it is a run that stopped before its first epoch's checkpoint: `ftkit train --resume {folder.root}` "
+                f"starts it over from epoch 1 with its own {runs.RECIPE_FILE}, or pick another --out")
+    return ("it has no checkpoint to resume and is not a run folder: pick another --out, or delete the folder "
+            "yourself (ftkit never deletes files)")
+
+
+def start_state(recipe: Recipe) -> runs.ResumeState:
+    """Where a new run stands: before its first epoch."""
+    return runs.ResumeState(recipe_sha256=runs.recipe_digest(recipe.to_dict()), phase=0, epoch_in_phase=0,
+                            global_epoch=0, global_step=0, seed=recipe.train.seed, best=None, best_epoch=None,
+                            checkpoint_sha256="")
 
 
 def _default_out(recipe) -> Path:
@@ -653,9 +713,7 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
     if state is None and folder.writable:
         dump_recipe(recipe, folder.root / runs.RECIPE_FILE, header="# resolved recipe written by ftkit train")
     if state is None:
-        state = runs.ResumeState(recipe_sha256=runs.recipe_digest(recipe.to_dict()), phase=0, epoch_in_phase=0,
-                                 global_epoch=0, global_step=0, seed=recipe.train.seed, best=None, best_epoch=None,
-                                 checkpoint_sha256="")
+        state = start_state(recipe)
     else:
         folder.truncate_history(state.global_epoch)
         log(f"resuming {folder.root}: phase {state.phase + 1}, epoch {state.epoch_in_phase + 1} of that phase")
@@ -673,7 +731,17 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
         set_seed_states(trainer.assembled.model, state.rng.get("model", []))
         trainer.resume_rng = state.rng
     trainer.backbone_version = sum(1 for p in plan.phases[:state.phase] if not p.head_only)
-    for phase in plan.phases[state.phase:]:
+    try:
+        state = _run_schedule(trainer, state)
+    finally:
+        trainer.close()
+    return _finish(trainer, state, log=log)
+
+
+def _run_schedule(trainer: Trainer, state: runs.ResumeState) -> runs.ResumeState:
+    """Every remaining epoch of every phase, each followed by its checkpoint; returns the final state."""
+    folder = trainer.folder
+    for phase in trainer.plan.phases[state.phase:]:
         resume_from = folder.last if (phase.index == state.phase and state.epoch_in_phase > 0) else None
         trainer.prepare_phase(phase, resume_from=resume_from)
         for epoch in range(state.epoch_in_phase if phase.index == state.phase else 0, phase.epochs):
@@ -691,7 +759,7 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
             state = _checkpoint(trainer, state, improved=improved)
         if not phase.head_only:
             trainer.backbone_version += 1
-    return _finish(trainer, state, log=log)
+    return state
 
 
 def _reissue(caught: list[warnings.WarningMessage], *, explained: bool) -> None:
@@ -752,6 +820,10 @@ def _finish(trainer: Trainer, state: runs.ResumeState, *, log) -> RunResult:
     from ftkit.head import inference_model
 
     folder = trainer.folder
+    if _restores_best(trainer, state):
+        _load_model_weights(trainer, folder.best)
+        log(f"train.final_model is best: {runs.INFERENCE_MODEL} and the final evaluation use epoch "
+            f"{state.best_epoch + 1} (checkpoints/best.keras) instead of the last, epoch {state.global_epoch}")
     model = inference_model(trainer.assembled)
     if not folder.writable:  # a non-chief worker: the chief saves, evaluates and reports
         return RunResult(path=folder.root, history=trainer.rows, best=state.best, best_epoch=state.best_epoch,
@@ -770,6 +842,13 @@ def _finish(trainer: Trainer, state: runs.ResumeState, *, log) -> RunResult:
     log(summary_text(trainer, state, history, reports))
     return RunResult(path=folder.root, history=history, best=state.best, best_epoch=state.best_epoch,
                      reports=reports, model=model)
+
+
+def _restores_best(trainer: Trainer, state: runs.ResumeState) -> bool:
+    """Whether ``train.final_model: best`` asks for weights other than the last epoch's. Only the chief, which
+    wrote ``best.keras``, restores them (the other workers save nothing)."""
+    return (trainer.recipe.train.final_model == "best" and trainer.folder.writable and state.best_epoch is not None
+            and state.best_epoch != state.global_epoch - 1)
 
 
 def evaluate_after_training(trainer: Trainer, model) -> dict[str, dict]:
@@ -833,7 +912,9 @@ def summary_text(trainer: Trainer, state: runs.ResumeState, history: list[dict],
         acc = report.get("accuracy")
         where = trainer.folder.root / "report" / split / "report.html"
         lines.append(f"{split}: accuracy {acc:.4f}, report {where}" if isinstance(acc, float) else f"{split}: see {where}")
-    lines.append(f"inference model: {trainer.folder.root / runs.INFERENCE_MODEL} (raw 0..255 images -> probabilities)")
+    epoch = f"; epoch {state.best_epoch + 1}, the best" if _restores_best(trainer, state) else ""
+    lines.append(f"inference model: {trainer.folder.root / runs.INFERENCE_MODEL} (raw 0..255 images -> "
+                 f"probabilities{epoch})")
     lines.append("=" * 72)
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """``ftkit export``: a finished run's model for deployment, taking raw uint8 images, giving probabilities.
 
 Formats: ``keras`` (a ``.keras`` file), ``savedmodel`` (TensorFlow SavedModel, serving signature) and
-``tflite``. The class names are written beside the model (``class_names.json``), in output order.
+``tflite``. The class names are written beside the model (``class_names.json``), in output order. The model is
+the run's ``model.keras`` or, with ``checkpoint``, its best or last epoch (:func:`ftkit.evaluate.load_model`).
 """
 
 from __future__ import annotations
@@ -21,17 +22,18 @@ def uint8_model(model, *, image_size, channels: int):
     return keras.Model(inputs, model(x), name=f"{model.name}_uint8")
 
 
-def export_run(run_dir: str | Path, *, format: str = "keras", out: str | Path | None = None) -> Path:
-    """Export ``RUN/model.keras``; returns the written file or folder (default ``RUN/export/``)."""
+def export_run(run_dir: str | Path, *, format: str = "keras", out: str | Path | None = None,
+               checkpoint: str | None = None) -> Path:
+    """Export ``RUN/model.keras``, or with ``checkpoint="best"``/``"last"`` the inference model of that epoch;
+    returns the written file or folder (default ``RUN/export/``; ``RUN/export-best/`` or ``RUN/export-last/`` for
+    a checkpoint, so that exporting both keeps both)."""
     from ftkit.evaluate.runs import load_model
 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}. Received: format={format!r}")
-    import ftkit.backbones._preprocessing  # noqa: F401  (registers the Preprocess layer for loading)
-
-    loaded = load_model(run_dir)
+    loaded = load_model(run_dir, checkpoint=checkpoint)
     model = uint8_model(loaded.model, image_size=loaded.image_size, channels=loaded.channels)
-    out_dir = Path(out) if out else Path(loaded.run_dir) / "export"
+    out_dir = Path(out) if out else Path(loaded.run_dir) / (f"export-{checkpoint}" if checkpoint else "export")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "class_names.json").write_text(json.dumps(loaded.class_names, indent=2))
     if format == "keras":

@@ -1,6 +1,6 @@
 """The learning-rate range test (Smith, 2017; fastai's ``lr_find``): loss against an exponentially growing
-rate over a few hundred steps of the recipe's first phase; the suggestion is the rate of steepest descent
-of the smoothed loss. The model is built fresh for the test and thrown away; nothing of it is kept.
+rate over a few hundred steps of the recipe's first phase; the suggestion is fastai's default, the "valley"
+rule (:func:`suggest_lr`). The model is built fresh for the test and thrown away; nothing of it is kept.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import numpy as np
 
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds 4x its minimum (fastai's rule)
 SMOOTHING = 0.98
+# fastai suggests from the recorded curve less its first tenth (the smoothing's warm-up) and last 5 points
+# (the divergence that stopped the test)
+SKIP_START_FRACTION, SKIP_END = 0.1, 5
 
 
 @dataclasses.dataclass
@@ -21,15 +24,56 @@ class LRFindResult:
     losses: list[float]  # smoothed, bias-corrected
     suggestion: float
     plot: Path | None
+    minimum: float | None = None  # the rate at the smoothed loss's minimum (fastai's "minimum" rule is a tenth of it)
 
 
 def suggest_lr(lrs, losses) -> float:
-    """The rate where the smoothed loss falls fastest (most negative slope against log lr)."""
+    """fastai's default suggestion, the "valley" rule: the middle of the curve's longest valley.
+
+    The steepest point of the whole curve, suggested before, often sits just before the minimum, where the loss
+    is about to diverge; the longest stretch over which the loss keeps falling is a safer place to train.
+    As fastai does, the first tenth and the last 5 points are left out (while at least 3 points remain), and
+    the curve ends before its first non-finite loss.
+    """
+    lrs, losses = _trimmed(lrs, losses)
+    end, length = longest_valley(losses)
+    # fastai's arithmetic (``valley`` in fastai/callback/schedule.py): from the point before the valley, a third
+    # of its length and then a sixth, so about half way down.
+    return float(lrs[max(end - length + int(length / 3) + int(length / 6), 0)])
+
+
+def longest_valley(losses) -> tuple[int, int]:
+    """``(end, length)`` of the longest strictly decreasing subsequence of ``losses`` (fastai's O(n^2) scan;
+    the first one when several are as long); the valley is taken to be the ``length`` points up to ``end``."""
+    run = [1] * len(losses)  # run[i]: the longest strictly decreasing subsequence that ends at i
+    end = 0
+    for i in range(1, len(losses)):
+        for j in range(i):
+            if losses[i] < losses[j]:
+                run[i] = max(run[i], run[j] + 1)
+        if run[i] > run[end]:
+            end = i
+    return end, run[end]
+
+
+def _finite(lrs, losses) -> tuple[np.ndarray, np.ndarray]:
+    """The curve up to its first non-finite loss (the test stops there)."""
     lrs, losses = np.asarray(lrs, float), np.asarray(losses, float)
+    if len(lrs) != len(losses):
+        raise ValueError(f"lrs and losses must have the same length. Received: {len(lrs)} and {len(losses)}")
+    bad = np.flatnonzero(~np.isfinite(losses))
+    end = int(bad[0]) if len(bad) else len(losses)
+    return lrs[:end], losses[:end]
+
+
+def _trimmed(lrs, losses) -> tuple[np.ndarray, np.ndarray]:
+    lrs, losses = _finite(lrs, losses)
     if len(lrs) < 3:
-        raise ValueError(f"lr_find needs at least 3 points to suggest a rate. Received: {len(lrs)} points")
-    slopes = np.gradient(losses, np.log10(lrs))
-    return float(lrs[int(np.argmin(slopes))])
+        raise ValueError(f"lr_find needs at least 3 finite points to suggest a rate. Received: {len(lrs)} points")
+    skip = int(len(lrs) * SKIP_START_FRACTION)
+    if len(lrs) - skip - SKIP_END >= 3:
+        lrs, losses = lrs[skip:len(lrs) - SKIP_END], losses[skip:len(losses) - SKIP_END]
+    return lrs, losses
 
 
 def lr_find(recipe, *, overrides=None, out: str | Path | None = None, start_lr: float = 1e-7, end_lr: float = 10.0,
@@ -64,11 +108,22 @@ def lr_find(recipe, *, overrides=None, out: str | Path | None = None, start_lr: 
             break
     keras.mixed_precision.set_global_policy("float32")
     suggestion = suggest_lr(recorder.lrs, recorder.losses)
-    plot = _plot(recorder.lrs, recorder.losses, suggestion, out_dir / "lr_find.png")
+    minimum = min_loss_lr(recorder.lrs, recorder.losses)
+    plot = _plot(recorder.lrs, recorder.losses, suggestion, out_dir / "lr_find.png", minimum=minimum)
     rows = "\n".join(f"{lr:.6g},{loss:.6g}" for lr, loss in zip(recorder.lrs, recorder.losses, strict=True))
     (out_dir / "lr_find.csv").write_text("lr,loss\n" + rows + "\n")
-    log(f"lr_find: suggested learning rate {suggestion:.3g} (steepest descent); plot: {plot}")
-    return LRFindResult(lrs=recorder.lrs, losses=recorder.losses, suggestion=suggestion, plot=plot)
+    log(f"lr_find: suggested learning rate {suggestion:.3g} (fastai's valley rule; for reference, the loss is "
+        f"lowest at {minimum:.3g}, a tenth of which is {minimum / 10:.3g}); plot: {plot}")
+    return LRFindResult(lrs=recorder.lrs, losses=recorder.losses, suggestion=suggestion, plot=plot, minimum=minimum)
+
+
+def min_loss_lr(lrs, losses) -> float:
+    """The rate at the lowest smoothed loss recorded before any non-finite one (fastai's "minimum" rule
+    suggests a tenth of it)."""
+    lrs, losses = _finite(lrs, losses)
+    if not len(lrs):
+        raise ValueError("lr_find recorded no finite loss. Received: 0 finite points")
+    return float(lrs[int(np.argmin(losses))])
 
 
 def _make_recorder(start_lr: float, factor: float, steps: int):
@@ -104,7 +159,7 @@ def _make_recorder(start_lr: float, factor: float, steps: int):
     return Recorder()
 
 
-def _plot(lrs, losses, suggestion: float, path: Path) -> Path:
+def _plot(lrs, losses, suggestion: float, path: Path, *, minimum: float | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,6 +168,8 @@ def _plot(lrs, losses, suggestion: float, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(lrs, losses)
     ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested {suggestion:.2g}")
+    if minimum is not None:
+        ax.axvline(minimum, color="grey", linestyle=":", label=f"lowest loss {minimum:.2g}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss (smoothed)")

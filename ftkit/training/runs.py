@@ -49,12 +49,14 @@ class ResumeState:
 def recipe_digest(recipe_dict: dict[str, Any]) -> str:
     """A digest of what determines the training.
 
-    Left out: the ``train.verbose`` display flag, and ``train.strategy``, since a distributed run computes
-    the same global-batch steps as a single-device one, so a run may resume under another strategy.
+    Left out: the ``train.verbose`` display flag; ``train.strategy``, since a distributed run computes the same
+    global-batch steps as a single-device one, so a run may resume under another strategy; and
+    ``train.final_model``, which picks the weights saved after training, not how they are trained (and is
+    absent from the recipes of runs started before it existed).
     """
     data = json.loads(json.dumps(recipe_dict, sort_keys=True))
-    data.get("train", {}).pop("verbose", None)
-    data.get("train", {}).pop("strategy", None)
+    for key in ("verbose", "strategy", "final_model"):
+        data.get("train", {}).pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -158,11 +160,17 @@ class RunFolder:
         if self.writable:
             atomic_write_text(self.state_path, json.dumps(dataclasses.asdict(state), indent=2))
 
+    def stopped_before_first_checkpoint(self) -> bool:
+        """A run that ``ftkit train`` started (it writes the recipe and the run record before training) but that
+        stopped before its first ``state.json``: nothing of it can be continued, it can only start over."""
+        return ((self.root / RECIPE_FILE).is_file() and (self.root / RUN_META).is_file()
+                and not self.state_path.is_file())
+
     def read_state(self) -> ResumeState:
         if not self.state_path.is_file():
             raise FileNotFoundError(
-                f"{self.root} has no {CHECKPOINTS}/{STATE}: it is not a run folder, or it stopped before its "
-                f"first epoch ended. Received: resume={str(self.root)!r}"
+                f"{self.root} has no {CHECKPOINTS}/{STATE} and is not a run folder written by `ftkit train` (it "
+                f"would have {RECIPE_FILE} and {RUN_META}). Received: resume={str(self.root)!r}"
             )
         state = ResumeState(**json.loads(self.state_path.read_text()))
         if not self.last.is_file() or file_sha256(self.last) != state.checkpoint_sha256:

@@ -1,0 +1,115 @@
+"""What DATA is for ``ftkit evaluate``: any source ``ftkit train`` reads, narrowed to one labelled split.
+
+A folder of class folders is evaluated whole (:func:`~ftkit.evaluate.images.scan_split`). A tree of split
+folders (``ftkit.data``'s rule: :func:`~ftkit.data.sources.split_folders`) gives one split folder, read the same
+way. A CSV of ``path,label[,split]`` and MNIST (an IDX folder or ``mnist.npz``) are listed by ftkit.data's
+:func:`~ftkit.data.sources.scan_unchecked`, as training lists them, with nothing carved: evaluation takes the
+splits the data has. The split is the one asked for, else test, else val, else all of the data. Classes map
+by name onto the run's: a class the run does not know is an error naming it, as for class folders.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ftkit.data import sources
+from ftkit.evaluate import images as image_io
+
+DEFAULT_SPLITS = ("test", "val")  # the first one the data has is evaluated; without either, all of it
+_HINT = ("DATA must be a folder of class folders, a tree of split folders, a CSV of path,label[,split] or MNIST "
+         "(IDX files or mnist.npz).")
+
+
+def open_data(data: str | os.PathLike, class_names: Sequence[str], *, split: str | None = None,
+              allow_missing_classes: bool = False) -> image_io.LabelledFiles:
+    """The labelled images of ``data`` to evaluate a model with ``class_names`` on, labelled in that order.
+
+    ``split``: ``train``, ``val`` or ``test`` (or an alias ``ftkit.data`` accepts: ``valid``, ``testing``...);
+    ``None`` picks test, else val, else all of the data, and ``split_note`` of the result says which."""
+    path = Path(data)
+    if not path.exists():
+        raise FileNotFoundError(f"{_HINT} Received: data={os.fspath(data)!r}, which does not exist")
+    if path.is_dir() and not sources.is_mnist_folder(path):
+        return _open_folder(path, class_names, split=split, allow_missing_classes=allow_missing_classes)
+    return _open_scanned(path, class_names, split=split, allow_missing_classes=allow_missing_classes)
+
+
+def _open_folder(path: Path, class_names: Sequence[str], *, split: str | None,
+                 allow_missing_classes: bool) -> image_io.LabelledFiles:
+    folders = sources.split_folders(path)
+    if set(class_names) & {Path(folder).name for folder in folders.values()}:
+        folders = {}  # the run's own classes are named like splits: these are class folders
+    if not folders:
+        if split is not None:
+            raise ValueError(f"DATA is a folder of class folders, with no split folders to choose from. "
+                             f"Received: data={os.fspath(path)!r}, split={split!r}")
+        return image_io.scan_split(path, class_names, allow_missing_classes=allow_missing_classes)
+    chosen, note = choose_split([name for name in sources.SPLITS if name in folders], split, path)
+    files = image_io.scan_split(folders[chosen or "train"], class_names, allow_missing_classes=allow_missing_classes)
+    files.split, files.split_note = chosen or "", note
+    return files
+
+
+def _open_scanned(path: Path, class_names: Sequence[str], *, split: str | None,
+                  allow_missing_classes: bool) -> image_io.LabelledFiles:
+    source = os.path.abspath(path)  # a CSV's paths then come out absolute, as a folder's do
+    mnist = path.is_dir() or path.suffix.lower() == ".npz"  # other folders went to _open_folder
+    # MNIST is scanned with its own ten classes, which keeps every row (row i is MNIST's index i) and lets an
+    # unknown digit be named; a CSV with the run's, so its rows of other classes are skipped as unknown classes.
+    index = sources.scan_unchecked(source, class_names=None if mnist else class_names, val_fraction=0.0,
+                                   test_fraction=0.0)
+    present = {s.split for s in index.skipped} | {name for name, rows in index.splits.items() if len(rows)}
+    chosen, note = choose_split([name for name in sources.SPLITS if name in present], split, path)
+    label, name = (f"{source} ({chosen} split)", f"{Path(source).stem}-{chosen}") if chosen else (source, Path(source).stem)
+    taken = chosen or "train"  # all of the data: a source without splits has only train
+    # Rows the data layer left out: those of this split, and those it could place in no split.
+    skipped = [s for s in index.skipped if s.split == taken or s.split not in sources.SPLITS]
+    rows = index.splits.get(taken, sources.Split(taken, np.zeros(0, np.int32)))
+    unknown = [_class_of(s.detail) for s in skipped if s.reason == sources.UNKNOWN_CLASS]
+    if not len(rows) and not unknown:
+        raise ValueError(f"The evaluation data has no usable image in its {taken} split; skipped: "
+                         f"{image_io.count_by_reason([s._asdict() for s in skipped])}. Received: data={source!r}")
+    found = [index.class_names[i] for i in np.unique(rows.labels)]
+    image_io.check_classes([*found, *dict.fromkeys(unknown)], class_names, allow_missing=allow_missing_classes,
+                           source=label, hint=_HINT)
+    to_run = np.array([list(class_names).index(c) if c in class_names else -1 for c in index.class_names])
+    if rows.images is not None:
+        paths = [f"{taken}[{i}]" for i in range(len(rows))]  # as `ftkit data check` names in-memory rows
+    else:
+        paths = [str(p) for p in rows.paths]
+    return image_io.LabelledFiles(
+        paths=paths, labels=to_run[rows.labels].astype(np.int64), class_names=list(class_names),
+        skipped=[image_io.skipped_file(s.path, s.reason, s.detail) for s in skipped], source=label,
+        images=rows.images, split=chosen or "", split_note=note, report_name=name)
+
+
+def _class_of(detail: str) -> str:
+    """The class named by an unknown-class skip record (its detail starts ``class 'name'``, a repr)."""
+    quoted = re.match(r"""class ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""", detail)
+    return str(ast.literal_eval(quoted.group(1))) if quoted else detail
+
+
+def choose_split(available: Sequence[str], asked: str | None, data: str | os.PathLike) -> tuple[str | None, str]:
+    """``(split, note)``: the split of ``available`` to evaluate, and a line saying which and why.
+
+    ``None``: the data has neither test nor val, so all of it is evaluated (its train split, which is all of it
+    when the data has no splits: a CSV without a split column, a tree with only ``train/``)."""
+    listed = ", ".join(available) or "none"
+    if asked is not None:
+        name = sources.SPLIT_FOLDERS.get(asked.lower())
+        if name is None or name not in available:
+            allowed = f"one of {listed}" if name else sources.SPLIT_NAMES_TEXT
+            raise ValueError(f"DATA has no split {asked!r}: --split must name {allowed}. "
+                             f"Received: data={os.fspath(data)!r}, split={asked!r}")
+        return name, f"split: {name} (--split {asked}; DATA has {listed})"
+    name = next((s for s in DEFAULT_SPLITS if s in available), None)
+    if name is None:
+        return None, "split: none (DATA has no test or val split: all of it is evaluated)"
+    return name, (f"split: {name} (the default: test, else val, else all of the data; DATA has {listed}; "
+                  f"--split NAME for another)")
