@@ -615,3 +615,27 @@ def test_csv_files_found_bad_carry_their_line_number(shared_data, tmp_path):
     assert details["gone.jpg"] == ("missing file", "no such file, t.csv line 4")
     assert details["cut.jpg"][1].endswith(", t.csv line 6")
     assert {k: len(v) for k, v in index.splits.items()} == {"train": 3, "val": 1}
+
+
+def test_in_memory_rows_are_named_by_their_index_in_the_source_arrays(tmp_path):
+    """MNIST rows keep their MNIST index through class selection, carving and sampling (reports say
+    ``train[i]`` / ``test[i]``, the row of MNIST's own arrays), not their position in the split."""
+    rng = np.random.default_rng(0)
+    y_train, y_test = rng.integers(0, 10, 60).astype(np.uint8), rng.integers(0, 10, 30).astype(np.uint8)
+    x_train = np.zeros((60, 28, 28), np.uint8)
+    x_train[:, 0, 0] = np.arange(60)  # a pixel that says which row it was
+    npz = tmp_path / "mnist.npz"
+    np.savez(npz, x_train=x_train, y_train=y_train, x_test=np.zeros((30, 28, 28), np.uint8), y_test=y_test)
+    index = scan(npz, val_fraction=0.25, class_names=["3", "5", "7"])
+    for split, source_labels in (("train", y_train), ("val", y_train), ("test", y_test)):
+        data = index[split]
+        ids = data.ids()
+        origin = "test" if split == "test" else "train"
+        assert all(i.startswith(f"{origin}[") for i in ids)
+        rows = [int(i[len(origin) + 1:-1]) for i in ids]
+        assert [index.class_names[label] for label in data.labels] == [str(source_labels[r]) for r in rows]
+        if split != "test":
+            assert data.images[:, 0, 0].tolist() == rows
+    assert sorted(index["train"].ids() + index["val"].ids()) == sorted(
+        f"train[{i}]" for i in np.flatnonzero(np.isin(y_train, [3, 5, 7])))
+    assert index["train"].subset(np.array([1]), "x").ids() == index["train"].ids()[1:2]

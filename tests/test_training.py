@@ -166,7 +166,8 @@ def report_accuracy(root):
     return json.loads((root / "report" / "val" / "report.json").read_text())["accuracy"]
 
 
-def test_run_folder_follows_the_contract(full_run):
+def test_run_folder_follows_the_contract(full_run, mnist):
+    import csv
     import json
 
     from ftkit.evaluate import load_model
@@ -193,6 +194,14 @@ def test_run_folder_follows_the_contract(full_run):
     report = json.loads((root / "report" / "val" / "report.json").read_text())
     assert 0.0 <= report["accuracy"] <= 1.0
     assert load_recipe(root / "recipe.yaml").backbone.name == TINY_AUX
+    # MNIST rows are named by their index in MNIST's arrays (val is carved from train), whatever was sampled.
+    from ftkit.data.sources import read_idx
+
+    labels = read_idx(f"{mnist}/train-labels-idx1-ubyte.gz")
+    with open(root / "report" / "val" / "predictions.csv") as fp:
+        rows = list(csv.DictReader(fp))
+    assert rows and all(r["path"].startswith("train[") for r in rows)
+    assert [int(labels[int(r["path"][6:-1])]) for r in rows] == [int(r["true_label"]) for r in rows]
 
 
 def test_bad_input_fails_before_training(mnist, full_run, tmp_path, shared_data):

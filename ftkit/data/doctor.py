@@ -188,7 +188,7 @@ def check(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction
                            progress=progress, on_file=on_file)
     for split, data in index.splits.items():
         if data.images is not None:  # in-memory pixels (MNIST): no headers were read, the arrays say it all
-            conversions_, tiny_ = _array_notes(split, data.images, channels=channels, min_side=min_side)
+            conversions_, tiny_ = _array_notes(split, data, channels=channels, min_side=min_side)
             conversions += conversions_
             tiny += tiny_
     counts = {split: dict(zip(index.class_names, s.counts(index.num_classes).tolist(), strict=True))
@@ -215,13 +215,14 @@ def check(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction
         duplicates_conflicting_labels=conflicting, duplicates_within_class=plain)
 
 
-def _array_notes(split: str, images: np.ndarray, *, channels: int, min_side: int) -> tuple[list[dict], list[dict]]:
-    """Conversions and tiny images of in-memory pixels, one row per image named ``split[i]`` as in
-    :func:`duplicate_groups`: all images of such an array share one shape and one mode."""
-    height, width = images.shape[1:3]
-    gray = images.ndim == 3 or images.shape[-1] == 1
+def _array_notes(split: str, data, *, channels: int, min_side: int) -> tuple[list[dict], list[dict]]:
+    """Conversions and tiny images of a split's in-memory pixels, one row per image named as
+    :meth:`~ftkit.data.sources.Split.ids` names it (``train[i]``): all images of such an array share one shape
+    and one mode."""
+    height, width = data.images.shape[1:3]
+    gray = data.images.ndim == 3 or data.images.shape[-1] == 1
     notes = [GRAY_TO_RGB] if gray and channels == 3 else [RGB_TO_GRAY] if not gray and channels == 1 else []
-    names = [f"{split}[{i}]" for i in range(len(images))]
+    names = data.ids() if notes or min(width, height) < min_side else []
     conversions = [{"path": name, "split": split, "conversions": list(notes)} for name in names] if notes else []
     tiny = ([{"path": name, "split": split, "width": int(width), "height": int(height)} for name in names]
             if min(width, height) < min_side else [])
@@ -233,11 +234,12 @@ def duplicate_groups(index: DataIndex) -> list[list[dict]]:
     file as ``{"split", "path", "class"}``; one hashing pass over all splits."""
     groups: dict[bytes, list[dict]] = defaultdict(list)
     for split, data in index.splits.items():
+        ids = data.ids() if data.images is not None else None
         for i in range(len(data)):
             name = index.class_names[data.labels[i]]
             if data.images is not None:
                 digest = hashlib.blake2b(np.ascontiguousarray(data.images[i]).tobytes(), digest_size=16).digest()
-                groups[digest].append({"split": split, "path": f"{split}[{i}]", "class": name})
+                groups[digest].append({"split": split, "path": ids[i], "class": name})
                 continue
             try:
                 with open(data.paths[i], "rb") as fp:

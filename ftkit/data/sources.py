@@ -79,7 +79,9 @@ class Split:
     (``[N, H, W]`` or ``[N, H, W, C]``). ``sizes`` holds each file's stored ``(width, height)`` (0 when not
     read), ``pillow`` marks files the in-graph decoders would get wrong (see :mod:`ftkit.data.decode`),
     ``codecs`` holds each file's format as the header read it (:data:`CODECS`: 0 unknown, 1 JPEG, 2 PNG,
-    3 other, 4 GIF, 5 PNG at 16 bits), so the pipeline builds only the decoders a split needs.
+    3 other, 4 GIF, 5 PNG at 16 bits), so the pipeline builds only the decoders a split needs. For in-memory
+    data, ``origin`` holds each row's index in the source's ``origin_name`` arrays (MNIST's ``train`` or
+    ``test``), kept through :meth:`subset`, so a carved or sampled row is still named by its MNIST index.
     """
 
     name: str
@@ -89,10 +91,14 @@ class Split:
     pillow: np.ndarray | None = None
     images: np.ndarray | None = None
     codecs: np.ndarray | None = None
+    origin: np.ndarray | None = None
+    origin_name: str = ""
 
     def __post_init__(self):
         n = len(self.labels)
         self.labels = np.asarray(self.labels, dtype=np.int32)
+        if self.images is not None and self.origin is None:
+            self.origin, self.origin_name = np.arange(n), self.origin_name or self.name
         if self.sizes is None:
             self.sizes = np.zeros((n, 2), np.int32)
         if self.pillow is None:
@@ -106,8 +112,16 @@ class Split:
     def subset(self, rows: np.ndarray, name: str) -> Split:
         paths = None if self.paths is None else self.paths[rows]
         images = None if self.images is None else self.images[rows]
+        origin = None if self.origin is None else self.origin[rows]
         return Split(name, self.labels[rows], paths, self.sizes[rows], self.pillow[rows], images,
-                     self.codecs[rows])
+                     self.codecs[rows], origin, self.origin_name)
+
+    def ids(self) -> list[str]:
+        """Each row's name in reports: its file's path, or for in-memory data ``train[i]`` (``i`` its index in
+        the source's arrays, as MNIST numbers its images)."""
+        if self.paths is not None:
+            return [str(p) for p in self.paths]
+        return [f"{self.origin_name}[{i}]" for i in self.origin]
 
     def counts(self, num_classes: int) -> np.ndarray:
         return np.bincount(self.labels, minlength=num_classes)
@@ -643,7 +657,8 @@ def _scan_mnist(path: Path, *, fractions: dict[str, float], seed: int,
         keep = mapped >= 0
         n = int(keep.sum())
         sizes = np.tile(np.array([[images.shape[2], images.shape[1]]], np.int32), (n, 1))
-        splits[split] = Split(split, mapped[keep], sizes=sizes, images=images[keep])
+        splits[split] = Split(split, mapped[keep], sizes=sizes, images=images[keep], origin=np.flatnonzero(keep),
+                              origin_name=split)
     splits = carve_splits(splits, fractions=fractions, seed=seed)
     index = DataIndex(names, splits, [], [], os.fspath(path), "mnist", None)
     index.problems.extend(_problems(index, []))

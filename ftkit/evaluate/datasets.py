@@ -79,12 +79,8 @@ def _open_scanned(path: Path, class_names: Sequence[str], *, split: str | None,
     image_io.check_classes([*found, *dict.fromkeys(unknown)], class_names, allow_missing=allow_missing_classes,
                            source=label, hint=_HINT)
     to_run = np.array([list(class_names).index(c) if c in class_names else -1 for c in index.class_names])
-    if rows.images is not None:
-        paths = [f"{taken}[{i}]" for i in range(len(rows))]  # as `ftkit data check` names in-memory rows
-    else:
-        paths = [str(p) for p in rows.paths]
     return image_io.LabelledFiles(
-        paths=paths, labels=to_run[rows.labels].astype(np.int64), class_names=list(class_names),
+        paths=rows.ids(), labels=to_run[rows.labels].astype(np.int64), class_names=list(class_names),
         skipped=[image_io.skipped_file(s.path, s.reason, s.detail) for s in skipped], source=label,
         images=rows.images, split=chosen or "", split_note=note, report_name=name)
 

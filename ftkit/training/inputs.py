@@ -9,7 +9,6 @@ the feature cache see the same batches as the image path.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
@@ -193,9 +192,6 @@ def class_weights(spec, labels: np.ndarray, class_names: list[str]) -> np.ndarra
 
 
 def split_ids(data: TrainingData, split: str) -> list[str]:
-    """Stable identifiers of a split's rows for reports: file paths, or ``split/row`` for in-memory data."""
-    rows = data.index[split]
-    if rows.paths is not None:
-        return [str(p) for p in rows.paths]
-    source = Path(str(data.index.source)).name
-    return [f"{source}/{split}/{i}" for i in range(len(rows))]
+    """Stable identifiers of a split's rows for reports: file paths, or ``test[i]`` (the index in MNIST's arrays)
+    for in-memory data."""
+    return data.index[split].ids()
