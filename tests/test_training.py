@@ -298,3 +298,37 @@ def test_a_run_stopped_before_its_first_state_starts_over_with_resume(mnist, tmp
     assert tensorboard_epochs(out) == {"train": [[0], [0, 1, 2]], "validation": [[0], [0, 1, 2]]}
     with pytest.raises(FileNotFoundError, match="is not a run folder written by `ftkit train`"):
         train(resume=tmp_path / "elsewhere", **QUIET)
+
+
+def test_a_run_stopped_between_its_checkpoint_and_its_state_resumes(mnist, tmp_path, monkeypatch):
+    """Killed after saving epoch 2's last.keras but before the state.json that names it: the checkpoint that
+    state.json names was kept (last.previous.keras), so --resume continues from epoch 2 and repeats it exactly."""
+    from ftkit.training import runs, train
+
+    recipe = mnist_recipe(mnist, phases=[{"train": "all", "epochs": 3, "lr": 0.01}], train={"steps_per_epoch": 2})
+    out = tmp_path / "run"
+    write_state = runs.RunFolder.write_state
+    calls = []
+    with monkeypatch.context() as patch:
+        def killed_at_the_second(self, state):
+            calls.append(state.global_epoch)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            write_state(self, state)
+
+        patch.setattr(runs.RunFolder, "write_state", killed_at_the_second)
+        with pytest.raises(KeyboardInterrupt):
+            train(recipe, out=out, **QUIET)
+    stopped = runs.RunFolder(out).read_history()
+    checkpoints = out / "checkpoints"
+    assert [row["epoch"] for row in stopped] == [0, 1] and (checkpoints / runs.PREVIOUS).is_file()
+    assert runs.file_sha256(checkpoints / "last.keras") != json.loads((checkpoints / "state.json").read_text())[
+        "checkpoint_sha256"]
+    lines = []
+    resumed = train(resume=out, log=lines.append)
+    assert lines[0] == f"resuming {out}: phase 1, epoch 2 of that phase"
+    assert [row["epoch"] for row in resumed.history] == [0, 1, 2]
+    assert resumed.history[0] == stopped[0]  # kept from the first attempt
+    assert resumed.history[1]["loss"] == pytest.approx(stopped[1]["loss"], rel=1e-6)  # epoch 2 again, the same
+    assert [row["epoch"] for row in runs.RunFolder(out).read_history()] == [0, 1, 2]
+    assert not (checkpoints / runs.PREVIOUS).exists()

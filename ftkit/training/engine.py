@@ -605,6 +605,7 @@ def _checkpoint(trainer: Trainer, state: runs.ResumeState, *, improved: bool) ->
         "trainer": seed_states(trainer.trainer) if trainer.cached else []})
     if not folder.writable:
         return state
+    folder.keep_previous()
     runs.atomic_save_model(trainer.assembled.model, folder.last)
     if improved:
         tmp = folder.checkpoints / ".best.copy.keras"

@@ -2,7 +2,8 @@
 
 Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so an
 interrupted write leaves the previous version, never a half-written one. ``state.json`` records the SHA-256
-of the checkpoint it belongs to, so a crash between the two writes is detected at resume time.
+of the checkpoint it belongs to, and the checkpoint it replaces stays (a hard link, ``last.previous.keras``)
+until the new state is written: a run killed between the two writes resumes from the pair that matches.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ CURVES = "curves.png"
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 BEST, LAST, STATE = "best.keras", "last.keras", "state.json"
+PREVIOUS = "last.previous.keras"  # last.keras as state.json knows it, while a new one is being saved
 INFERENCE_MODEL = "model.keras"
 HISTORY_FIELDS = ["epoch", "phase", "phase_name", "lr", "loss", "accuracy", "val_loss", "val_accuracy",
                   "cached", "seconds"]
@@ -156,9 +159,22 @@ class RunFolder:
         if self.writable:
             atomic_write_text(self.root / RUN_META, json.dumps(meta, indent=2))
 
+    def keep_previous(self) -> None:
+        """Before ``last.keras`` is replaced: keep the one ``state.json`` names (a hard link; a copy where the
+        file system has none) until :meth:`write_state` writes the state of the new one."""
+        if not self.writable or not self.last.is_file():
+            return
+        previous = self.checkpoints / PREVIOUS
+        previous.unlink(missing_ok=True)
+        try:
+            os.link(self.last, previous)
+        except OSError:
+            shutil.copyfile(self.last, previous)
+
     def write_state(self, state: ResumeState) -> None:
         if self.writable:
             atomic_write_text(self.state_path, json.dumps(dataclasses.asdict(state), indent=2))
+            (self.checkpoints / PREVIOUS).unlink(missing_ok=True)
 
     def stopped_before_first_checkpoint(self) -> bool:
         """A run that ``ftkit train`` started (it writes the recipe and the run record before training) but that
@@ -173,12 +189,24 @@ class RunFolder:
                 f"would have {RECIPE_FILE} and {RUN_META}). Received: resume={str(self.root)!r}"
             )
         state = ResumeState(**json.loads(self.state_path.read_text()))
-        if not self.last.is_file() or file_sha256(self.last) != state.checkpoint_sha256:
+        if self._matches(self.last, state):
+            return state
+        previous = self.checkpoints / PREVIOUS
+        if self._matches(previous, state):  # stopped while saving the next checkpoint: its state was not written
+            try:
+                os.replace(previous, self.last)
+            except FileNotFoundError:  # another worker of the same run put it back first
+                pass
+        if not self._matches(self.last, state):
             raise ValueError(
                 f"{self.last} does not match {self.state_path} (missing or written after the state): the run was "
                 f"interrupted between the two writes. Received: resume={str(self.root)!r}"
             )
         return state
+
+    @staticmethod
+    def _matches(checkpoint: Path, state: ResumeState) -> bool:
+        return checkpoint.is_file() and file_sha256(checkpoint) == state.checkpoint_sha256
 
     def append_history(self, row: dict[str, Any]) -> None:
         # Written by hand rather than with keras.callbacks.CSVLogger: one file spans several fit() calls
