@@ -134,11 +134,11 @@ def _aux_head(tap, *, num_classes: int, index: int, info):
     return out, [layer for layer in sub.layers if layer.weights]
 
 
-def inference_model(assembled: Assembled):
-    """Raw images -> class probabilities, sharing the trained layers; auxiliary heads are left out."""
+def inference_model(model):
+    """Raw images -> class probabilities from a training model (``Assembled.model``, or a checkpoint of one),
+    sharing its layers; auxiliary heads are left out."""
     import keras
 
-    model = assembled.model
     logits = model.get_layer(LOGITS_LAYER).output
     probs = keras.layers.Softmax(dtype="float32", name="probabilities")(logits)
     return keras.Model(model.inputs, probs, name=model.name.replace("_finetune", "_classifier"))

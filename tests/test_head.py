@@ -27,7 +27,7 @@ def test_a_distribution_qualified_backbone_name_builds_a_model():
     # colon is not allowed in a Keras model name, which raised when the model was built.
     assembled = build_model("ftkit:lenet5", num_classes=3, image_shape=(32, 32, 1), head=HeadConfig())
     assert assembled.model.name == "lenet5_finetune"
-    assert inference_model(assembled).name == "lenet5_classifier"
+    assert inference_model(assembled.model).name == "lenet5_classifier"
     assert assembled.model.output.shape == (None, 3)
 
 
@@ -45,7 +45,7 @@ def test_auxiliary_heads_train_and_are_dropped_from_inference():
     assembled = build_model(TINY_AUX, num_classes=4, image_shape=(16, 16, 1), head=HeadConfig())
     assert assembled.output_names == ["logits", "aux1"]
     assert len(assembled.model.outputs) == 2 and assembled.aux_layers
-    infer = inference_model(assembled)
+    infer = inference_model(assembled.model)
     assert len(infer.outputs) == 1
     probs = infer(np.zeros((2, 16, 16, 1), np.float32)).numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)

@@ -15,15 +15,7 @@ from ftkit.evaluate.datasets import open_data
 from ftkit.evaluate.metrics import compute_metrics
 from ftkit.evaluate.predict import DEFAULT_BATCH_SIZE, predict_files, predict_images
 from ftkit.evaluate.report import FILES, write_bundle
-from ftkit.evaluate.runs import (
-    REPORT_DIR,
-    RUN_META,
-    LoadedModel,
-    checkpoint_path,
-    load_model,
-    read_run_meta,
-    resolve_model_path,
-)
+from ftkit.evaluate.runs import REPORT_DIR, LoadedModel, load_model, read_run_meta, resolve_paths
 
 DEFAULT_TOP_K = (5,)
 
@@ -165,19 +157,6 @@ def _holds_evaluation_of(folder: Path, source: str) -> bool:
         return False
 
 
-def _run_paths(model_or_run: str | Path, checkpoint: str | None) -> tuple[Path, Path]:
-    """``(metadata file, run folder)`` of what ``load_model(model_or_run, checkpoint=checkpoint)`` loads, checked
-    without TensorFlow."""
-    if checkpoint is None:
-        _, meta_path, run_dir = resolve_model_path(model_or_run)
-        return meta_path, run_dir
-    checkpoint_path(model_or_run, checkpoint)
-    run_dir = Path(model_or_run)
-    if not (run_dir / RUN_META).is_file():
-        raise FileNotFoundError(f"Run folder has no {RUN_META}. Received: run={str(run_dir)!r}")
-    return run_dir / RUN_META, run_dir
-
-
 def evaluate_run(
     model_or_run: str | Path,
     data,
@@ -198,7 +177,7 @@ def evaluate_run(
     folder holding its metadata). Returns the report dict (what ``report.json`` holds; ``out_dir`` says where
     it went).
     """
-    meta_path, run_dir = _run_paths(model_or_run, checkpoint)
+    _, meta_path, run_dir = resolve_paths(model_or_run, checkpoint)
     # The data is checked against the run's classes before the model loads, so a mistake in DATA is reported
     # at once rather than after TensorFlow's start-up (seconds).
     index = _as_labelled(data, read_run_meta(meta_path)["class_names"], split=split,

@@ -96,6 +96,17 @@ def checkpoint_path(run: str | Path, checkpoint: str) -> Path:
     return path
 
 
+def resolve_paths(model_or_run: str | Path, checkpoint: str | None = None) -> tuple[Path, Path, Path]:
+    """``(model file, metadata file, run folder)`` of what :func:`load_model` loads, checked without TensorFlow."""
+    if checkpoint is None:
+        return resolve_model_path(model_or_run)
+    model_path = checkpoint_path(model_or_run, checkpoint)
+    run_dir = Path(model_or_run)
+    if not (run_dir / RUN_META).is_file():
+        raise FileNotFoundError(f"Run folder has no {RUN_META}. Received: run={str(run_dir)!r}")
+    return model_path, run_dir / RUN_META, run_dir
+
+
 def load_model(model_or_run: str | Path, *, checkpoint: str | None = None) -> LoadedModel:
     """Load the Keras model and its run metadata; the paths and metadata are checked before TensorFlow is
     imported (seconds), so a wrong path fails at once.
@@ -104,14 +115,7 @@ def load_model(model_or_run: str | Path, *, checkpoint: str | None = None) -> Lo
     training checkpoint of a run folder, made an inference model (raw images in, probabilities out, auxiliary
     heads left out) by the function that makes ``model.keras`` at the end of training.
     """
-    if checkpoint is None:
-        model_path, meta_path, run_dir = resolve_model_path(model_or_run)
-    else:
-        model_path = checkpoint_path(model_or_run, checkpoint)
-        run_dir = Path(model_or_run)
-        meta_path = run_dir / RUN_META
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"Run folder has no {RUN_META}. Received: run={str(run_dir)!r}")
+    model_path, meta_path, run_dir = resolve_paths(model_or_run, checkpoint)
     meta = read_run_meta(meta_path)
     import keras
 
@@ -119,11 +123,9 @@ def load_model(model_or_run: str | Path, *, checkpoint: str | None = None) -> Lo
 
     model = keras.saving.load_model(model_path, compile=False)
     if checkpoint is not None:
-        from types import SimpleNamespace
-
         from ftkit.head import inference_model
 
-        model = inference_model(SimpleNamespace(model=model))  # it reads only the assembled training model
+        model = inference_model(model)
     return LoadedModel(
         model=model,
         class_names=list(meta["class_names"]),

@@ -825,7 +825,7 @@ def _finish(trainer: Trainer, state: runs.ResumeState, *, log) -> RunResult:
         _load_model_weights(trainer, folder.best)
         log(f"train.final_model is best: {runs.INFERENCE_MODEL} and the final evaluation use epoch "
             f"{state.best_epoch + 1} (checkpoints/best.keras) instead of the last, epoch {state.global_epoch}")
-    model = inference_model(trainer.assembled)
+    model = inference_model(trainer.assembled.model)
     if not folder.writable:  # a non-chief worker: the chief saves, evaluates and reports
         return RunResult(path=folder.root, history=trainer.rows, best=state.best, best_epoch=state.best_epoch,
                          reports={}, model=model)
