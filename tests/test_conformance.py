@@ -3,19 +3,41 @@
 Parametrized from the registry itself, so a backbone is tested the moment it is registered.
 """
 
+import numpy as np
 import pytest
 
 import ftkit
+from ftkit.backbones import REGISTRY
 from ftkit.backbones._check import CHECKS, check_backbone
 
 DEEP = {"resnet101", "resnet152"}  # several hundred layers: seconds per build on a 2-core CPU
+NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in DEEP else n for n in ftkit.list_backbones()]
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in DEEP else n for n in ftkit.list_backbones()]
-)
+@pytest.mark.parametrize("name", NAMES)
 def test_backbone_conforms(name):
     results = check_backbone(name)
     assert [r.check for r in results] == [label for label, _ in CHECKS]
     failed = {r.check: r.detail for r in results if not r.passed}
     assert failed == {}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_variable_input_size_builds_headless_or_fails_clearly(name):
+    """``input_shape=(None, None, C)`` as keras.applications takes it: headless only, for a body that allows it."""
+    info = REGISTRY.info(name)
+    shape = (None, None, info.channels)
+    with pytest.raises(ValueError, match=rf"^{name}: include_top=True needs a fixed input size.*"
+                                         rf"Received: input_shape=\(None, None, {info.channels}\), include_top=True$"):
+        REGISTRY.create(name, weights=None, input_shape=shape)
+    if not info.variable_input_size:  # LeNet-5, whose body pads to its 32x32 field: refused before building
+        with pytest.raises(ValueError, match=rf"^{name}: cannot be built with a variable input size .*"
+                                             rf"Received: input_shape=\(None, None, {info.channels}\)$"):
+            REGISTRY.create(name, weights=None, include_top=False, pooling="avg", input_shape=shape)
+        return
+    pooled = REGISTRY.create(name, weights=None, include_top=False, pooling="avg", input_shape=shape)
+    feature_map = REGISTRY.create(name, weights=None, include_top=False, input_shape=shape)
+    assert feature_map.output_shape[1:3] == (None, None)
+    low, high = info.min_input_shape[:2], (info.min_input_shape[0] + 32, info.min_input_shape[1] + 48)
+    widths = {np.asarray(pooled(np.zeros((1, *size, info.channels), "float32"))).shape for size in (low, high)}
+    assert widths == {(1, feature_map.output_shape[-1])}

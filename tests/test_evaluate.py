@@ -474,3 +474,11 @@ def test_walking_a_relative_folder_lists_its_links_by_absolute_path(tmp_path, mo
     assert listed == [str(tmp_path / "folder" / "again"), str(tmp_path / "folder" / "loop.jpg")]
     assert unwalkable == [{"path": str(tmp_path / "folder" / "again"), "reason": "symlink loop",
                            "detail": "a symbolic link to a folder that contains it"}]
+
+
+def test_the_cli_parser_loads_without_scikit_learn_or_tensorflow():
+    """Every command (and ``--help``) builds the whole parser: its flags must not load the stages' libraries."""
+    code = ("import sys; from ftkit.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('sklearn', 'tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -56,10 +57,10 @@ def plugin_path(tmp_path, monkeypatch):
         del sys.modules[mod]
 
 
-def _registry_for(path: Path) -> BackboneRegistry:
+def _registry_for(path: Path, **kwargs) -> BackboneRegistry:
     """A registry that only sees distributions under ``path`` (the entry-point source is injectable)."""
     return BackboneRegistry(lambda: [ep for dist in importlib.metadata.distributions(path=[str(path)])
-                                     for ep in dist.entry_points if ep.group == "ftkit.backbones"])
+                                     for ep in dist.entry_points if ep.group == "ftkit.backbones"], **kwargs)
 
 
 def test_builtin_zoo_is_registered_through_entry_points():
@@ -104,15 +105,75 @@ def test_broken_plugins_are_reported_and_never_break_the_others(plugin_path):
 
 def test_two_distributions_claiming_one_name_is_an_error_naming_both(plugin_path):
     _write_plugin(plugin_path, "fake_plugin_x", GOOD_BUILDER.format(fn="net"), {"shared": "fake_plugin_x:net"}, "dist-x", "1.1")
-    _write_plugin(plugin_path, "fake_plugin_y", GOOD_BUILDER.format(fn="net"), {"shared": "fake_plugin_y:net"}, "dist-y", "2.0")
+    _write_plugin(plugin_path, "fake_plugin_y", GOOD_BUILDER.format(fn="net"), {"shared": "fake_plugin_y:net"}, "Dist_Y.pkg", "2.0")
     registry = _registry_for(plugin_path)
     with pytest.raises(BackboneConflictError) as err:
         registry.create("shared")
-    assert "dist-x" in str(err.value) and "dist-y" in str(err.value)
-    assert [p.error for p in registry.problems(load=False)] == ["name conflict between dist-x, dist-y"] * 2
-    model = registry.create("dist-y:shared", input_shape=(32, 32, 3))
-    assert registry.info("dist-y:shared").version == "2.0"
+    # The message names the qualified names that work, not the entry points' "module:attr" look-alikes.
+    assert str(err.value) == (
+        "Backbone 'shared' is provided by 2 distributions (dist-x 1.1, Dist_Y.pkg 2.0), so the bare name is "
+        "ambiguous; ask for 'dist-x:shared' or 'Dist_Y.pkg:shared'. Received: 'shared'"
+    )
+    assert "fake_plugin" not in str(err.value)
+    assert registry.conflicts() == {"shared": ["dist-x:shared", "Dist_Y.pkg:shared"]}
+    assert registry.problems(load=False) == [] and registry.problems() == []  # each is usable, qualified
+    model = registry.create("Dist_Y.pkg:shared", input_shape=(32, 32, 3))
+    assert registry.info("Dist_Y.pkg:shared").version == "2.0"
     assert model.output_shape == (None, 3)
+
+
+def test_clashing_names_are_listed_qualified_and_any_pep503_spelling_works(plugin_path):
+    _write_plugin(plugin_path, "fake_plugin_x", GOOD_BUILDER.format(fn="net"), {"shared": "fake_plugin_x:net"}, "dist-x", "1.1")
+    _write_plugin(plugin_path, "fake_plugin_y", GOOD_BUILDER.format(fn="net"), {"shared": "fake_plugin_y:net"}, "Dist_Y.pkg", "2.0")
+    _write_plugin(plugin_path, "fake_plugin_z", GOOD_BUILDER.format(fn="solo"), {"solo": "fake_plugin_z:solo"}, "dist-z")
+    registry = _registry_for(plugin_path)
+    assert registry.names() == ["dist-x:shared", "Dist_Y.pkg:shared", "solo"]
+    for name in registry.names():  # every listed name resolves
+        assert name in registry
+    for spelling in ("dist_y_pkg", "DIST-Y-PKG", "dist.y__pkg", "Dist_Y.pkg"):
+        assert registry.info(f"{spelling}:shared").distribution == "Dist_Y.pkg"
+    assert registry.info("dist_x:shared").distribution == "dist-x"
+    assert registry.info("DIST.Z:solo").distribution == "dist-z"
+    with pytest.raises(UnknownBackboneError) as err:
+        registry.info("dist-w:shared")
+    assert str(err.value) == ("No distribution 'dist-w' provides backbone 'shared'; ask for 'dist-x:shared' or "
+                              "'Dist_Y.pkg:shared'. Received: 'dist-w:shared'")
+
+
+def test_models_list_shows_clashing_backbones_qualified_and_notes_the_clash_once(plugin_path, monkeypatch, capsys):
+    from ftkit import backbones
+    from ftkit.cli import main
+
+    _write_plugin(plugin_path, "fake_plugin_x", GOOD_BUILDER.format(fn="net"), {"shared": "fake_plugin_x:net"}, "dist-x", "1.1")
+    _write_plugin(plugin_path, "fake_plugin_y", GOOD_BUILDER.format(fn="net"), {"shared": "fake_plugin_y:net"}, "dist_y", "2.0")
+    monkeypatch.setattr(backbones, "REGISTRY", _registry_for(plugin_path))
+    assert main(["models", "list", "--no-params"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[:3] for line in out.splitlines()[1:]] == [["dist-x:shared", "fake_plugin_x", "dist-x"],
+                                                                  ["dist_y:shared", "fake_plugin_y", "dist_y"]]
+    assert err.count("shared") == 3 and err.count("\n") == 2  # one note, naming both qualified names
+    assert "'shared' is provided by 2 distributions, so it is listed as 'dist-x:shared' and 'dist_y:shared'" in err
+    assert "problems" not in err
+    assert main(["models", "list", "--no-params", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in listing["backbones"]] == ["dist-x:shared", "dist_y:shared"]
+    assert listing["problems"] == []
+    assert listing["conflicts"] == [{"name": "shared", "qualified_names": ["dist-x:shared", "dist_y:shared"]}]
+
+
+def test_models_list_json_keeps_its_fields_and_counts_parameters(plugin_path, tmp_path, monkeypatch, capsys):
+    from ftkit import backbones
+    from ftkit.cli import main
+
+    _write_plugin(plugin_path, "fake_plugin_a", GOOD_BUILDER.format(fn="net_a"), {"net_a": "fake_plugin_a:net_a"}, "dist-a")
+    monkeypatch.setattr(backbones, "REGISTRY", _registry_for(plugin_path, parameter_cache=tmp_path / "p.json"))
+    assert main(["models", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "backbones": [{"name": "net_a", "family": "fake_plugin_a", "distribution": "dist-a", "version": "1.0",
+                       "parameters": (3 * 9 * 4 + 4) + (4 * 3 + 3), "default_input_shape": [224, 224, 3]}],
+        "problems": [],
+        "conflicts": [],
+    }
 
 
 def test_unknown_name_lists_names_and_closest_match():
@@ -146,17 +207,127 @@ def test_in_process_registration_as_decorator_and_no_silent_override():
         registry.register("bad", lambda x: x)
 
 
+def _net(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=2,
+         classifier_activation="softmax", name=None):
+    """A plugin-style builder whose own default size (32x32x3) differs from what the tests register."""
+    import keras
+
+    inputs = keras.Input(shape=input_shape or (32, 32, 3)) if input_tensor is None else input_tensor
+    x = keras.layers.Conv2D(4, 3, name="stem_conv")(inputs)
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return keras.Model(inputs, x, name=name or "net")
+
+
 def test_registration_rejects_bad_metadata():
     registry = BackboneRegistry(lambda: [])
-
-    def net(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=2,
-            classifier_activation="softmax", name=None):
-        raise AssertionError("never built")
-
     with pytest.raises(ValueError, match="unknown metadata keys \\['input_size'\\]"):
-        registry.register("net", net, input_size=(3, 3))
+        registry.register("net", _net, input_size=(3, 3))
     with pytest.raises(ValueError, match="channel_order"):
-        registry.register("net2", net, preprocessing={"channel_order": "GBR"})
+        registry.register("net2", _net, preprocessing={"channel_order": "GBR"})
+
+
+@pytest.mark.parametrize(("metadata", "message"), [
+    ({"default_input_shape": "big"},
+     "metadata 'default_input_shape' must be (height, width, channels): three positive integers, e.g. "
+     "(224, 224, 3). Received: default_input_shape='big'"),
+    ({"min_input_shape": (16, 0, 3)}, "metadata 'min_input_shape' must be (height, width, channels): three "
+     "positive integers, e.g. (224, 224, 3). Received: min_input_shape=(16, 0, 3)"),
+    ({"default_input_shape": (64, 64, 1), "min_input_shape": (16, 16, 3)},
+     "metadata 'min_input_shape' must be a shape with the same 1 channels as default_input_shape. "
+     "Received: min_input_shape=(16, 16, 3)"),
+    ({"fixed_input_with_top": "no"}, "metadata 'fixed_input_with_top' must be True or False. "
+     "Received: fixed_input_with_top='no'"),
+    ({"preprocessing": {"mean": (0.5,)}}, "metadata 'preprocessing' must be a dict whose mean has one number per "
+     "channel (3). Received: preprocessing={'mean': (0.5,)}"),
+    ({"preprocessing": {"scale": "1/255"}}, "metadata 'preprocessing' must be a dict whose scale is a positive "
+     "number. Received: preprocessing={'scale': '1/255'}"),
+    ({"preprocessing": {"stdev": (1, 1, 1)}}, "metadata 'preprocessing' must be a dict with keys among "
+     "['channel_order', 'mean', 'scale', 'std']. Received: preprocessing={'stdev': (1, 1, 1)}"),
+    ({"layer_groups": ["stem", "head"]}, "metadata 'layer_groups' must be a list of [group name, regex] pairs, "
+     "e.g. [['stem', 'conv1_'], ['head', 'predictions$']]. Received: layer_groups=['stem', 'head']"),
+    ({"aux_taps": "inception4a_output"}, "metadata 'aux_taps' must be a list of layer names. "
+     "Received: aux_taps='inception4a_output'"),
+    ({"weights": {"imagenet": "https://host/w.h5"}}, "metadata 'weights' must be a dict of named weight sets"),
+    ({"paper": 1998}, "metadata 'paper' must be a string. Received: paper=1998"),
+])
+def test_bad_metadata_names_the_field_what_was_received_and_what_is_allowed(metadata, message):
+    registry = BackboneRegistry(lambda: [])
+    with pytest.raises(ValueError) as err:
+        registry.register("net", _net, **metadata)
+    assert str(err.value).startswith("Backbone 'net': ")
+    assert message in str(err.value)
+    assert registry.names() == []  # a failed registration changes nothing
+
+
+def test_missing_metadata_gets_the_documented_defaults_and_passes_the_check():
+    """README: the metadata is optional and missing keys get defaults; ``ftkit models check`` must agree."""
+    registry = BackboneRegistry(lambda: [])
+    registry.register("bare", _net)
+    info = registry.info("bare")
+    assert info.missing == ("default_input_shape", "layer_groups", "min_input_shape", "paper", "preprocessing")
+    assert info.preprocessing == {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                                  "channel_order": "RGB"}
+    results = check_backbone("bare", registry=registry)
+    assert [(r.check, r.detail) for r in results if not r.passed] == []
+    assert results[0].detail.endswith("defaults used for ['default_input_shape', 'layer_groups', "
+                                      "'min_input_shape', 'paper', 'preprocessing']")
+    # A grayscale backbone's default statistics have one value per channel, so its preprocessing layer works.
+    registry.register("gray", _net, default_input_shape=(28, 28, 1))
+    gray = registry.info("gray").preprocessing
+    assert gray["mean"] == pytest.approx((0.449,), abs=1e-3) and gray["std"] == pytest.approx((0.226,), abs=1e-3)
+
+
+def test_create_without_input_shape_builds_at_the_registered_default():
+    registry = BackboneRegistry(lambda: [])
+    registry.register("net", _net, default_input_shape=(48, 40, 3))
+    assert registry.create("net").input_shape == (None, 48, 40, 3)  # not the builder's own (32, 32, 3)
+    assert registry.create("net", input_shape=(36, 36, 3)).input_shape == (None, 36, 36, 3)
+    import keras
+
+    tensor = keras.Input(shape=(33, 33, 3))
+    assert registry.create("net", input_tensor=tensor).input_shape == (None, 33, 33, 3)
+
+
+def test_parameter_counts_are_cached_per_distribution_version_and_source(plugin_path, tmp_path, monkeypatch):
+    from keras.src.backend.common import global_state
+
+    from ftkit.backbones import _builder
+
+    _write_plugin(plugin_path, "fake_plugin_a", GOOD_BUILDER.format(fn="net_a"), {"net_a": "fake_plugin_a:net_a"}, "dist-a")
+    cache = tmp_path / "cache" / "parameters.json"
+    registry = _registry_for(plugin_path, parameter_cache=cache)
+    expected = registry.create("net_a").count_params()
+    pending = len(global_state.get_global_attribute("uninitialized_variables", []) or [])
+    assert registry.parameters("net_a") == expected == (3 * 9 * 4 + 4) + (4 * 3 + 3)
+    # Counting allocates no weights and leaves none for Keras to initialise later.
+    assert len(global_state.get_global_attribute("uninitialized_variables", []) or []) == pending
+    source = plugin_path / "fake_plugin_a.py"
+    stat = source.stat()
+    assert json.loads(cache.read_text()) == {f"dist-a 1.0 net_a {stat.st_mtime_ns}-{stat.st_size}": expected}
+
+    real_count = _builder.count_parameters
+
+    def no_building(build):
+        raise AssertionError("counted again instead of reading the cache")
+
+    monkeypatch.setattr(_builder, "count_parameters", no_building)
+    assert _registry_for(plugin_path, parameter_cache=cache).parameters("net_a") == expected
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # an edited editable install
+    with pytest.raises(AssertionError, match="counted again"):
+        _registry_for(plugin_path, parameter_cache=cache).parameters("net_a")
+    monkeypatch.setattr(_builder, "count_parameters", real_count)
+    assert _registry_for(plugin_path, parameter_cache=cache).parameters("net_a") == expected
+    assert list(json.loads(cache.read_text())) == [f"dist-a 1.0 net_a {stat.st_mtime_ns + 10**9}-{stat.st_size}"]
+    monkeypatch.setattr(_builder, "count_parameters", no_building)
+    registry.register("runtime_net", _net)  # no distribution version: counted each time, never cached
+    with pytest.raises(AssertionError, match="counted again"):
+        registry.parameters("runtime_net")
 
 
 def test_example_plugin_is_listed_checked_and_built(plugin_path):

@@ -19,7 +19,7 @@ from keras.src.applications import vgg19 as keras_vgg19
 from keras.src.legacy.saving import legacy_h5_format
 
 from ftkit import backbone_info
-from ftkit.backbones import REGISTRY, _builder
+from ftkit.backbones import REGISTRY, BackboneRegistry, _builder
 
 KERAS_APPS = {
     "vgg16": keras.applications.VGG16,
@@ -170,10 +170,71 @@ def test_named_weights_use_the_metadata_table(tmp_path, include_top):
         _builder.validate_builder_args(info, weights="mnist", classes=3)
 
 
-def test_weights_from_another_architecture_fail_clearly(tmp_path):
-    path = save(keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)), tmp_path / "v.h5")
-    with pytest.raises(ValueError, match=r"resnet50: cannot load the weights in .*v\.h5.*Received: weights="):
+@pytest.mark.parametrize("file_name", ["v.h5", "v.weights.h5", "v.keras"])
+def test_weights_from_another_architecture_fail_clearly(tmp_path, file_name):
+    path = save(keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)), tmp_path / file_name)
+    with pytest.raises(ValueError) as err:
         REGISTRY.builder("resnet50")(include_top=False, input_shape=(32, 32, 3), weights=str(path))
+    message = str(err.value)
+    assert len(message) < 1000  # Keras' own message runs to ~15,000 characters of variable values
+    assert message.startswith(f"resnet50: cannot load the weights in {path} into this model: 106 of the model's "
+                              f"106 weighted layers differ (conv1_conv expects (7, 7, 3, 64) (64,), the file has no "
+                              f"such layer; ")
+    assert "and 103 more); the file has 13 layers the model lacks (block1_conv1, block1_conv2, " in message
+    assert message.endswith(f"Received: weights='{path}'")
+
+
+def test_weights_for_other_classes_name_the_layer_and_both_shapes(tmp_path):
+    path = save(REGISTRY.builder("lenet5")(classes=5), tmp_path / "lenet5.weights.h5")
+    with pytest.raises(ValueError) as err:
+        REGISTRY.builder("lenet5")(classes=7, weights=str(path))
+    assert str(err.value) == (
+        f"lenet5: cannot load the weights in {path} into this model: 1 of the model's 5 weighted layers differ "
+        f"(predictions expects (84, 7) (7,), the file has (84, 5) (5,)). The file must come from the same "
+        f"architecture, channels, classes and include_top setting (keras.applications ships separate '*_notop.h5' "
+        f"files for include_top=False). Received: weights='{path}'"
+    )
+
+
+def _plugin_registry():
+    """A registry holding one plugin-style builder that, like the example plugin, refuses any weights itself."""
+
+    def tiny(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=3,
+             classifier_activation="softmax", name=None):
+        if weights is not None:
+            raise ValueError(f"tiny has no pretrained weights. Received: weights={weights!r}")
+        inputs = keras.Input(shape=input_shape or (16, 16, 3))
+        x = keras.layers.Conv2D(4, 3, name="stem_conv")(inputs)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if include_top:
+            x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+        return keras.Model(inputs, x, name=name or "tiny")
+
+    registry = BackboneRegistry(lambda: [])
+    registry.register("tiny", tiny, default_input_shape=(16, 16, 3), min_input_shape=(8, 8, 3))
+    return registry
+
+
+@pytest.mark.parametrize("file_name", ["tiny.weights.h5", "tiny.h5", "tiny.keras"])
+def test_a_plugin_gets_a_local_weights_file_loaded_by_ftkit(tmp_path, file_name):
+    registry = _plugin_registry()
+    trained = registry.create("tiny")
+    path = save(trained, tmp_path / file_name)
+    loaded = registry.create("tiny", weights=str(path))
+    assert _same_weights(loaded, trained) and not _same_weights(registry.create("tiny"), trained)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert _same_weights(registry.create("tiny", weights=f"{path.as_uri()}#sha256={sha256}"), trained)
+
+
+def test_a_plugin_weights_file_that_is_missing_or_does_not_fit_fails_clearly(tmp_path):
+    registry = _plugin_registry()
+    with pytest.raises(ValueError, match=r"tiny: no file exists at '.*absent\.weights\.h5'.*Received: weights="):
+        registry.create("tiny", weights=str(tmp_path / "absent.weights.h5"))
+    path = save(registry.create("tiny", classes=5), tmp_path / "five.weights.h5")
+    with pytest.raises(ValueError) as err:
+        registry.create("tiny", weights=str(path))
+    assert f"tiny: cannot load the weights in {path} into this model: 1 of the model's 2 weighted layers differ " \
+           "(predictions expects (4, 3) (3,), the file has (4, 5) (5,))" in str(err.value)
 
 
 def test_bad_weight_paths_fail_before_building(tmp_path):

@@ -7,9 +7,11 @@ does. The registry calls :func:`validate_builder_args` too, so a plugin gets the
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import urllib.parse
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,6 +24,10 @@ WEIGHT_FILE_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".keras")
 WEIGHTS_CACHE_DIR: str | None = None
 _SHA256_FRAGMENT = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
 _URL_SCHEMES = ("http", "https", "ftp", "file")  # what keras.utils.get_file (urllib) can fetch
+# How many mismatching layers a weight-loading error names before it only counts the rest.
+MISMATCHES_SHOWN = 3
+
+Shape = tuple[int | None, int | None, int]  # (height, width, channels); None: a variable size
 
 
 def with_metadata(metadata: Mapping[str, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -47,8 +53,10 @@ def validate_builder_args(
     pooling: str | None = None,
     classes: int = 1000,
     classifier_activation: Any = "softmax",
-) -> tuple[int, int, int]:
+) -> Shape:
     """Check keras.applications builder arguments against ``info``; return the resolved ``(H, W, C)``.
+
+    ``H`` and ``W`` may be None (a variable size) for a headless, fully convolutional backbone.
 
     Raises ``ValueError`` (ending in "Received: ...") before anything is built or downloaded.
     """
@@ -64,7 +72,9 @@ def validate_builder_args(
     if include_top and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
         raise ValueError(f"{info.name}: classes must be a positive integer. Received: classes={classes!r}")
     shape = _resolve_input_shape(info, input_tensor=input_tensor, input_shape=input_shape)
-    if include_top and info.fixed_input_with_top and shape[:2] != info.default_input_shape[:2]:
+    if None in shape[:2]:
+        _check_variable_size(info, shape, include_top=include_top)
+    elif include_top and info.fixed_input_with_top and shape[:2] != info.default_input_shape[:2]:
         raise ValueError(
             f"{info.name}: with include_top=True the flatten + dense head needs the default input size "
             f"{info.default_input_shape}; use include_top=False (and pooling) for other sizes. "
@@ -75,7 +85,7 @@ def validate_builder_args(
     return shape
 
 
-def _resolve_input_shape(info: BackboneInfo, *, input_tensor: Any, input_shape: Any) -> tuple[int, int, int]:
+def _resolve_input_shape(info: BackboneInfo, *, input_tensor: Any, input_shape: Any) -> Shape:
     tensor_shape = None
     if input_tensor is not None:
         full = tuple(getattr(input_tensor, "shape", ()) or ())
@@ -92,14 +102,11 @@ def _resolve_input_shape(info: BackboneInfo, *, input_tensor: Any, input_shape: 
             f"{info.name}: input_shape and input_tensor disagree. "
             f"Received: input_shape={tuple(input_shape)}, input_tensor shape={tensor_shape}"
         )
-    try:
-        shape = tuple(int(v) for v in input_shape)
-    except (TypeError, ValueError):
-        shape = ()
-    if len(shape) != 3 or any(v is None for v in input_shape):
+    shape = _as_shape(input_shape)
+    if shape is None:
         raise ValueError(
-            f"{info.name}: input_shape must be a concrete (height, width, channels) tuple. "
-            f"Received: input_shape={input_shape!r}"
+            f"{info.name}: input_shape must be a (height, width, channels) tuple of positive integers; height "
+            f"and width may be None for a variable size (include_top=False). Received: input_shape={input_shape!r}"
         )
     if shape[2] != info.channels:
         raise ValueError(
@@ -107,16 +114,50 @@ def _resolve_input_shape(info: BackboneInfo, *, input_tensor: Any, input_shape: 
             f"defined for {info.channels}). Received: input_shape={shape}"
         )
     min_h, min_w, _ = info.min_input_shape
-    if shape[0] < min_h or shape[1] < min_w:
+    if (shape[0] is not None and shape[0] < min_h) or (shape[1] is not None and shape[1] < min_w):
         raise ValueError(
             f"{info.name}: input must be at least {min_h}x{min_w} (smaller inputs vanish in its pooling). "
             f"Received: input_shape={shape}"
         )
-    return shape  # type: ignore[return-value]
+    return shape
+
+
+def _as_shape(value: Any) -> Shape | None:
+    """``value`` as ``(H, W, C)`` with positive ints (None allowed for H and W), or None if it is not one."""
+    try:
+        dims = tuple(value)
+    except TypeError:
+        return None
+    if len(dims) != 3 or isinstance(value, (str, bytes)):
+        return None
+    out = []
+    for index, dim in enumerate(dims):
+        if dim is None and index < 2:
+            out.append(None)
+        elif isinstance(dim, numbers.Integral) and not isinstance(dim, bool) and dim >= 1:
+            out.append(int(dim))
+        else:
+            return None
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _check_variable_size(info: BackboneInfo, shape: Shape, *, include_top: bool) -> None:
+    """A variable height or width, as keras.applications allows it: headless and fully convolutional only."""
+    if include_top:
+        raise ValueError(
+            f"{info.name}: include_top=True needs a fixed input size, as in keras.applications; use "
+            f"include_top=False (with or without pooling) for a variable size, or give a concrete size such as "
+            f"{info.default_input_shape}. Received: input_shape={shape}, include_top=True"
+        )
+    if not info.variable_input_size:
+        raise ValueError(
+            f"{info.name}: cannot be built with a variable input size (its metadata says variable_input_size=False); "
+            f"give a concrete size such as {info.default_input_shape}. Received: input_shape={shape}"
+        )
 
 
 def _check_weights(info: BackboneInfo, weights: Any, *, include_top: bool, classes: int,
-                   classifier_activation: Any, shape: tuple[int, int, int]) -> None:
+                   classifier_activation: Any, shape: Shape) -> None:
     if weights is None:
         return
     if isinstance(weights, str) and weights in info.weights:
@@ -231,16 +272,136 @@ def _fetch(info: BackboneInfo, url: str, *, fname: str, file_hash: str | None, c
 
 
 def load_weights(model: Any, path: str, *, info: BackboneInfo, received: Any) -> None:
-    """``model.load_weights(path)`` with an error that names the backbone and what was passed."""
-    try:
-        model.load_weights(path)
-    except Exception as exc:
+    """``model.load_weights(path)`` with a short error naming the backbone, the file and the layers that differ."""
+    # A failing Keras 3 load also warns once per layer it skipped (over a hundred for a ResNet); the error below
+    # says it better, so those warnings are only passed on when the load succeeds.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+            failure = None
+        except Exception as exc:
+            failure = exc
+    if failure is not None:
+        # Keras' own message repeats every variable's values and every failed layer (~15,000 characters).
+        found = describe_weight_mismatch(model, path) or f"{type(failure).__name__}: {_first_line(str(failure), 300)}"
         raise ValueError(
-            f"{info.name}: cannot load the weights in {path} into this model ({type(exc).__name__}: {exc}). "
-            f"The file must come from the same architecture, channels and include_top setting "
-            f"(keras.applications ships separate '*_notop.h5' files for include_top=False). "
-            f"Received: weights={received!r}"
-        ) from exc
+            f"{info.name}: cannot load the weights in {path} into this model: {found}. The file must come from the "
+            f"same architecture, channels, classes and include_top setting (keras.applications ships separate "
+            f"'*_notop.h5' files for include_top=False). Received: weights={_first_line(str(received), 200)!r}"
+        ) from failure
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def describe_weight_mismatch(model: Any, path: str, *, shown: int = MISMATCHES_SHOWN) -> str | None:
+    """The first ``shown`` layers whose weight shapes differ between ``model`` and the file, and a count of the
+    rest; None when the file cannot be read or every layer matches by name."""
+    try:
+        saved, nested = _saved_weight_shapes(path)
+    except Exception:  # an unreadable file: Keras' own error says why
+        return None
+    expected = _model_weight_shapes(model, leaves=nested)
+    differ = [(name, shapes, saved.get(name)) for name, shapes in expected.items() if saved.get(name) != shapes]
+    extra = [name for name in saved if name not in expected]
+    if not differ and not extra:
+        return None
+    parts = []
+    if differ:
+        listed = "; ".join(
+            f"{name} expects {_shapes(want)}, the file has {_shapes(got) if got is not None else 'no such layer'}"
+            for name, want, got in differ[:shown]
+        )
+        more = f" and {len(differ) - shown} more" if len(differ) > shown else ""
+        parts.append(f"{len(differ)} of the model's {len(expected)} weighted layers differ ({listed}{more})")
+    if extra:
+        more = f" and {len(extra) - shown} more" if len(extra) > shown else ""
+        parts.append(f"the file has {len(extra)} layers the model lacks ({', '.join(extra[:shown])}{more})")
+    return "; ".join(parts)
+
+
+def _shapes(shapes: list[tuple[int, ...]]) -> str:
+    return " ".join(str(tuple(s)) for s in shapes)
+
+
+def _first_line(text: str, limit: int) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _saved_weight_shapes(path: str) -> tuple[dict[str, list[tuple[int, ...]]], bool]:
+    """``({layer name: [shapes]}, nested)`` of a weights file; ``nested`` for the Keras 3 layout, whose groups
+    hold the innermost layers (a legacy file holds each top-level layer's weights together)."""
+    import zipfile
+
+    import h5py
+
+    if zipfile.is_zipfile(path):  # a .keras archive keeps its weights in model.weights.h5
+        with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as member:
+            import io
+
+            with h5py.File(io.BytesIO(member.read()), "r") as handle:
+                return _keras3_shapes(handle), True
+    with h5py.File(path, "r") as handle:
+        if "layer_names" in handle.attrs:  # the legacy layout of keras.applications' files
+            shapes = {}
+            for raw in handle.attrs["layer_names"]:
+                name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                group = handle[name]
+                names = [w.decode() if isinstance(w, bytes) else str(w) for w in group.attrs.get("weight_names", [])]
+                if names:
+                    shapes[name] = [tuple(group[w].shape) for w in names]
+            return shapes, False
+        return _keras3_shapes(handle), True
+
+
+def _keras3_shapes(handle) -> dict[str, list[tuple[int, ...]]]:
+    # Keras 3 keys groups by layer type and position ("layers/conv2d_3/vars/0"); the layer's own name is an
+    # attribute of its "vars" group.
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+
+    def visit(path: str, obj) -> None:
+        if path.startswith("layers/") and path.endswith("/vars") and len(obj):
+            name = obj.attrs.get("name", path.rsplit("/", 2)[-2])
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            shapes[name] = [tuple(obj[key].shape) for key in sorted(obj, key=int)]
+
+    handle.visititems(visit)
+    return shapes
+
+
+def _model_weight_shapes(model: Any, *, leaves: bool) -> dict[str, list[tuple[int, ...]]]:
+    def walk(layer):
+        for child in getattr(layer, "layers", None) or []:
+            if leaves and getattr(child, "layers", None):
+                yield from walk(child)
+            else:
+                yield child
+
+    return {layer.name: [tuple(w.shape) for w in layer.weights] for layer in walk(model) if layer.weights}
+
+
+def count_parameters(build: Callable[[], Any]) -> int:
+    """``build().count_params()`` without allocating or initialising any weight.
+
+    Inside ``keras.StatelessScope(initialize_variables=False)`` variables get a shape and no value, so counting
+    VGG-19's 144 M parameters takes milliseconds instead of seconds. A builder that reads a variable while it
+    builds cannot run there; it is then built normally.
+    """
+    import keras
+    from keras.src.backend.common import global_state
+
+    pending = global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True)
+    before = len(pending)
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            return int(build().count_params())
+    except Exception:
+        return int(build().count_params())
+    finally:
+        # The scope leaves its variables on Keras' list of variables to initialise, which the next scope that
+        # does initialise (Keras opens some itself) would fill, allocating every counted model.
+        del pending[before:]
 
 
 # -- assembly ---------------------------------------------------------------------------------------------
@@ -280,7 +441,15 @@ def build_backbone(
         inputs = keras.utils.get_source_inputs(input_tensor)
     else:
         inputs = img_input = keras.Input(tensor=input_tensor, shape=shape)
-    x = body(img_input)
+    try:
+        x = body(img_input)
+    except Exception as exc:
+        if None not in shape[:2]:
+            raise
+        raise ValueError(
+            f"{info.name}: cannot be built with a variable input size ({type(exc).__name__}: {_first_line(str(exc), 200)}); "
+            f"give a concrete size such as {info.default_input_shape}. Received: input_shape={shape}"
+        ) from exc
     if include_top:
         x = head(x, classes=classes, activation=classifier_activation)
     elif pooling == "avg":

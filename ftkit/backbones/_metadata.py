@@ -8,8 +8,9 @@ the values, so every consumer (data pipeline, fine-tuning engine, conformance su
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 METADATA_ATTR = "ftkit_metadata"
@@ -50,6 +51,9 @@ class BackboneInfo:
     default_input_shape: tuple[int, int, int] = (224, 224, 3)
     min_input_shape: tuple[int, int, int] = (32, 32, 3)
     fixed_input_with_top: bool = False
+    # Whether the headless backbone builds with input_shape=(None, None, C), as fully convolutional
+    # keras.applications models do; False for a body that needs to know its input size while it is built.
+    variable_input_size: bool = True
     preprocessing: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(IMAGENET_PREPROCESSING))
     layer_groups: tuple[tuple[str, str], ...] = (("body", ".*"),)
     paper: str = ""
@@ -74,6 +78,22 @@ class BackboneInfo:
 
 
 _KNOWN_KEYS = {f.name for f in dataclasses.fields(BackboneInfo)} - {"name", "distribution", "version", "missing"}
+# Keys whose absence the conformance suite reports, because their defaults are guesses about the model.
+DESCRIPTIVE_KEYS = ("default_input_shape", "min_input_shape", "preprocessing", "layer_groups", "paper")
+WEIGHT_SPEC_KEYS = {"url", "file_hash", "notop_url", "notop_file_hash", "classes", "input_shape"}
+
+
+def default_preprocessing(channels: int) -> dict[str, Any]:
+    """What a backbone without ``preprocessing`` metadata gets: ImageNet statistics, one value per channel.
+
+    For other than 3 channels each channel gets the mean of ImageNet's three statistics, so the default
+    always fits the images the backbone takes (3 ImageNet values on a grayscale model would not broadcast).
+    """
+    if channels == 3:
+        return dict(IMAGENET_PREPROCESSING)
+    mean = sum(IMAGENET_PREPROCESSING["mean"]) / 3
+    std = sum(IMAGENET_PREPROCESSING["std"]) / 3
+    return {**IMAGENET_PREPROCESSING, "mean": (mean,) * channels, "std": (std,) * channels}
 
 
 def info_from_builder(
@@ -84,52 +104,144 @@ def info_from_builder(
     version: str | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> BackboneInfo:
-    """Read ``builder.ftkit_metadata`` (or ``metadata``) and return a checked :class:`BackboneInfo`."""
-    raw = dict(metadata if metadata is not None else getattr(builder, METADATA_ATTR, None) or {})
+    """Read ``builder.ftkit_metadata`` (or ``metadata``) and return a checked :class:`BackboneInfo`.
+
+    Raises ``ValueError`` naming the key, what was received and what is allowed.
+    """
+    raw = metadata if metadata is not None else getattr(builder, METADATA_ATTR, None)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"Backbone {name!r}: {METADATA_ATTR} must be a dict. Received: {raw!r}")
+    raw = dict(raw)
     unknown = sorted(set(raw) - _KNOWN_KEYS)
     if unknown:
         raise ValueError(
             f"Backbone {name!r} has unknown metadata keys {unknown}; allowed keys are {sorted(_KNOWN_KEYS)}. "
             f"Received: {sorted(raw)}"
         )
-    values: dict[str, Any] = {"family": getattr(builder, "__module__", "plugin").rsplit(".", 1)[-1]}
+    values: dict[str, Any] = {"family": (getattr(builder, "__module__", None) or "plugin").rsplit(".", 1)[-1]}
     values.update(raw)
-    for key in ("default_input_shape", "min_input_shape"):
-        if key in values:
-            shape = tuple(int(v) for v in values[key])
-            if len(shape) != 3 or min(shape) < 1:
-                raise ValueError(f"Backbone {name!r}: {key} must be (height, width, channels). Received: {shape}")
-            values[key] = shape
-    if "min_input_shape" not in raw:
-        channels = values.get("default_input_shape", (224, 224, 3))[-1]
+    check = _MetadataCheck(name)
+    values["family"] = check.text("family", values["family"], allow_empty=False)
+    if "default_input_shape" in values:
+        values["default_input_shape"] = check.shape("default_input_shape", values["default_input_shape"])
+    channels = values.get("default_input_shape", BackboneInfo.default_input_shape)[-1]
+    if "min_input_shape" in values:
+        values["min_input_shape"] = check.min_shape(values["min_input_shape"], channels=channels)
+    else:
         values["min_input_shape"] = (32, 32, channels)
+    for key in ("fixed_input_with_top", "variable_input_size"):
+        if key in values:
+            values[key] = check.flag(key, values[key])
+    values["preprocessing"] = check.preprocessing(values.get("preprocessing", {}), channels=channels)
     if "layer_groups" in values:
-        groups = tuple((str(g), str(rx)) for g, rx in values["layer_groups"])
-        for group, rx in groups:
-            try:
-                re.compile(rx)
-            except re.error as exc:
-                raise ValueError(f"Backbone {name!r}: layer group {group!r} has an invalid regex. Received: {rx!r}") from exc
-        values["layer_groups"] = groups
-    if "preprocessing" in values:
-        values["preprocessing"] = _check_preprocessing(name, values["preprocessing"])
+        values["layer_groups"] = check.layer_groups(values["layer_groups"])
+    if "paper" in values:
+        values["paper"] = check.text("paper", values["paper"])
+    if "weights" in values:
+        values["weights"] = check.weights(values["weights"])
     if "aux_taps" in values:
-        values["aux_taps"] = tuple(values["aux_taps"])
-    missing = tuple(sorted(k for k in ("default_input_shape", "min_input_shape", "preprocessing", "layer_groups", "paper") if k not in raw))
+        values["aux_taps"] = check.names("aux_taps", values["aux_taps"])
+    missing = tuple(sorted(k for k in DESCRIPTIVE_KEYS if k not in raw))
     return BackboneInfo(name=name, distribution=distribution, version=version, missing=missing, **values)
 
 
-def _check_preprocessing(name: str, prep: Mapping[str, Any]) -> dict[str, Any]:
-    merged = {**IMAGENET_PREPROCESSING, **dict(prep)}
-    order = merged["channel_order"]
-    if order not in ("RGB", "BGR"):
-        raise ValueError(f"Backbone {name!r}: preprocessing channel_order must be 'RGB' or 'BGR'. Received: {order!r}")
-    merged["mean"] = tuple(float(v) for v in merged["mean"])
-    merged["std"] = tuple(float(v) for v in merged["std"])
-    if any(s <= 0 for s in merged["std"]):
-        raise ValueError(f"Backbone {name!r}: preprocessing std must be positive. Received: {merged['std']}")
-    merged["scale"] = float(merged["scale"])
-    return merged
+@dataclasses.dataclass(frozen=True)
+class _MetadataCheck:
+    """One checker per kind of metadata value; each returns the normalised value or raises ValueError."""
+
+    name: str
+
+    def fail(self, key: str, allowed: str, received: Any) -> ValueError:
+        return ValueError(f"Backbone {self.name!r}: metadata {key!r} must be {allowed}. Received: {key}={received!r}")
+
+    def shape(self, key: str, value: Any) -> tuple[int, int, int]:
+        allowed = "(height, width, channels): three positive integers, e.g. (224, 224, 3)"
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3:
+            raise self.fail(key, allowed, value)
+        if not all(_is_int(v) and v >= 1 for v in value):
+            raise self.fail(key, allowed, value)
+        return tuple(int(v) for v in value)  # type: ignore[return-value]
+
+    def min_shape(self, value: Any, *, channels: int) -> tuple[int, int, int]:
+        shape = self.shape("min_input_shape", value)
+        if shape[2] != channels:
+            raise self.fail("min_input_shape", f"a shape with the same {channels} channels as default_input_shape",
+                            value)
+        return shape
+
+    def flag(self, key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, "True or False", value)
+        return value
+
+    def text(self, key: str, value: Any, *, allow_empty: bool = True) -> str:
+        if not isinstance(value, str) or not (allow_empty or value):
+            raise self.fail(key, "a string" if allow_empty else "a non-empty string", value)
+        return value
+
+    def names(self, key: str, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, "a list of layer names", value)
+        return tuple(value)
+
+    def preprocessing(self, value: Any, *, channels: int) -> dict[str, Any]:
+        allowed_keys = sorted(IMAGENET_PREPROCESSING)
+        if not isinstance(value, Mapping) or set(value) - set(allowed_keys):
+            raise self.fail("preprocessing", f"a dict with keys among {allowed_keys}", value)
+        merged = {**default_preprocessing(channels), **dict(value)}
+        if merged["channel_order"] not in ("RGB", "BGR"):
+            raise self.fail("preprocessing", "a dict whose channel_order is 'RGB' or 'BGR'", value)
+        scale = merged["scale"]
+        if not _is_number(scale) or scale <= 0:
+            raise self.fail("preprocessing", "a dict whose scale is a positive number", value)
+        merged["scale"] = float(scale)
+        for key in ("mean", "std"):
+            stats = merged[key]
+            if (isinstance(stats, str) or not isinstance(stats, Sequence) or len(stats) != channels
+                    or not all(_is_number(v) for v in stats)):
+                raise self.fail("preprocessing", f"a dict whose {key} has one number per channel ({channels})", value)
+            merged[key] = tuple(float(v) for v in stats)
+        if any(s <= 0 for s in merged["std"]):
+            raise self.fail("preprocessing", "a dict whose std values are positive", value)
+        return merged
+
+    def layer_groups(self, value: Any) -> tuple[tuple[str, str], ...]:
+        allowed = "a list of [group name, regex] pairs, e.g. [['stem', 'conv1_'], ['head', 'predictions$']]"
+        if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+            raise self.fail("layer_groups", allowed, value)
+        groups = []
+        for pair in value:
+            if (isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2
+                    or not all(isinstance(v, str) for v in pair)):
+                raise self.fail("layer_groups", allowed, value)
+            group, rx = pair
+            try:
+                re.compile(rx)
+            except re.error as exc:
+                raise ValueError(
+                    f"Backbone {self.name!r}: layer group {group!r} has an invalid regex ({exc}). Received: {rx!r}"
+                ) from exc
+            groups.append((group, rx))
+        return tuple(groups)
+
+    def weights(self, value: Any) -> dict[str, dict[str, Any]]:
+        allowed = f"a dict of named weight sets, each a dict with keys among {sorted(WEIGHT_SPEC_KEYS)}"
+        if not isinstance(value, Mapping):
+            raise self.fail("weights", allowed, value)
+        for spec in value.values():
+            if not isinstance(spec, Mapping) or set(spec) - WEIGHT_SPEC_KEYS:
+                raise self.fail("weights", allowed, value)
+        return {str(k): dict(spec) for k, spec in value.items()}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def assign_layer_groups(model: Any, info: BackboneInfo) -> dict[str, list[Any]]:

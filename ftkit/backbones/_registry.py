@@ -5,9 +5,13 @@ plugins take the same path. Discovery is lazy (the catalogue pattern): listing r
 only; a plugin's module is imported the first time its builder or metadata is asked for, one name at a time.
 
 Precedence, documented and never silent:
-- two installed distributions claiming one name: asking for the bare name raises
-  :class:`BackboneConflictError` naming both; ``"distribution:name"`` picks one explicitly;
+- two installed distributions claiming one name: both are listed under their qualified names
+  ``"distribution:name"`` (any PEP 503 spelling of the distribution works), and asking for the bare name raises
+  :class:`BackboneConflictError` naming those;
 - an in-process registration of a name that already exists raises, unless ``override=True``, which warns.
+
+Parameter counts (``ftkit models list``) are cached per distribution, version and builder source file, in
+``$XDG_CACHE_HOME/ftkit`` (``~/.cache/ftkit``): counting builds the model, which costs seconds per backbone.
 """
 
 from __future__ import annotations
@@ -16,15 +20,32 @@ import dataclasses
 import difflib
 import importlib.metadata
 import inspect
+import json
+import os
+import re
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from ftkit.backbones._metadata import BUILDER_ARGS, METADATA_ATTR, BackboneInfo, info_from_builder
 
 ENTRY_POINT_GROUP = "ftkit.backbones"
 RUNTIME = "<runtime>"
+PARAMETER_CACHE_FILE = "backbone_parameters.json"
+
+
+def canonical_distribution_name(name: str) -> str:
+    """PEP 503 normalisation: ``ftkit_plugin_example``, ``FTKit.Plugin-Example`` -> ``ftkit-plugin-example``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def default_parameter_cache() -> Path:
+    """``$XDG_CACHE_HOME/ftkit/backbone_parameters.json`` (``~/.cache/ftkit/...`` without XDG_CACHE_HOME)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "ftkit" / PARAMETER_CACHE_FILE
 
 
 class UnknownBackboneError(KeyError):
@@ -56,6 +77,10 @@ class _Entry:
     @property
     def qualified_name(self) -> str:
         return f"{self.distribution}:{self.name}"
+
+
+def _by_distribution(entries: list[_Entry]) -> list[_Entry]:
+    return sorted(entries, key=lambda e: canonical_distribution_name(e.distribution))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +116,11 @@ def check_builder_signature(builder: Any, *, name: str) -> None:
 class BackboneRegistry:
     """Names to builders, read lazily from entry points (injectable for tests) and in-process registrations."""
 
-    def __init__(self, entry_points: Callable[[], Iterable[importlib.metadata.EntryPoint]] | None = None):
+    def __init__(self, entry_points: Callable[[], Iterable[importlib.metadata.EntryPoint]] | None = None, *,
+                 parameter_cache: str | os.PathLike | None = None):
         self._entry_points_source = entry_points or (lambda: importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        # None: default_parameter_cache(), read when first needed (tests point it elsewhere).
+        self.parameter_cache = parameter_cache
         self._entries: dict[str, list[_Entry]] | None = None
         self._runtime: dict[str, _Entry] = {}
         self._lock = threading.RLock()
@@ -122,8 +150,23 @@ class BackboneRegistry:
             self._entries = None
 
     def names(self) -> list[str]:
-        """Every registered name, sorted, without importing any plugin."""
-        return sorted(set(self._scan()) | set(self._runtime))
+        """Every usable name, sorted, without importing any plugin.
+
+        A name several distributions claim is listed once per distribution as ``"distribution:name"``: the bare
+        name is ambiguous (see :meth:`conflicts`), the qualified ones work.
+        """
+        listed = set(self._runtime)
+        for name, entries in self._scan().items():
+            if len(entries) == 1:
+                listed.add(name)
+            else:
+                listed.update(entry.qualified_name for entry in entries)
+        return sorted(listed, key=lambda n: (n.rpartition(":")[2], n.lower()))
+
+    def conflicts(self) -> dict[str, list[str]]:
+        """Names several distributions claim, each with the qualified names that pick one of them."""
+        return {name: [entry.qualified_name for entry in _by_distribution(entries)]
+                for name, entries in sorted(self._scan().items()) if len(entries) > 1 and name not in self._runtime}
 
     def __contains__(self, name: str) -> bool:
         try:
@@ -141,22 +184,22 @@ class BackboneRegistry:
         if ":" in name:
             dist, _, bare = name.partition(":")
             for entry in entries.get(bare, []):
-                if entry.distribution == dist:
+                if canonical_distribution_name(entry.distribution) == canonical_distribution_name(dist):
                     return entry
-            owners = [e.distribution for e in entries.get(bare, [])]
+            owners = [repr(e.qualified_name) for e in entries.get(bare, [])]
             raise UnknownBackboneError(
                 f"No distribution {dist!r} provides backbone {bare!r}"
-                + (f"; it is provided by {owners}" if owners else "")
+                + (f"; ask for {' or '.join(owners)}" if owners else "")
                 + f". Received: {name!r}"
             )
         if name not in entries:
             raise UnknownBackboneError(self._unknown_message(name))
-        candidates = entries[name]
+        candidates = _by_distribution(entries[name])
         if len(candidates) > 1:
             raise BackboneConflictError(
-                f"Backbone {name!r} is registered by several distributions: "
-                + ", ".join(f"{e.distribution} {e.version or ''} ({e.target})".replace("  ", " ") for e in candidates)
-                + ". Pick one with 'distribution:name', e.g. "
+                f"Backbone {name!r} is provided by {len(candidates)} distributions ("
+                + ", ".join(f"{e.distribution} {e.version or '(no version)'}" for e in candidates)
+                + "), so the bare name is ambiguous; ask for "
                 + " or ".join(repr(e.qualified_name) for e in candidates)
                 + f". Received: {name!r}"
             )
@@ -195,29 +238,101 @@ class BackboneRegistry:
         return self._load(self._resolve(name)).info  # type: ignore[return-value]
 
     def create(self, name: str, /, **kwargs: Any):
-        """Build backbone ``name`` with keras.applications keyword arguments, after checking them."""
+        """Build backbone ``name`` with keras.applications keyword arguments, after checking them.
+
+        Without ``input_shape`` (and ``input_tensor``) the model is built at the registered
+        ``default_input_shape``. A weights file or hashed URL is loaded by ftkit after building with
+        ``weights=None``, so it works for every backbone, plugins included; a named set (``"imagenet"``) is
+        passed to the builder, which declared it.
+        """
+        from ftkit.backbones._builder import load_weights, resolve_weights, validate_builder_args
+
         builder = self.builder(name)
         info = self.info(name)
-        from ftkit.backbones._builder import validate_builder_args
-
+        if kwargs.get("input_shape") is None and kwargs.get("input_tensor") is None:
+            kwargs["input_shape"] = info.default_input_shape
         checked = {k: kwargs[k] for k in BUILDER_ARGS if k in kwargs and k != "name"}
         validate_builder_args(info, **checked)
-        return builder(**kwargs)
+        weights = kwargs.get("weights")
+        if weights is None or (isinstance(weights, str) and weights in info.weights):
+            return builder(**kwargs)
+        path = resolve_weights(info, weights, include_top=kwargs.get("include_top", True))
+        model = builder(**{**kwargs, "weights": None})
+        load_weights(model, path, info=info, received=weights)
+        return model
 
     def problems(self, *, load: bool = True) -> list[PluginProblem]:
-        """Backbones that cannot be used: conflicts, and (with ``load``) import or contract failures."""
+        """Backbones that cannot be used: with ``load``, import or contract failures (after loading each).
+
+        A name several distributions claim is not a problem (each is usable by its qualified name); see
+        :meth:`conflicts`.
+        """
         found: list[PluginProblem] = []
+        if not load:
+            return found
         for name, entries in sorted(self._scan().items()):
-            if len(entries) > 1 and name not in self._runtime:
-                owners = ", ".join(e.distribution for e in entries)
-                for e in entries:
-                    found.append(PluginProblem(name, e.distribution, e.target, f"name conflict between {owners}"))
-            if load:
-                for e in entries:
-                    self._load(e)
-                    if e.error:
-                        found.append(PluginProblem(name, e.distribution, e.target, e.error))
+            for e in entries:
+                self._load(e)
+                if e.error:
+                    listed = e.qualified_name if len(entries) > 1 else name
+                    found.append(PluginProblem(listed, e.distribution, e.target, e.error))
         return found
+
+    def parameters(self, name: str) -> int:
+        """The parameter count of ``create(name)`` with the builder's defaults (include_top=True).
+
+        Counting builds the model (without allocating weights); the result is cached on disk per distribution,
+        version and builder source file, so an unchanged installed backbone is counted once.
+        """
+        from ftkit.backbones._builder import count_parameters
+
+        key = self._parameter_key(name)
+        cache = self._read_parameter_cache() if key else {}
+        if key in cache:
+            return cache[key]
+        count = count_parameters(lambda: self.create(name, weights=None))
+        if key:
+            # One entry per distribution and backbone: an upgrade or an edit replaces the stale count.
+            dist, _, bare, _ = key.split(" ")
+            kept = {k: v for k, v in self._read_parameter_cache().items() if k.split(" ")[0::2] != [dist, bare]}
+            self._write_parameter_cache({**kept, key: count})
+        return count
+
+    def _parameter_key(self, name: str) -> str | None:
+        """``distribution version name source-fingerprint``; None (never cached) without a released version."""
+        entry = self._resolve(name)
+        builder = self.builder(name)
+        if entry.distribution == RUNTIME or not entry.version:
+            return None
+        try:  # an editable install keeps its version while its source changes
+            stat = os.stat(inspect.getsourcefile(builder) or "")
+            fingerprint = f"{stat.st_mtime_ns}-{stat.st_size}"
+        except (TypeError, OSError):
+            fingerprint = "-"
+        return f"{canonical_distribution_name(entry.distribution)} {entry.version} {entry.name} {fingerprint}"
+
+    def _parameter_cache_path(self) -> Path:
+        return Path(self.parameter_cache) if self.parameter_cache is not None else default_parameter_cache()
+
+    def _read_parameter_cache(self) -> dict[str, int]:
+        try:
+            data = json.loads(self._parameter_cache_path().read_text())
+        except (OSError, ValueError):  # absent or corrupt: count again
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, int)} if isinstance(data, dict) else {}
+
+    def _write_parameter_cache(self, data: dict[str, int]) -> None:
+        path = self._parameter_cache_path()
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+                tmp = handle.name
+                json.dump(data, handle, indent=0, sort_keys=True)
+            os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+        except OSError:  # a read-only home only costs the next listing its speed
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
 
     def find(self, name: str) -> dict[str, Any]:
         """Where backbone ``name`` is defined: distribution, version, module, file and line."""

@@ -63,6 +63,7 @@ _METADATA = {
     "default_input_shape": (32, 32, 1),
     "min_input_shape": (28, 28, 1),  # smaller images are padded to the 32x32 field anyway; 28 is MNIST's
     "fixed_input_with_top": False,
+    "variable_input_size": False,  # the body pads to its 32x32 field, so it needs to know the size
     "preprocessing": {"scale": 1.0 / 255.0, "mean": (0.1307,), "std": (0.3081,), "channel_order": "RGB"},
     "layer_groups": [["stem", r"c1$"], ["stage1", r"c3$"], ["stage2", r"c5$"], ["head", r"(f6|predictions)$"]],
     "paper": "LeCun, Bottou, Bengio & Haffner, Gradient-Based Learning Applied to Document Recognition, "

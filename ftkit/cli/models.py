@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("list", help="every backbone with family, source, parameters and input size")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--no-params", action="store_true", help="skip building each model to count parameters")
+    p.add_argument("--no-params", action="store_true", help="skip counting parameters (counted once per installed version, then cached)")
     p.set_defaults(func=_list)
 
     p = sub.add_parser("show", help="the metadata of one backbone")
@@ -29,11 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_check)
 
 
-def _rows(count_params: bool) -> tuple[list[dict], list[dict]]:
+def _rows(count_params: bool) -> tuple[list[dict], list[dict], dict[str, list[str]]]:
     from ftkit.backbones import REGISTRY
 
     rows, problems = [], []
-    for name in REGISTRY.names():
+    for name in REGISTRY.names():  # a name two distributions claim comes as "distribution:name", once each
         try:
             info = REGISTRY.info(name)
         except Exception as exc:  # listed as a problem; never breaks the listing
@@ -49,30 +49,18 @@ def _rows(count_params: bool) -> tuple[list[dict], list[dict]]:
         }
         if count_params:
             try:
-                row["parameters"] = _count_params(name)
+                row["parameters"] = REGISTRY.parameters(name)
             except Exception as exc:
                 problems.append({"name": name, "error": f"building failed: {type(exc).__name__}: {exc}"})
         rows.append(row)
-    for problem in REGISTRY.problems(load=False):  # conflicts between distributions
-        problems.append({"name": problem.name, "distribution": problem.distribution, "error": problem.error})
-    return rows, problems
-
-
-def _count_params(name: str) -> int:
-    import keras
-
-    from ftkit.backbones import create_backbone
-
-    try:
-        return int(create_backbone(name, weights=None).count_params())
-    finally:
-        keras.backend.clear_session()
+    return rows, problems, REGISTRY.conflicts()
 
 
 def _list(args: argparse.Namespace) -> int:
-    rows, problems = _rows(count_params=not args.no_params)
+    rows, problems, conflicts = _rows(count_params=not args.no_params)
     if args.json:
-        print(json.dumps({"backbones": rows, "problems": problems}, indent=2))
+        conflicts_json = [{"name": name, "qualified_names": names} for name, names in conflicts.items()]
+        print(json.dumps({"backbones": rows, "problems": problems, "conflicts": conflicts_json}, indent=2))
         return 0
     header = ("name", "family", "source", "parameters", "input")
     table = [header] + [
@@ -84,6 +72,9 @@ def _list(args: argparse.Namespace) -> int:
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for name, qualified in conflicts.items():
+        print(f"\nnote: {name!r} is provided by {len(qualified)} distributions, so it is listed as "
+              f"{' and '.join(repr(q) for q in qualified)}; the bare name is ambiguous.", file=sys.stderr)
     if problems:
         print("\nproblems (these backbones cannot be used; the others are unaffected):", file=sys.stderr)
         for p in problems:

@@ -7,12 +7,26 @@ made (``predict_batches(model, batches)`` predicts in-memory batches without Ker
 returns the report dict that ``report.json`` holds.
 """
 
-from ftkit.evaluate.compare import compare_runs, mcnemar
-from ftkit.evaluate.evaluation import default_report_dir, evaluate_model, evaluate_predictions, evaluate_run
-from ftkit.evaluate.images import ClassMismatchError, LabelledFiles, scan_split
-from ftkit.evaluate.metrics import compute_metrics, expected_calibration_error, most_confused_pairs
-from ftkit.evaluate.predict import Predictions, predict_batches, predict_files, predict_paths
-from ftkit.evaluate.runs import LoadedModel, load_model
+# Loaded on first use (PEP 562), as ``ftkit`` does: the CLI imports ``ftkit.evaluate.runs`` to build its parser,
+# and these modules bring in scikit-learn and Matplotlib (seconds).
+_LAZY = {
+    "compare_runs": "compare", "mcnemar": "compare",
+    "default_report_dir": "evaluation", "evaluate_model": "evaluation", "evaluate_predictions": "evaluation",
+    "evaluate_run": "evaluation",
+    "ClassMismatchError": "images", "LabelledFiles": "images", "scan_split": "images",
+    "compute_metrics": "metrics", "expected_calibration_error": "metrics", "most_confused_pairs": "metrics",
+    "Predictions": "predict", "predict_batches": "predict", "predict_files": "predict", "predict_paths": "predict",
+    "LoadedModel": "runs", "load_model": "runs",
+}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"ftkit.evaluate.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'ftkit.evaluate' has no attribute {name!r}")
+
 
 __all__ = [
     "ClassMismatchError",
