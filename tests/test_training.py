@@ -280,8 +280,9 @@ def test_a_run_stopped_before_its_first_state_starts_over_with_resume(mnist, tmp
             raise KeyboardInterrupt
 
         patch.setattr(runs.RunFolder, "write_state", killed)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt) as interrupted:
             train(recipe, out=out, **QUIET)
+    assert interrupted.value.run_dir == out  # for `ftkit train`'s message: the folder to resume
     stopped = runs.RunFolder(out).read_history()
     assert [row["epoch"] for row in stopped] == [0] and (out / "checkpoints" / "last.keras").is_file()
     assert not (out / "checkpoints" / "state.json").exists()
@@ -317,8 +318,9 @@ def test_a_run_stopped_between_its_checkpoint_and_its_state_resumes(mnist, tmp_p
             write_state(self, state)
 
         patch.setattr(runs.RunFolder, "write_state", killed_at_the_second)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt) as interrupted:
             train(recipe, out=out, **QUIET)
+    assert interrupted.value.run_dir == out
     stopped = runs.RunFolder(out).read_history()
     checkpoints = out / "checkpoints"
     assert [row["epoch"] for row in stopped] == [0, 1] and (checkpoints / runs.PREVIOUS).is_file()

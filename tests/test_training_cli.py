@@ -477,3 +477,37 @@ def test_run_files_get_the_umask_mode_and_subpackages_load_on_use(tmp_path, monk
     code = "import ftkit, sys; ftkit.data.scan; ftkit.evaluate.evaluate_run; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"  # the data and evaluate stages load without TensorFlow
+
+
+def test_ctrl_c_names_the_folder_to_resume(tmp_path, monkeypatch, capsys):
+    import ftkit.training
+    from ftkit.cli import main
+
+    def interrupted(*args, run_dir, **kwargs):
+        error = KeyboardInterrupt()
+        error.run_dir = run_dir
+        raise error
+
+    monkeypatch.setattr(ftkit.training, "train", lambda *a, **k: interrupted(run_dir=tmp_path / "run"))
+    assert main(["train", "recipe.yaml"]) == 130
+    assert capsys.readouterr().err.strip() == (f"ftkit train: interrupted. Continue from the last completed epoch with "
+                                               f"`ftkit train --resume {tmp_path / 'run'}` (a run stopped before its "
+                                               f"first epoch ended starts over).")
+    monkeypatch.setattr(ftkit.training, "train", lambda *a, **k: interrupted(run_dir=None))  # nothing written yet
+    assert main(["train", "recipe.yaml"]) == 130
+    assert capsys.readouterr().err.strip() == "ftkit train: interrupted. Nothing was saved to resume."
+
+
+def test_a_recipe_mistake_is_reported_before_tensorflow_loads(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("data: {train: somewhere}\nbackbone: {name: lenet5}\nschedule: {preset: freeze}\n"
+                      "train: {lrr: 1}\n")
+    code = ("import sys; from ftkit.cli import main; rc = main(sys.argv[1:]); "
+            "print('rc', rc, 'tensorflow' in sys.modules or 'keras' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, "train", str(recipe)], capture_output=True, text=True,
+                          timeout=120)
+    assert "rc 2 False" in done.stdout, done.stdout + done.stderr
+    assert "unknown key 'lrr' in train" in done.stderr

@@ -79,11 +79,12 @@ def _train(args) -> int:
     try:
         train(args.recipe, overrides=args.overrides, out=args.out, smoke=args.smoke, resume=args.resume,
               strategy=args.strategy, cluster=args.cluster, join_timeout=args.join_timeout)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupted:
         # The last completed epoch's checkpoint is intact (written atomically); a traceback says nothing useful.
-        print("\nftkit train: interrupted. Continue from the last completed epoch with `ftkit train --resume "
-              "RUN_DIR` (the run folder; a run stopped before its first epoch ended starts over).",
-              file=sys.stderr, flush=True)
+        run_dir = getattr(interrupted, "run_dir", None)
+        what = (f"Continue from the last completed epoch with `ftkit train --resume {run_dir}` (a run stopped before "
+                f"its first epoch ended starts over)." if run_dir else "Nothing was saved to resume.")
+        print(f"\nftkit train: interrupted. {what}", file=sys.stderr, flush=True)
         return 130
     except distribute.WorkerLostError as exc:
         print(f"ftkit train: error: {exc}", file=sys.stderr, flush=True)

@@ -117,10 +117,11 @@ class Split:
                      self.codecs[rows], origin, self.origin_name)
 
     def ids(self) -> list[str]:
-        """Each row's name in reports: its file's path, or for in-memory data ``train[i]`` (``i`` its index in
+        """Each row's name in reports: its file's absolute path (a report read from another folder, or compared
+        with ``ftkit evaluate``'s, names the same file), or for in-memory data ``train[i]`` (``i`` its index in
         the source's arrays, as MNIST numbers its images)."""
         if self.paths is not None:
-            return [str(p) for p in self.paths]
+            return [os.path.abspath(p) for p in self.paths]
         return [f"{self.origin_name}[{i}]" for i in self.origin]
 
     def counts(self, num_classes: int) -> np.ndarray:

@@ -628,8 +628,6 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
     :func:`ftkit.distribute.make_strategy`. In a multi-worker run every worker calls this with the same
     arguments (a shared ``out``/``resume`` folder for resuming); only the chief writes.
     """
-    import keras
-
     if resume is not None:
         unstarted = runs.RunFolder(resume).stopped_before_first_checkpoint()
         state = None if unstarted else runs.RunFolder(resume).read_state()
@@ -637,6 +635,8 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
         resolved = saved
     else:
         resolved = load_recipe(recipe, overrides=overrides, smoke=smoke)
+    import keras  # after the recipe is validated: a mistake in it is reported at once, not after TensorFlow starts
+
     # Made before TensorFlow runs anything: MultiWorkerMirroredStrategy configures the runtime at start-up.
     active = get_strategy(strategy or resolved.train.strategy, cluster=cluster, join_timeout=join_timeout)
     writable = distribute.is_chief(active)
@@ -671,6 +671,11 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
     previous_policy = keras.mixed_precision.global_policy().name
     try:
         return _train(plan, folder, state=state, callbacks=callbacks, log=log, strategy=active)
+    except KeyboardInterrupt as interrupted:
+        # For the caller's message (`ftkit train` prints the --resume command): the folder, where one can be resumed.
+        resumable = folder.state_path.is_file() or folder.stopped_before_first_checkpoint()
+        interrupted.run_dir = folder.root if resumable else None
+        raise
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -715,6 +720,7 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
         dump_recipe(recipe, folder.root / runs.RECIPE_FILE, header="# resolved recipe written by ftkit train")
     if state is None:
         state = start_state(recipe)
+        log(f"run folder: {folder.root}")
     else:
         folder.truncate_history(state.global_epoch)
         log(f"resuming {folder.root}: phase {state.phase + 1}, epoch {state.epoch_in_phase + 1} of that phase")
