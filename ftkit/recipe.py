@@ -259,7 +259,7 @@ def format_errors(exc: ValidationError, data: dict[str, Any]) -> str:
     for error in exc.errors():
         loc, tag_at = _split_loc(error["loc"], data)
         if tag_at is None:
-            lines.append(_line(error, loc))
+            lines.append(_line(error, loc, data))
             continue
         base = tuple(loc[:tag_at])
         if base not in unions:
@@ -270,7 +270,7 @@ def format_errors(exc: ValidationError, data: dict[str, Any]) -> str:
     return "\n".join([f"The recipe has {len(out)} problem(s):", *out])
 
 
-def _line(error: dict[str, Any], loc: list) -> str:
+def _line(error: dict[str, Any], loc: list, data: Any = None) -> str:
     where = _place(loc)
     if error["type"] == "extra_forbidden":
         key = str(loc[-1])
@@ -279,6 +279,10 @@ def _line(error: dict[str, Any], loc: list) -> str:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         parent = _place(loc[:-1]) or "the top level"
         return f"- unknown key {key!r} in {parent}.{hint} Allowed keys: {allowed}. Received: {where}"
+    if error["type"] == "missing" and loc and isinstance(loc[-1], int):  # a position of a fixed-length list
+        parent = _place(loc[:-1])
+        value = _lookup(data, loc[:-1])
+        return f"- {parent}: too few items (item {loc[-1] + 1} is missing). Received: {parent}={value!r}"
     if error["type"] == "missing":
         return f"- {where}: this key is required. Allowed keys here: {_allowed_keys(loc[:-1])}"
     message = _message(error)

@@ -639,3 +639,12 @@ def test_in_memory_rows_are_named_by_their_index_in_the_source_arrays(tmp_path):
     assert sorted(index["train"].ids() + index["val"].ids()) == sorted(
         f"train[{i}]" for i in np.flatnonzero(np.isin(y_train, [3, 5, 7])))
     assert index["train"].subset(np.array([1]), "x").ids() == index["train"].ids()[1:2]
+
+
+def test_a_mistyped_source_suggests_its_namesake(tmp_path):
+    (tmp_path / "hymenoptera").mkdir()
+    with pytest.raises(ValueError, match=rf"must exist. Did you mean '{tmp_path / 'hymenoptera'}'\? "
+                                         rf"Received: source='{tmp_path / 'hymenopterra'}'$"):
+        scan(tmp_path / "hymenopterra")
+    with pytest.raises(ValueError, match=r"must exist. Received: source="):  # nothing close: no suggestion
+        scan(tmp_path / "catsdogs")

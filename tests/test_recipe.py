@@ -45,6 +45,11 @@ def test_wrong_range_and_type_say_what_was_received():
     assert "2 problem(s)" in message
 
 
+def test_a_list_too_short_says_what_was_received():
+    message = _error(apply_overrides(BASE, ["data.image_size=[64]"]))
+    assert message.splitlines()[1] == "- data.image_size: too few items (item 2 is missing). Received: data.image_size=[64]"
+
+
 def test_missing_section_is_named():
     message = _error({k: v for k, v in BASE.items() if k != "backbone"})
     assert "backbone: this key is required" in message

@@ -238,13 +238,25 @@ def scan_unchecked(source: str | os.PathLike, *, val_fraction: float = 0.2, test
         kind = "folder"
     else:
         raise ValueError("source must be a class-per-folder directory, a .csv file, an MNIST folder or an "
-                         f".npz file, and must exist. Received: source={os.fspath(source)!r}")
+                         f".npz file, and must exist.{_near_path(path)} Received: source={os.fspath(source)!r}")
     rows = _inspect(entries, skipped, verify=verify, max_pixels=max_pixels, progress=progress,
                     on_file=on_file, lines=lines)
     index = _build_index(rows, skipped, folders, source=os.fspath(source), kind=kind, class_names=class_names,
                          fractions=fractions, seed=seed, max_pixels=max_pixels)
     index.problems[:0] = layout
     return index
+
+
+def _near_path(path: Path) -> str:
+    """" Did you mean ...?" for a path that does not exist but has a close namesake beside it (a typo)."""
+    import difflib
+
+    try:
+        names = [entry.name for entry in os.scandir(path.parent)]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1)
+    return f" Did you mean {os.fspath(path.parent / close[0])!r}?" if close and not path.exists() else ""
 
 
 FILES_SPLIT = "test"
