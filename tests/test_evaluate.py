@@ -234,6 +234,93 @@ def test_compare_refuses_different_images(runs, data_dir, report_a, tmp_path):
         compare_runs(report_a["out_dir"], tmp_path)
 
 
+DIGITS = ["0", "1"]
+
+
+def _digit_bundles(work: Path, *, a_paths: str) -> tuple[Path, Path, list[str]]:
+    """Two bundles over the same 6 PNGs below ``work/data/digits/test``, written from ``work``: A names them as
+    training did (relative to ``work``; ``a_paths="relative"``), relative with ``./`` and ``..`` detours
+    (``"detours"``) or absolutely (``"absolute"``), B absolutely as ``ftkit evaluate`` does. A is wrong on the
+    last two images, B on the first two."""
+    from ftkit.evaluate import evaluate_predictions
+
+    relative = [f"data/digits/test/{c}/digit_{c}{i}.png" for c in DIGITS for i in range(3)]
+    for i, path in enumerate(relative):
+        (work / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (28, 28), 40 * i).save(work / path)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    a_right = np.array([1, 1, 1, 1, 0, 0], bool)
+    b_right = np.array([0, 0, 1, 1, 1, 1], bool)
+
+    def probs(right):
+        predicted = np.where(right, y, 1 - y)
+        return np.eye(2)[predicted] * 0.6 + 0.2
+
+    absolute = [str(work / p) for p in relative]
+    a_named = {"relative": relative, "absolute": absolute,
+               "detours": [p.replace("data/", "./data/../data/", 1) for p in relative]}[a_paths]
+    a = evaluate_predictions(a_named, y, probs(a_right), DIGITS, work / "run_a" / "report" / "test", top_k=())
+    b = evaluate_predictions(absolute, y, probs(b_right), DIGITS, work / "eval_b", top_k=())
+    return Path(a["out_dir"]), Path(b["out_dir"]), absolute
+
+
+@pytest.mark.parametrize("case", ["recorded working folder", "old bundle, no working folder"])
+def test_compare_matches_relative_and_absolute_paths_of_the_same_images(tmp_path, monkeypatch, case):
+    """Training's report named files relative to its working folder, ``ftkit evaluate``'s absolutely: compare
+    refused the pair ("6 only in A ... 6 only in B") and, run from another folder, found none of the images."""
+    from ftkit.evaluate import compare_runs
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    a, b, absolute = _digit_bundles(work, a_paths="relative" if case.startswith("recorded") else "detours")
+    assert read_csv(a / "predictions.csv")[0]["path"].startswith(("data/", "./data/"))
+    if case.startswith("old"):  # written before report.json recorded it: relative to the current folder
+        saved = json.loads((a / "report.json").read_text())
+        del saved["working_dir"]
+        (a / "report.json").write_text(json.dumps(saved))
+    else:
+        monkeypatch.chdir(elsewhere)
+    result = compare_runs(work / "run_a", b, out_dir=tmp_path / "cmp")
+    assert result["n_samples"] == 6
+    assert [r["path"] for r in result["a_right_b_wrong"]] == absolute[:2]
+    assert [r["path"] for r in result["a_wrong_b_right"]] == absolute[4:]
+    assert result["mcnemar"]["discordant"] == 4
+    page = (tmp_path / "cmp" / "compare.html").read_text(encoding="utf-8")
+    assert page.count('<img src="data:image/jpeg;base64,') == 4
+    assert "cannot decode" not in page
+
+
+def test_compare_html_renders_its_tables(tmp_path, monkeypatch):
+    """compare.html showed its summary and per-class tables as markdown in a <pre>; they are HTML tables."""
+    from ftkit.evaluate import compare_runs
+
+    monkeypatch.chdir(tmp_path)
+    a, b, _ = _digit_bundles(tmp_path, a_paths="absolute")
+    compare_runs(a, b, out_dir=tmp_path / "cmp")
+    page = (tmp_path / "cmp" / "compare.html").read_text(encoding="utf-8")
+    assert "<pre>" not in page and "|---" not in page
+    assert page.count("<table>") == 4  # runs, summary, per class, changed confusion cells
+    assert "<tr><td>Images</td><td>6</td></tr><tr><td>Accuracy B - A</td><td>+0.0000</td></tr>" in page
+    assert ("<thead><tr><th>class</th><th>support</th><th>F1 A</th><th>F1 B</th><th>B - A</th><th>recall A</th>"
+            "<th>recall B</th></tr></thead>") in page
+    # class 0: A predicts it for images 0-2 (right) and 4-5 (wrong), B only for image 2.
+    assert "<tr><td>0</td><td>3</td><td>0.7500</td><td>0.5000</td><td>-0.2500</td><td>1.0000</td><td>0.3333</td></tr>" in page
+    assert "<tr><td>0</td><td>1</td><td>0</td><td>2</td><td>+2</td></tr>" in page  # B's 0 -> 1 mistakes
+
+
+def test_row_paths_resolve_against_the_bundles_working_folder(tmp_path):
+    from ftkit.evaluate.report import bundle_working_dir, resolve_row_path
+
+    assert resolve_row_path("data/x/../y/a.png", "/work/run") == "/work/run/data/y/a.png"
+    assert resolve_row_path("/abs//b.png", "/work/run") == "/abs/b.png"
+    assert resolve_row_path("test[12]", "/work/run") == "test[12]"  # in-memory data's ids stay ids
+    (tmp_path / "report.json").write_text(json.dumps({"working_dir": "/somewhere"}))
+    assert bundle_working_dir(tmp_path / "predictions.csv") == "/somewhere"
+    assert bundle_working_dir(tmp_path / "missing" / "predictions.csv") == os.getcwd()
+
+
 def test_compare_finds_a_training_runs_split_reports(tmp_path):
     """``ftkit train`` writes RUN/report/{val,test}/predictions.csv; compare takes the run folders."""
     from ftkit.evaluate.compare import find_predictions

@@ -199,3 +199,32 @@ def test_confusion_png_size_scales_with_class_count(tmp_path, n_classes):
         assert expected[1] >= 50 * 35  # at least ~35 px per class row at 50 classes
     else:
         assert expected == (600, 500)
+
+
+def test_predictions_csv_reproduces_the_reports_roc_auc_and_log_loss(tmp_path):
+    """Probabilities rounded to 6 decimals became ties and zeros: recomputed from the file, macro ROC-AUC and log
+    loss drifted from the report's. They are now written so that every float32 reads back as itself."""
+    from ftkit.evaluate.report import read_predictions_csv, write_predictions_csv
+
+    rng = np.random.default_rng(0)
+    n, k = 400, 10
+    names = [str(c) for c in range(k)]
+    y = np.concatenate([np.arange(k), rng.integers(0, k, n - k)])
+    logits = rng.normal(scale=6.0, size=(n, k))  # wide logits: many probabilities far below 1e-6
+    logits[np.arange(n), y] += 3.0
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+    report = compute_metrics(y, probs, names, top_k=())
+
+    write_predictions_csv(tmp_path / "predictions.csv", [f"test[{i}]" for i in range(n)], y, probs, names)
+    _, _, _, read, _ = read_predictions_csv(tmp_path / "predictions.csv")
+    again = compute_metrics(y, read, names, top_k=())
+
+    assert again["log_loss"] == pytest.approx(report["log_loss"], abs=1e-6)
+    assert again["roc_auc"]["macro"] == pytest.approx(report["roc_auc"]["macro"], abs=1e-6)
+    for name in names:
+        assert again["roc_auc"]["per_class"][name] == pytest.approx(report["roc_auc"]["per_class"][name], abs=1e-6)
+    np.testing.assert_array_equal(read.astype(np.float32), probs)
+    longest = max(len(field) for line in (tmp_path / "predictions.csv").read_text().splitlines()[1:]
+                  for field in line.split(",")[3:])
+    assert longest <= len("1.23456789e-12")  # float32: at most 9 significant digits

@@ -1,8 +1,10 @@
 """Compare two evaluated runs on the same images: per-class and per-cell differences, McNemar's test, and
 the images one run gets right and the other wrong.
 
-Works from what ``ftkit evaluate`` wrote (``predictions.csv`` keyed by path), so both runs must have been
-evaluated on the same files; anything else is refused with the difference named.
+Works from what ``ftkit evaluate`` or ``ftkit train`` wrote (``predictions.csv`` keyed by path), so both runs
+must have been evaluated on the same files; anything else is refused with the difference named. Rows are matched
+by absolute path, so a bundle that names files relative to the folder it was written from (training's, before
+it wrote absolute paths) matches one that names them absolutely.
 """
 
 from __future__ import annotations
@@ -16,13 +18,23 @@ import numpy as np
 from sklearn import metrics as skm
 
 from ftkit.evaluate import gallery
-from ftkit.evaluate.report import FILES, html_page, read_predictions_csv
+from ftkit.evaluate.report import (
+    FILES,
+    bundle_working_dir,
+    html_page,
+    html_table,
+    md_table,
+    read_predictions_csv,
+    resolve_row_path,
+)
 from ftkit.evaluate.runs import REPORT_DIR
 
 # Below this many discordant pairs the chi-square approximation is poor; use the exact binomial test.
 EXACT_MCNEMAR_BELOW = 25
 EXAMPLES_IN_ERRORS = 5
 COMPARE_FILES = {"json": "compare.json", "markdown": "compare.md", "html": "compare.html"}
+PER_CLASS_HEADER = ["class", "support", "F1 A", "F1 B", "B - A", "recall A", "recall B"]
+CELL_HEADER = ["true", "predicted", "A", "B", "B - A"]
 
 
 @dataclass
@@ -60,8 +72,11 @@ def find_predictions(run_or_report: str | Path, *, split: str = "test") -> Path:
 
 
 def load_evaluated(run_or_report: str | Path, *, split: str = "test") -> EvaluatedRun:
+    """A run's predictions, each row keyed by its file's absolute path (:func:`resolve_row_path`)."""
     source = find_predictions(run_or_report, split=split)
     paths, true, predicted, probs, class_names = read_predictions_csv(source)
+    working_dir = bundle_working_dir(source)
+    paths = [resolve_row_path(path, working_dir) for path in paths]
     if len(set(paths)) != len(paths):
         raise ValueError(f"{source} lists some paths more than once. Received: {len(paths)} rows, {len(set(paths))} paths")
     return EvaluatedRun(str(run_or_report), source, paths, true, predicted, probs.max(axis=1), class_names)
@@ -193,31 +208,54 @@ def compare_runs(run_a: str | Path, run_b: str | Path, *, out_dir: str | Path | 
     return result
 
 
-def render_markdown(result: dict) -> str:
+def _runs_rows(result: dict) -> list[list[str]]:
+    return [[side, result[side.lower()]["run"], f"{result[side.lower()]['accuracy']:.4f}"] for side in ("A", "B")]
+
+
+def _summary_rows(result: dict) -> list[list[str]]:
     m = result["mcnemar"]
-    p_value = "n/a" if m["p_value"] is None else f"{m['p_value']:.4g}"
-    lines = [
-        "# Run comparison",
-        f"A: `{result['a']['run']}` accuracy {result['a']['accuracy']:.4f}  \n"
-        f"B: `{result['b']['run']}` accuracy {result['b']['accuracy']:.4f}  \n"
-        f"Images: {result['n_samples']}, accuracy B - A: {result['accuracy_delta']:+.4f}",
-        "## McNemar's test",
-        f"A right / B wrong: {m['a_right_b_wrong']}, A wrong / B right: {m['a_wrong_b_right']}; "
-        f"{m['method']}; p = {p_value}",
-        "## Per class (F1)",
-        "| class | support | F1 A | F1 B | B - A | recall A | recall B |",
-        "|---|---|---|---|---|---|---|",
+    return [
+        ["Images", str(result["n_samples"])],
+        ["Accuracy B - A", f"{result['accuracy_delta']:+.4f}"],
+        ["A right, B wrong", str(m["a_right_b_wrong"])],
+        ["A wrong, B right", str(m["a_wrong_b_right"])],
+        ["McNemar's test", m["method"]],
+        ["McNemar p-value", "n/a" if m["p_value"] is None else f"{m['p_value']:.4g}"],
     ]
-    lines += [
-        f"| {name} | {c['support']} | {c['f1_a']:.4f} | {c['f1_b']:.4f} | {c['f1_delta']:+.4f} | {c['recall_a']:.4f} | {c['recall_b']:.4f} |"
+
+
+def _per_class_rows(result: dict) -> list[list[str]]:
+    return [
+        [name, str(c["support"]), f"{c['f1_a']:.4f}", f"{c['f1_b']:.4f}", f"{c['f1_delta']:+.4f}", f"{c['recall_a']:.4f}",
+         f"{c['recall_b']:.4f}"]
         for name, c in result["per_class"].items()
     ]
-    lines += ["## Confusion cells that changed", "| true | predicted | A | B | B - A |", "|---|---|---|---|---|"]
-    lines += [f"| {c['true']} | {c['predicted']} | {c['a']} | {c['b']} | {c['delta']:+d} |" for c in result["cell_differences"]]
+
+
+def _cell_rows(result: dict) -> list[list[str]]:
+    return [[c["true"], c["predicted"], str(c["a"]), str(c["b"]), f"{c['delta']:+d}"] for c in result["cell_differences"]]
+
+
+def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """``(title, header, rows)`` of every table, in order: compare.md and compare.html show the same ones."""
+    return [
+        ("Runs", ["", "run", "accuracy"], _runs_rows(result)),
+        ("Summary", ["", "value"], _summary_rows(result)),
+        ("Per class (F1)", PER_CLASS_HEADER, _per_class_rows(result)),
+        ("Confusion cells that changed", CELL_HEADER, _cell_rows(result)),
+    ]
+
+
+def render_markdown(result: dict) -> str:
+    parts = ["# Run comparison"]
+    for title, header, rows in _tables(result):
+        parts += [f"## {title}", md_table(header, rows)]
     for key, title in (("a_right_b_wrong", "A right, B wrong"), ("a_wrong_b_right", "A wrong, B right")):
-        lines += [f"## {title} ({len(result[key])})"]
-        lines += [f"- `{r['path']}`: true {r['true']}, A {r['predicted_a']}, B {r['predicted_b']}" for r in result[key]]
-    return "\n".join(lines) + "\n"
+        parts += [f"## {title} ({len(result[key])})"]
+        lines = [f"- `{r['path']}`: true {r['true']}, A {r['predicted_a']}, B {r['predicted_b']}" for r in result[key]]
+        if lines:
+            parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
 
 
 def _disagreement_gallery(rows: list[dict]) -> str:
@@ -238,11 +276,10 @@ def write_comparison(result: dict, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / COMPARE_FILES["json"]).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    markdown = render_markdown(result)
-    (out_dir / COMPARE_FILES["markdown"]).write_text(markdown)
-    summary = markdown.split("## A right, B wrong")[0]
+    (out_dir / COMPARE_FILES["markdown"]).write_text(render_markdown(result))
+    tables = "".join(f"<h2>{html.escape(title)}</h2>{html_table(header, rows)}" for title, header, rows in _tables(result))
     body = (
-        f"<pre>{html.escape(summary)}</pre>"
+        f"<h1>Run comparison</h1>{tables}"
         f"<h2>A right, B wrong ({len(result['a_right_b_wrong'])})</h2>{_disagreement_gallery(result['a_right_b_wrong'])}"
         f"<h2>A wrong, B right ({len(result['a_wrong_b_right'])})</h2>{_disagreement_gallery(result['a_wrong_b_right'])}"
     )

@@ -12,6 +12,8 @@ import base64
 import csv
 import html
 import json
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +33,8 @@ FILES = {
 }
 PREDICTION_COLUMNS = ("path", "true_label", "predicted_label", "confidence", "correct")
 PROB_PREFIX = "prob_"
+# The ids in-memory data (MNIST) gives its rows in place of paths, ``test[12]`` (ftkit.data.sources.Split.ids).
+IN_MEMORY_ID = re.compile(r"[\w.-]+\[\d+\]")
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -42,15 +46,19 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def write_predictions_csv(path: Path, paths: Sequence[str], y_true, probs, class_names: Sequence[str]) -> None:
-    """One row per image in evaluation order: path, true and predicted class, confidence, all probabilities."""
-    y_pred = np.asarray(probs).argmax(axis=1)
+    """One row per image in evaluation order: path, true and predicted class, confidence, all probabilities.
+
+    Probabilities are written as the shortest text that reads back as the same value of their dtype (``0.1``
+    for float32's 0.1): rounded to a fixed number of decimals, small ones became ties and zeros, and ROC-AUC and
+    log loss recomputed from the file no longer matched the report's."""
+    probs = np.asarray(probs)
+    y_pred = probs.argmax(axis=1)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([*PREDICTION_COLUMNS, *(PROB_PREFIX + name for name in class_names)])
         for file_path, t, p, row in zip(paths, y_true, y_pred, probs, strict=True):
-            writer.writerow(
-                [file_path, class_names[t], class_names[p], f"{row[p]:.6f}", int(t == p), *(f"{v:.6f}" for v in row)]
-            )
+            # str() of a numpy float is its dtype's shortest round-trip repr.
+            writer.writerow([file_path, class_names[t], class_names[p], str(row[p]), int(t == p), *map(str, row)])
 
 
 def read_predictions_csv(path: str | Path) -> tuple[list[str], list[str], list[str], np.ndarray, list[str]]:
@@ -67,6 +75,25 @@ def read_predictions_csv(path: str | Path) -> tuple[list[str], list[str], list[s
         rows = list(reader)
     probs = np.array([[float(v) for v in row[len(PREDICTION_COLUMNS) :]] for row in rows]).reshape(len(rows), len(class_names))
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], probs, class_names
+
+
+def bundle_working_dir(predictions: str | Path) -> str:
+    """The folder relative paths in a ``predictions.csv`` are relative to: the ``working_dir`` its
+    ``report.json`` records, or for bundles written before it was recorded, the current folder."""
+    try:
+        recorded = json.loads((Path(predictions).parent / FILES["json"]).read_text()).get("working_dir")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded if isinstance(recorded, str) and recorded else os.getcwd()
+
+
+def resolve_row_path(path: str, working_dir: str | Path) -> str:
+    """A ``predictions.csv`` row's path as an absolute, normalised path (relative ones from ``working_dir``), so
+    rows of two bundles that name the same file match and their images are found from any folder; in-memory
+    ids (``test[12]``) are returned as they are."""
+    if IN_MEMORY_ID.fullmatch(path):
+        return path
+    return os.path.normpath(os.path.join(os.path.abspath(working_dir), path))
 
 
 def _summary_rows(report: dict) -> list[tuple[str, str]]:
@@ -107,7 +134,7 @@ def _confused_rows(report: dict) -> list[list[str]]:
     return [[c["true"], c["predicted"], str(c["count"]), f"{c['fraction_of_true']:.1%}"] for c in report["most_confused"]]
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     def clean(cell: str) -> str:
         return str(cell).replace("|", "\\|")
 
@@ -128,11 +155,11 @@ def render_markdown(report: dict) -> str:
         "# Evaluation report",
         f"Model: `{report['model']}`  \nData: `{report['data']}`",
         "## Summary",
-        _md_table(["metric", "value"], _summary_rows(report)),
+        md_table(["metric", "value"], _summary_rows(report)),
         "## Per class",
-        _md_table(PER_CLASS_HEADER, _per_class_rows(report)),
+        md_table(PER_CLASS_HEADER, _per_class_rows(report)),
         "## Most confused pairs",
-        _md_table(CONFUSED_HEADER, _confused_rows(report)) if report["most_confused"] else "No misclassified images.",
+        md_table(CONFUSED_HEADER, _confused_rows(report)) if report["most_confused"] else "No misclassified images.",
         "## Figures",
         f"![confusion matrix]({FILES['confusion_matrix']})\n\n"
         f"![row-normalised confusion matrix]({FILES['confusion_matrix_normalized']})\n\n"
@@ -162,7 +189,7 @@ display:flex;align-items:center;justify-content:center;text-align:center;color:#
 """
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -215,12 +242,12 @@ def render_html(report: dict, out_dir: Path, cells: list[dict], pixels=None) -> 
     body = (
         f"<h1>Evaluation report</h1><p class=\"meta\">Model <code>{html.escape(report['model'])}</code><br>"
         f"Data <code>{html.escape(report['data'])}</code></p>"
-        f"<h2>Summary</h2>{_html_table(['metric', 'value'], _summary_rows(report))}"
+        f"<h2>Summary</h2>{html_table(['metric', 'value'], _summary_rows(report))}"
         + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
         + f'<h2>Confusion matrices and calibration</h2><div class="figures">{figures}</div>'
-        f"<h2>Per class</h2>{_html_table(PER_CLASS_HEADER, _per_class_rows(report))}"
+        f"<h2>Per class</h2>{html_table(PER_CLASS_HEADER, _per_class_rows(report))}"
         f"<h2>Most confused pairs</h2>"
-        + (_html_table(CONFUSED_HEADER, _confused_rows(report)) if report["most_confused"] else "<p>None.</p>")
+        + (html_table(CONFUSED_HEADER, _confused_rows(report)) if report["most_confused"] else "<p>None.</p>")
         + f"<h2>Misclassified images</h2>{_gallery_html(cells, shown, total_wrong, pixels)}"
         + (f"<h2>Skipped files</h2><ul>{skipped}</ul>" if skipped else "")
     )
@@ -237,7 +264,8 @@ def write_bundle(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     class_names = report["class_names"]
-    report = {**report, "out_dir": str(out_dir.resolve()), "files": dict(FILES)}
+    # working_dir: what relative paths in predictions.csv are relative to (bundle_working_dir).
+    report = {**report, "out_dir": str(out_dir.resolve()), "working_dir": os.getcwd(), "files": dict(FILES)}
     write_predictions_csv(out_dir / FILES["predictions"], paths, y_true, probs, class_names)
     plots.save_confusion_matrix(
         report["confusion_matrix"], class_names, out_dir / FILES["confusion_matrix"], normalized=False,
