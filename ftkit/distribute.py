@@ -242,4 +242,8 @@ def describe(strategy) -> str:
     name = names.get(type(strategy).__name__, type(strategy).__name__)
     where = f", {task_type} {task_id} of {workers} workers" if workers > 1 else ""
     role = " (chief: writes the run folder)" if workers > 1 and is_chief(strategy) else ""
-    return f"strategy: {name}, {strategy.num_replicas_in_sync} replica(s){where}{role}"
+    alone = ""
+    if name == "MirroredStrategy" and strategy.num_replicas_in_sync == 1:
+        alone = (" (one visible device, no second GPU: this run computes what --strategy default computes, "
+                 "with the distributed step)")
+    return f"strategy: {name}, {strategy.num_replicas_in_sync} replica(s){where}{role}{alone}"
