@@ -308,7 +308,8 @@ def test_cli_train_smoke_and_export(tmp_path, monkeypatch, repo_root, capsys):
                  "--set", "train.seed=5", "--set", "evaluate.enabled=false"]) == 0
     printed = capsys.readouterr().out
     assert "ftkit train:" in printed  # the end-of-run summary
-    assert printed.startswith("data: 5 classes from ")  # what the run trains on, before anything else
+    # where the run goes and what it trains on, before anything else
+    assert printed.startswith(f"run folder: {out}\ndata: 5 classes from ")
     assert "seed: 5" in (out / "recipe.yaml").read_text()
     assert main(["export", str(out), "--format", "keras"]) == 0
     assert (out / "export" / "model.keras").is_file()
