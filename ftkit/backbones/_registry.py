@@ -294,7 +294,7 @@ class BackboneRegistry:
         if key:
             # One entry per distribution and backbone: an upgrade or an edit replaces the stale count.
             dist, _, bare, _ = key.split(" ")
-            kept = {k: v for k, v in self._read_parameter_cache().items() if k.split(" ")[0::2] != [dist, bare]}
+            kept = {k: v for k, v in cache.items() if k.split(" ")[0::2] != [dist, bare]}
             self._write_parameter_cache({**kept, key: count})
         return count
 

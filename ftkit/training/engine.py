@@ -629,9 +629,9 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
     arguments (a shared ``out``/``resume`` folder for resuming); only the chief writes.
     """
     if resume is not None:
-        unstarted = runs.RunFolder(resume).stopped_before_first_checkpoint()
-        state = None if unstarted else runs.RunFolder(resume).read_state()
-        saved = load_recipe(runs.RunFolder(resume).root / runs.RECIPE_FILE)
+        existing = runs.RunFolder(resume)
+        state = None if existing.stopped_before_first_checkpoint() else existing.read_state()
+        saved = load_recipe(existing.root / runs.RECIPE_FILE)
         resolved = saved
     else:
         resolved = load_recipe(recipe, overrides=overrides, smoke=smoke)
