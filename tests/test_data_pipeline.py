@@ -437,3 +437,34 @@ def test_hymenoptera_epoch_and_distribution(shared_data):
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     first = next(iter(distribute(ds, strategy)))
     np.testing.assert_array_equal(strategy.experimental_local_results(first[1])[0].numpy(), labels[:50])
+
+
+def test_a_csv_row_that_fails_only_at_decode_is_reported_with_its_line(shared_data, tmp_path):
+    """A JPEG cut inside its scan data passes the header scan and fails when the pipeline decodes it: its skip
+    record names the CSV and the line, in a carved split too (the lines follow the rows)."""
+    photos = sorted((shared_data / "hymenoptera" / "train" / "bees").glob("*.jpg"))[:5]
+    for i, photo in enumerate(photos):
+        (tmp_path / f"{i}.jpg").write_bytes(photo.read_bytes())
+        (tmp_path / f"cut{i}.jpg").write_bytes(photo.read_bytes()[:len(photo.read_bytes()) // 2])
+    rows = ["file,class,split", "0.jpg,a,train", "", "1.jpg,b,train", "2.jpg,a,train", "cut0.jpg,b,val",
+            "3.jpg,a,val", "4.jpg,b,val", "cut1.jpg,a,"]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    index = scan(tmp_path / "t.csv", val_fraction=0.0)
+    assert index.skipped == [] and index["val"].lines.dtype == np.int32
+    assert len(_images(index, "val", image_size=(8, 8))[1]) == 2
+    [skip] = index.skipped
+    assert (os.path.basename(skip.path), skip.reason, skip.split) == ("cut0.jpg", decode.CORRUPT, "val")
+    assert skip.detail.startswith("the in-graph decoder failed on it") and skip.detail.endswith(", t.csv line 6")
+    assert len(_images(index, "train", image_size=(8, 8))[1]) == 3
+    assert (os.path.basename(index.skipped[1].path), index.skipped[1].split) == ("cut1.jpg", "train")
+    assert index.skipped[1].detail.endswith(", t.csv line 9")
+
+    for seed in range(3):  # train's rows (lines 2, 4, 5, 9) split in two: cut1.jpg lands in either half
+        carved = scan(tmp_path / "t.csv", val_fraction=0.0, test_fraction=0.5, seed=seed)
+        [split] = [name for name in ("train", "test") if os.fspath(tmp_path / "cut1.jpg") in set(carved[name].paths)]
+        line_of = {os.path.basename(p): int(n) for name in ("train", "test")
+                   for p, n in zip(carved[name].paths, carved[name].lines, strict=True)}
+        assert line_of == {"0.jpg": 2, "1.jpg": 4, "2.jpg": 5, "cut1.jpg": 9}
+        _images(carved, split, image_size=(8, 8))
+        [skip] = carved.skipped
+        assert skip.split == split and skip.detail.endswith(", t.csv line 9")

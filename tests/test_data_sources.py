@@ -648,3 +648,131 @@ def test_a_mistyped_source_suggests_its_namesake(tmp_path):
         scan(tmp_path / "hymenopterra")
     with pytest.raises(ValueError, match=r"must exist. Received: source="):  # nothing close: no suggestion
         scan(tmp_path / "catsdogs")
+
+
+# --- byte-identical files in an automatic split ------------------------------------------------------------
+
+def _split_before_copies_were_kept_together(labels: np.ndarray, fractions: dict[str, float], seed: int) -> list:
+    """Each row's split under the automatic split's draw as it was before copies were kept together (a copy of
+    that algorithm, so a change to the draw itself fails the tests below)."""
+    drawn = ["train"] * len(labels)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        rows = rows[np.random.default_rng([seed, int(label)]).permutation(len(rows))]
+        start = 0
+        for name in [n for n in ("val", "test") if fractions.get(n, 0) > 0]:
+            n = max(min(int(np.floor(fractions[name] * len(rows) + 0.5)), len(rows) - start - 1), 0)
+            for row in rows[start:start + n]:
+                drawn[row] = name
+            start += n
+    return drawn
+
+
+def _membership(index, root: Path) -> dict[str, str]:
+    return {os.path.relpath(p, root): split for split, data in index.splits.items() for p in data.paths}
+
+
+def _drawn(root: Path, fractions: dict[str, float], seed: int) -> dict[str, str]:
+    """The old draw over the files in scan order (the order a scan without carving lists them in)."""
+    listed = scan(root, val_fraction=0.0)["train"]
+    drawn = _split_before_copies_were_kept_together(listed.labels, fractions, seed)
+    return dict(zip((os.path.relpath(p, root) for p in listed.paths), drawn, strict=True))
+
+
+def _photos_with_copies(shared_data, root: Path) -> list[list[str]]:
+    """ants/ and bees/ with 10 real photos each, plus copies: one ant photo three more times (twice among the
+    ants, once among the bees) and one bee photo once more; and an ant photo with one byte changed (same size,
+    other bytes: no copy). Returns the groups of copies, each in scan order."""
+    hym = shared_data / "hymenoptera" / "train"
+    for cls in ("ants", "bees"):
+        for photo in sorted((hym / cls).glob("*.jpg"))[:10]:
+            _write(root / cls / photo.name, photo.read_bytes())
+    ant, bee = sorted((hym / "ants").glob("*.jpg"))[0], sorted((hym / "bees").glob("*.jpg"))[1]
+    for name in ("ants/copy 1.jpg", "ants/zz copy 2.jpg", "bees/ant copy.jpg"):
+        _write(root / name, ant.read_bytes())
+    _write(root / "bees" / "bee again.jpg", bee.read_bytes())
+    edited = bytearray(ant.read_bytes())
+    edited[len(edited) // 2] ^= 0xFF  # inside the scan data: the header still reads
+    _write(root / "ants" / "edited.jpg", bytes(edited))
+    return [[f"ants/{ant.name}", "ants/copy 1.jpg", "ants/zz copy 2.jpg", "bees/ant copy.jpg"],
+            [f"bees/{bee.name}", "bees/bee again.jpg"]]
+
+
+def test_automatic_split_keeps_copies_in_one_split_and_moves_nothing_else(shared_data, tmp_path):
+    root = tmp_path / "photos"
+    groups = _photos_with_copies(shared_data, root)
+    fractions = {"val": 0.3, "test": 0.2}
+    straddled_before = 0
+    for seed in range(6):
+        index = scan(root, val_fraction=fractions["val"], test_fraction=fractions["test"], seed=seed)
+        got, drawn = _membership(index, root), _drawn(root, fractions, seed)
+        assert len(got) == 25 and set(got) == set(drawn)
+        expected = dict(drawn)
+        for group in groups:  # each group goes where the draw put its first file; nothing else moves
+            expected.update((name, drawn[group[0]]) for name in group)
+            assert len({got[name] for name in group}) == 1
+        assert got == expected
+        straddled_before += sum(len({drawn[name] for name in group}) > 1 for group in groups)
+        moved = sum(drawn[name] != expected[name] for name in drawn)
+        [note] = [p for p in index.problems if p.kind == "duplicates kept together"]
+        assert note.severity == "info"
+        assert note.message.startswith("2 group(s) of byte-identical files (6 files) kept in one split each")
+        assert f"; {moved} file(s) moved there from the split the seeded draw gave them" in note.message
+        assert {"kind": note.kind, "severity": "info", "message": note.message} in index.summary()["problems"]
+    assert straddled_before >= 3  # the old draw split these groups: the seeds above test something
+    report = check(root, val_fraction=0.3, test_fraction=0.2, seed=1, verify="header")
+    assert report.duplicates_across_splits == [] and len(report.duplicates_conflicting_labels) == 1
+
+
+def test_automatic_split_without_copies_is_the_draw_as_before(shared_data, tmp_path):
+    """Exactly the old draw where there is no copy: a real flat folder and the copies' tree without its copies."""
+    flat = shared_data / "hymenoptera" / "val"
+    root = tmp_path / "photos"
+    _photos_with_copies(shared_data, root)
+    for name in ("ants/copy 1.jpg", "ants/zz copy 2.jpg", "bees/ant copy.jpg", "bees/bee again.jpg"):
+        (root / name).unlink()
+    for folder, fractions in ((flat, {"val": 0.25, "test": 0.25}), (root, {"val": 0.3})):
+        for seed in (0, 1, 7):
+            index = scan(folder, val_fraction=fractions["val"], test_fraction=fractions.get("test", 0.0),
+                         seed=seed)
+            assert _membership(index, folder) == _drawn(folder, fractions, seed)
+            assert not [p for p in index.problems if p.kind == "duplicates kept together"]
+
+
+def test_a_class_of_copies_keeps_its_training_image(tmp_path):
+    """A class whose files are all one picture stays in training, where the draw sent its first file to val."""
+    root = _tree(tmp_path / "t", {"a": 6})
+    for name in ("x1.jpg", "x2.jpg", "x3.jpg"):
+        _write(root / "b" / name, _noise_jpeg(9, size=16))
+    first_drawn_to_val = 0
+    for seed in range(8):
+        index = scan(root, val_fraction=0.34, seed=seed)
+        drawn = _drawn(root, {"val": 0.34}, seed)
+        first_drawn_to_val += drawn["b/x1.jpg"] == "val"
+        got = _membership(index, root)
+        assert [got[f"b/x{i}.jpg"] for i in (1, 2, 3)] == ["train"] * 3
+        assert {name: split for name, split in got.items() if name.startswith("a/")} == {
+            name: split for name, split in drawn.items() if name.startswith("a/")}
+        assert index["train"].counts(2)[1] == 3
+        assert [p.kind for p in index.problems] == ["duplicates kept together", "class missing from val"]
+    assert first_drawn_to_val >= 1
+
+
+def test_explicit_splits_keep_their_copies_and_the_doctor_reports_them(tmp_path):
+    """A copy across split folders is the user's choice: not moved; the doctor still reports the leakage."""
+    root = _tree(tmp_path / "t", {"train/a": 3, "train/b": 3, "val/a": 2, "val/b": 2})
+    _write(root / "val" / "a" / "copy.jpg", (root / "train" / "a" / "0.jpg").read_bytes())
+    index = scan(root)
+    assert os.fspath(root / "val" / "a" / "copy.jpg") in set(index["val"].paths)
+    assert not [p for p in index.problems if p.kind == "duplicates kept together"]
+    assert len(check(root, verify="header").duplicates_across_splits) == 1
+
+
+def test_the_note_on_copies_kept_together_is_information_even_under_strict(tmp_path):
+    root = _tree(tmp_path / "t", {"a": 4, "b": 4})
+    _write(root / "a" / "again.jpg", (root / "a" / "0.jpg").read_bytes())
+    report = check(root, verify="header", strict=True)
+    assert [(p["severity"], p["kind"]) for p in report.problems] == [("info", "duplicates kept together")]
+    assert report.usable and report.duplicates_across_splits == [] and len(report.duplicates_within_class) == 1
+    assert "info: 1 group(s) of byte-identical files (2 files) kept in one split each" in report.to_text()
+    scan(root, policy="strict", verify="header")  # a note, not a reason to refuse the data

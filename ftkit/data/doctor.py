@@ -71,11 +71,13 @@ class DoctorReport:
     def usable(self) -> bool:
         """No error; and, when strict, no bad file, no warning and no leakage either.
 
-        Conflicting labels are a warning (in :attr:`problems`); plain duplicates are information only.
+        Conflicting labels are a warning (in :attr:`problems`); plain duplicates, and the scan's notes (severity
+        ``"info"``, e.g. copies kept in one split by the automatic split), are information only.
         """
         if any(p["severity"] == "error" for p in self.problems):
             return False
-        return not self.strict or not (self.bad_files or self.problems or self.duplicates_across_splits)
+        warnings = [p for p in self.problems if p["severity"] != "info"]
+        return not self.strict or not (self.bad_files or warnings or self.duplicates_across_splits)
 
     @property
     def conversion_counts(self) -> dict[str, int]:
