@@ -77,7 +77,8 @@ def test_a_csv_class_the_run_does_not_know_is_named(run, images, tmp_path):
     cats, dogs = images["cats"], images["dogs"]
     labels = _write_csv(tmp_path / "birds.csv", [(cats[0], "cats", "test"), (dogs[0], "birds", "test"),
                                                   (dogs[1], "dogs", "test"), (dogs[2], "wolves", "train")])
-    with pytest.raises(ClassMismatchError, match=r"classes the model does not know: \['birds'\]\. DATA must be a folder .*Received: "
+    with pytest.raises(ClassMismatchError, match=r"classes the model does not know: \['birds'\] \(pass --only-model-classes to evaluate on the "
+                                                 r"rows of the model's classes, leaving out the others\)\. DATA must be a folder .*Received: "
                                                  r"data='.*birds\.csv \(test split\)' with classes \['birds', 'cats'"):
         evaluate_run(run, labels, tmp_path / "out")
     only_cats = _write_csv(tmp_path / "cats.csv", [(cats[0], "cats", "test"), (dogs[2], "wolves", "train")])

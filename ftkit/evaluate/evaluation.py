@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,23 +35,25 @@ def evaluate_predictions(
     images=None,
     split: str = "",
     split_note: str = "",
+    unknown_classes: Mapping[str, int] | None = None,
 ) -> dict:
     """Score predictions already made (``probs[i]`` for ``paths[i]``) and write the bundle to ``out_dir``.
 
     ``skipped``: files left out, ``{"path", "reason", "detail"}``; ``warnings``: about the data as a whole;
     ``images``: in-memory data's uint8 images, row for row (``paths`` are then identifiers), for the gallery;
-    ``split``, ``split_note``: the split chosen from a data set with splits, and the line saying why."""
+    ``split``, ``split_note``: the split chosen from a data set with splits, and the line saying why;
+    ``unknown_classes``: rows left out per class the model does not know (``only_model_classes``)."""
     from ftkit import __version__
 
     report = compute_metrics(y_true, probs, class_names, top_k=top_k)
     report.update(model=model, data=data, split=split or None, split_note=split_note, skipped=list(skipped),
-                  warnings=list(warnings), ftkit_version=__version__)
+                  unknown_classes=dict(unknown_classes or {}), warnings=list(warnings), ftkit_version=__version__)
     return write_bundle(out_dir, report, paths=list(paths), y_true=np.asarray(y_true), probs=np.asarray(probs),
                         images=images)
 
 
-def _as_labelled(data, class_names: Sequence[str], *, split: str | None,
-                 allow_missing_classes: bool) -> image_io.LabelledFiles:
+def _as_labelled(data, class_names: Sequence[str], *, split: str | None, allow_missing_classes: bool,
+                 only_model_classes: bool) -> image_io.LabelledFiles:
     if isinstance(data, image_io.LabelledFiles):
         if split is not None:
             raise ValueError(f"split chooses a split of a data source; an index is one already. Received: split={split!r}")
@@ -65,7 +67,8 @@ def _as_labelled(data, class_names: Sequence[str], *, split: str | None,
             )
         return data
     if isinstance(data, str | Path):
-        return open_data(data, class_names, split=split, allow_missing_classes=allow_missing_classes)
+        return open_data(data, class_names, split=split, allow_missing_classes=allow_missing_classes,
+                         only_model_classes=only_model_classes)
     raise TypeError(
         "data must be a path (a folder of class folders, a tree of split folders, a CSV of path,label[,split], "
         f"MNIST) or an ftkit.evaluate.LabelledFiles index. Received: data of type {type(data).__name__}"
@@ -81,14 +84,17 @@ def evaluate_model(
     batch_size: int = DEFAULT_BATCH_SIZE,
     allow_missing_classes: bool = False,
     split: str | None = None,
+    only_model_classes: bool = False,
 ) -> dict:
     """Predict every image of ``data`` with ``loaded`` (model + run metadata), score, write ``out_dir``.
 
     ``data`` is a path to any source ``ftkit train`` reads (:func:`ftkit.evaluate.datasets.open_data`; ``split``
     chooses a split of one that has them) or a ``LabelledFiles`` index. Unreadable files are skipped and listed
-    in the report, and empty class folders left out with a warning.
+    in the report, and empty class folders left out with a warning. ``only_model_classes``: rows of classes the
+    model does not know are left out (listed as skipped, counted per class in ``unknown_classes``), not an error.
     """
-    index = _as_labelled(data, loaded.class_names, split=split, allow_missing_classes=allow_missing_classes)
+    index = _as_labelled(data, loaded.class_names, split=split, allow_missing_classes=allow_missing_classes,
+                         only_model_classes=only_model_classes)
     paths, y_true, probs, failures = _predict(loaded, index, batch_size=batch_size)
     return evaluate_predictions(
         paths,
@@ -104,6 +110,7 @@ def evaluate_model(
         images=index.images,
         split=index.split,
         split_note=index.split_note,
+        unknown_classes=index.unknown_classes,
     )
 
 
@@ -167,12 +174,15 @@ def evaluate_run(
     allow_missing_classes: bool = False,
     split: str | None = None,
     checkpoint: str | None = None,
+    only_model_classes: bool = False,
 ) -> dict:
     """``ftkit evaluate``: load a run folder (or ``.keras`` with its ``ftkit_run.json``) and evaluate it; with
     ``checkpoint="best"`` or ``"last"``, that training checkpoint of a run folder (:func:`load_model`).
 
     ``data``: any source ``ftkit train`` reads, or a ``LabelledFiles`` index. Of data with splits, ``split`` is
-    evaluated (default: test, else val, else all of it; the report's ``split_note`` says which). ``out_dir``
+    evaluated (default: test, else val, else all of it; the report's ``split_note`` says which). A class of
+    ``data`` the run does not know is an error, unless ``only_model_classes`` leaves its rows out (each listed in
+    the report's ``skipped``, counted per class in its ``unknown_classes``; kept rows keep their ids). ``out_dir``
     defaults to ``RUN/report/<data name>/`` (:func:`default_report_dir`; for a checkpoint file, in the run
     folder holding its metadata). Returns the report dict (what ``report.json`` holds; ``out_dir`` says where
     it went).
@@ -181,7 +191,7 @@ def evaluate_run(
     # The data is checked against the run's classes before the model loads, so a mistake in DATA is reported
     # at once rather than after TensorFlow's start-up (seconds).
     index = _as_labelled(data, read_run_meta(meta_path)["class_names"], split=split,
-                         allow_missing_classes=allow_missing_classes)
+                         allow_missing_classes=allow_missing_classes, only_model_classes=only_model_classes)
     if out_dir is None:
         out_dir = default_report_dir(run_dir, index, checkpoint=checkpoint)
     return evaluate_model(

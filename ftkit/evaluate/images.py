@@ -43,6 +43,8 @@ class LabelledFiles:
     split: str = ""  # the split chosen from a data set with splits ("" when the data is one split)
     split_note: str = ""  # which split was chosen and why, for the report and `ftkit evaluate`'s output
     report_name: str = ""  # the report folder's name in RUN/report/ (default: from ``source``)
+    # Rows left out because the model does not know their class (``only_model_classes``): class -> rows.
+    unknown_classes: dict[str, int] = field(default_factory=dict)
 
 
 class ClassMismatchError(ValueError):
@@ -104,12 +106,18 @@ FOLDER_HINT = "DATA must be one split folder with one subfolder per class."
 
 
 def check_classes(found: Sequence[str], expected: Sequence[str], *, allow_missing: bool, source: str,
-                  empty: Sequence[str] = (), hint: str = FOLDER_HINT) -> None:
+                  empty: Sequence[str] = (), hint: str = FOLDER_HINT, only_model_classes: bool = False) -> None:
     """Refuse a data set whose classes differ from the model's, naming the differences (``empty``: class
-    folders left out because they hold no file; ``hint``: what DATA should be)."""
+    folders left out because they hold no file; ``hint``: what DATA should be). ``only_model_classes``: classes
+    the model does not know are accepted (their rows are left out by the caller), unless no class is left."""
     extra = sorted(set(found) - set(expected))
     missing = [name for name in expected if name not in set(found)]
-    if extra or (missing and not allow_missing):
+    received = f"Received: data={source!r} with classes {sorted(found)}, model classes {list(expected)}"
+    known = not extra or len(extra) < len(set(found))  # some class of the model's is in the data
+    if only_model_classes and extra and not known:
+        raise ClassMismatchError(f"None of the evaluation data's classes is the model's, so leaving out the rows of "
+                                 f"classes the model does not know ({extra}) leaves nothing to evaluate. {received}")
+    if (extra and not only_model_classes) or (missing and not allow_missing):
         parts = []
         if extra:
             parts.append(f"classes the model does not know: {extra}")
@@ -117,18 +125,37 @@ def check_classes(found: Sequence[str], expected: Sequence[str], *, allow_missin
             emptied = [name for name in missing if name in empty]
             parts.append(f"model classes absent from the data: {missing}"
                          + (f" (the folders of {emptied} are empty)" if emptied else ""))
-        subset = " (pass --allow-missing-classes to evaluate on a subset)" if missing and not extra else ""
-        raise ClassMismatchError(
-            f"The evaluation data's classes do not match the model's: {'; '.join(parts)}{subset}. "
-            f"{hint} Received: data={source!r} with classes {sorted(found)}, model classes {list(expected)}"
-        )
+        raise ClassMismatchError(f"The evaluation data's classes do not match the model's: {'; '.join(parts)}"
+                                 f"{_way_out(extra and not only_model_classes, missing and not allow_missing, known)}. "
+                                 f"{hint} {received}")
 
 
-def scan_split(data_dir: str | Path, class_names: Sequence[str], *, allow_missing_classes: bool = False) -> LabelledFiles:
+def _way_out(extra: bool, missing: bool, known: bool) -> str:
+    """The flags that would make a mismatch acceptable, as ``ftkit evaluate`` names them (none when the data
+    has no class of the model's: ``known`` is false)."""
+    if not known:
+        return ""
+    if extra and missing:
+        return " (pass --only-model-classes and --allow-missing-classes to evaluate on the classes both have)"
+    if extra:
+        return " (pass --only-model-classes to evaluate on the rows of the model's classes, leaving out the others)"
+    return " (pass --allow-missing-classes to evaluate on a subset)" if missing else ""
+
+
+def left_out_note(unknown_classes: dict[str, int]) -> str:
+    """The line saying which rows ``only_model_classes`` left out: how many, and per class."""
+    per_class = ", ".join(f"{name!r} {count}" for name, count in unknown_classes.items())
+    return (f"left out {sum(unknown_classes.values())} rows of classes the model does not know (each listed under "
+            f"skipped files): {per_class}")
+
+
+def scan_split(data_dir: str | Path, class_names: Sequence[str], *, allow_missing_classes: bool = False,
+               only_model_classes: bool = False) -> LabelledFiles:
     """List ``data_dir/<class>/**`` files, labelled by the model's class order, sorted by class then path.
 
     A class folder with no file is left out with a warning, as ``ftkit train`` and ``ftkit data check`` do;
     then the remaining folders must be the model's classes (all of them, unless ``allow_missing_classes``).
+    With ``only_model_classes``, folders of other classes are left out, each of their files listed as skipped.
     """
     root = Path(data_dir)
     if not root.is_dir():
@@ -139,7 +166,7 @@ def scan_split(data_dir: str | Path, class_names: Sequence[str], *, allow_missin
     listed = {name: list(_walk(str(folder), ((root_st.st_dev, root_st.st_ino),))) for name, folder in folders.items()}
     empty = [name for name, entries in listed.items() if not entries]
     check_classes([name for name in folders if name not in empty], class_names, allow_missing=allow_missing_classes,
-                  source=str(data_dir), empty=empty)
+                  source=str(data_dir), empty=empty, only_model_classes=only_model_classes)
     paths, labels, skipped = [], [], []
     for index, name in enumerate(class_names):
         for path, bad in listed.get(name, ()):
@@ -151,8 +178,15 @@ def scan_split(data_dir: str | Path, class_names: Sequence[str], *, allow_missin
     if not paths:
         raise ValueError(f"The evaluation data has no files in its class folders. Received: data={str(data_dir)!r}")
     warnings = [f"class folder {name} has no image: left out of the evaluation" for name in empty]
+    unknown = {name: entries for name, entries in listed.items() if entries and name not in class_names}
+    skipped += [skipped_file(path, sources.UNKNOWN_CLASS, f"class {name!r}")
+                for name, entries in unknown.items() for path, _ in entries]
+    unknown_classes = {name: len(entries) for name, entries in unknown.items()}
+    if unknown_classes:
+        warnings.append(left_out_note(unknown_classes))
     return LabelledFiles(paths=paths, labels=np.asarray(labels, dtype=np.int64), class_names=list(class_names),
-                         skipped=skipped, source=os.path.abspath(data_dir), warnings=warnings)
+                         skipped=skipped, source=os.path.abspath(data_dir), warnings=warnings,
+                         unknown_classes=unknown_classes)
 
 
 def expand_paths(inputs: Iterable[str | Path]) -> tuple[list[str], list[dict]]:
