@@ -79,7 +79,7 @@ def test_export_tflite_matches_the_keras_model(run, tmp_path):
     from ftkit.training import export_run
 
     path = export_run(run.path, format="tflite", out=tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["class_names.json", "model.tflite"]  # no leftover step
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class_names.json", "model.tflite", "preprocessing.json"]
     interpreter = tf.lite.Interpreter(model_path=str(path))
     interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], (3, 16, 16, 1))
     interpreter.allocate_tensors()

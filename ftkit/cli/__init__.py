@@ -8,8 +8,10 @@ happen inside those callables, so ``ftkit --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
+import re
 import sys
 
 # Order is the order shown in ``ftkit --help``.
@@ -22,15 +24,31 @@ _COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose "invalid choice" errors suggest the closest choice (``ftkit predcit``: did you mean
+    'predict'?). Python 3.14's ``suggest_on_error`` does this; ftkit supports older Pythons."""
+
+    _INVALID_CHOICE = re.compile(r"invalid choice: '(?P<value>[^']*)' \(choose from (?P<choices>.*)\)")
+
+    def error(self, message: str):
+        found = self._INVALID_CHOICE.search(message)
+        if found:
+            choices = re.findall(r"'([^']*)'", found.group("choices"))
+            close = difflib.get_close_matches(found.group("value"), choices, n=1)
+            if close:
+                message += f". Did you mean {close[0]!r}?"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ftkit import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ftkit",
         description="Fine-tune image classifiers: backbones, data, augmentation, training, evaluation.",
     )
     parser.add_argument("--version", action="version", version=f"ftkit {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
@@ -41,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     # CLI user; set TF_CPP_MIN_LOG_LEVEL yourself to see it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse reports a subcommand's unknown flags with the top-level usage; the subcommand's is the useful one.
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         # A command group called without its subcommand (``ftkit models``) prints its own help.
         (getattr(args, "_parser", None) or parser).print_help()
@@ -62,11 +83,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost parser that ``args`` went through (``ftkit data check``'s for ``data check ...``)."""
+    while True:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, actions[0].dest, None) if actions else None
+        if chosen is None:
+            return parser
+        parser = actions[0].choices[chosen]
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from ftkit.backbones import BackboneConflictError, PluginError, UnknownBackboneError
 
     return (UnknownBackboneError, BackboneConflictError, PluginError, ValueError, FileNotFoundError,
-            NotADirectoryError, PermissionError)
+            NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 if __name__ == "__main__":

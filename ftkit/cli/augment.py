@@ -6,11 +6,16 @@ import argparse
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("augment", help="inspect a recipe's augmentation")
+    parser = subparsers.add_parser(
+        "augment", help="inspect a recipe's augmentation",
+        description="Look at what a recipe's augment section does to its training images before training: "
+                    "`ftkit augment preview RECIPE --out grid.png` writes originals and augmented variants.")
     parser.set_defaults(_parser=parser)
     commands = parser.add_subparsers(dest="augment_command", metavar="SUBCOMMAND")
     preview = commands.add_parser(
-        "preview", help="write a PNG grid of training images (first column) and augmented variants"
+        "preview", help="write a PNG grid of training images (first column) and augmented variants",
+        description="Write a PNG grid: each row one training image of the recipe (first column) and augmented "
+                    "variants of it, drawn by the recipe's augment section."
     )
     preview.add_argument("recipe", help="a training recipe (its training data and augment section are used)")
     preview.add_argument("--out", required=True, help="PNG file to write")

@@ -36,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-side", type=int, default=32, help="report images with a side under this (px)")
     p.add_argument("--max-pixels", type=_max_pixels, default=None,
                    help="decompression-bomb limit in pixels, or 'none' for no limit (default: Pillow's, 89,478,485)")
-    p.add_argument("--root", help="folder that the CSV's paths are relative to (default: the CSV's folder)")
+    p.add_argument("--csv-root", dest="root", metavar="DIR",
+                   help="with a CSV ROOT: the folder its relative paths start from (default: the CSV's folder)")
+    # The option's first name, kept for scripts; hidden so that help shows one ROOT, the positional.
+    p.add_argument("--root", dest="root", help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_check)
 

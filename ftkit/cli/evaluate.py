@@ -53,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict",
         help="class probabilities for image files or folders",
-        description="Predict image files (folders are walked). Unreadable files are reported, not fatal.",
+        description="Predict image files (folders are walked, every file tried whatever its extension; hidden "
+                    "files and folders, names starting with '.', are skipped and counted). Unreadable files are "
+                    "reported, not fatal. Exit code 1 when no file was predicted.",
     )
     p.add_argument("model", metavar="MODEL_OR_RUN", help="run folder or a .keras file in one")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
@@ -104,10 +106,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ftkit.evaluate.images import describe
-    from ftkit.evaluate.predict import predict_paths, top_k, write_predict_csv
+    from ftkit.evaluate.images import count_by_reason, describe
+    from ftkit.evaluate.predict import check_csv_target, predict_paths, top_k, write_predict_csv
 
+    if args.csv:
+        check_csv_target(args.csv)
     result = predict_paths(args.model, args.paths, batch_size=args.batch_size, checkpoint=args.checkpoint)
+    for folder in result.empty_folders:
+        print(f"no files found in {folder} (every file below it is tried, whatever its extension; hidden files and "
+              f"folders are skipped)", file=sys.stderr)
+    for entry in result.skipped:
+        print(f"skipped {entry['path']}: {describe(entry)}", file=sys.stderr)
     for path, probs, failure in result.rows():
         if failure is not None:
             print(f"could not read {path}: {describe(failure)}", file=sys.stderr)
@@ -116,7 +125,8 @@ def _predict(args: argparse.Namespace) -> int:
         print(path + "\t" + "\t".join(f"{name} {prob:.4f}" for name, prob in best))
     if args.csv:
         write_predict_csv(result, args.csv, k=args.top_k)
-    print(f"{len(result.paths)} predicted, {len(result.failures)} unreadable", file=sys.stderr)
+    print(f"{len(result.paths)} predicted, {len(result.failures)} unreadable, {count_by_reason(result.skipped)} "
+          f"skipped", file=sys.stderr)
     return 0 if result.paths else 1
 
 

@@ -22,8 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export a run's model (uint8 images in, probabilities out)",
                               description="Export RUN_DIR/model.keras, or the inference model of its best or last "
                                           "epoch, as keras, savedmodel or tflite.")
-    p.add_argument("run_dir")
-    p.add_argument("--format", default="keras", choices=["keras", "savedmodel", "tflite"])
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (with model.keras and ftkit_run.json)")
+    p.add_argument("--format", default="keras", choices=["keras", "savedmodel", "tflite"],
+                   help="keras: model.keras; savedmodel: a SavedModel folder (signature serving_default, input "
+                        "image_uint8); tflite: model.tflite. Each takes uint8 [batch, H, W, C] images at the run's "
+                        "size and refuses others; preprocessing.json beside it says how to prepare an image "
+                        "(default: %(default)s)")
     p.add_argument("--checkpoint", choices=["best", "last"],
                    help="export this epoch (checkpoints/best.keras: the best train.monitor value; last.keras: the last "
                         "completed epoch) instead of model.keras (the last epoch, unless the recipe set "
@@ -33,12 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("lr-find", help="learning-rate range test: loss against rate, PNG and suggestion",
                               description="Run the recipe's first phase with a growing rate and suggest one.")
-    p.add_argument("recipe")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--out", default=".", help="folder for lr_find.png and lr_find.csv")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--start-lr", type=float, default=1e-7)
-    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("recipe", help="the YAML recipe whose first phase is tested")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a recipe value (YAML scalar), e.g. --set data.batch_size=16; repeatable")
+    p.add_argument("--out", default=".", metavar="DIR",
+                   help="folder for lr_find.png and lr_find.csv (default: the current folder)")
+    p.add_argument("--steps", type=int, default=100, help="training steps, one rate each (default: %(default)s)")
+    p.add_argument("--start-lr", type=float, default=1e-7, metavar="LR",
+                   help="rate of the first step (default: %(default)s)")
+    p.add_argument("--end-lr", type=float, default=10.0, metavar="LR",
+                   help="rate of the last step, reached geometrically; the test stops early when the loss "
+                        "diverges (default: %(default)s)")
     p.set_defaults(func=_lr_find)
 
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ftkit.data import sources
 from ftkit.evaluate import images as image_io
 from ftkit.evaluate.metrics import PROB_SUM_TOLERANCE
 from ftkit.evaluate.runs import INFERENCE_MODEL, LoadedModel, load_model
 
 DEFAULT_BATCH_SIZE = 32
+HIDDEN, SYSTEM_FILE = "hidden", "system file"
 
 
 @dataclass
@@ -26,6 +29,10 @@ class Predictions:
     class_names: list[str]
     failures: list[dict] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
+    # Entries that walking a folder left out, with why (``{"path", "reason": "hidden" | "system file", "detail"}``),
+    # and the folders asked for in which no file was found.
+    skipped: list[dict] = field(default_factory=list)
+    empty_folders: list[str] = field(default_factory=list)
 
     def rows(self):
         """``(path, probabilities or None, failure or None)`` per file asked for, in the order given."""
@@ -120,7 +127,14 @@ def predict_paths(
     cannot be read (missing, a symlink loop, not an image...) is in ``failures`` with its reason, and
     ``rows()`` gives them all in the order asked. ``checkpoint``: ``"best"`` or ``"last"`` of a run folder
     instead of its ``model.keras`` (:func:`load_model`)."""
-    listed, unwalkable = image_io.expand_paths(inputs)
+    inputs = [str(item) for item in inputs]
+    listed, unwalkable, empty = [], [], []
+    for item in inputs:  # one at a time, to know which folder held no file
+        files, bad = image_io.expand_paths([item])
+        listed += files
+        unwalkable += bad
+        if os.path.isdir(item) and not files:
+            empty.append(os.path.abspath(item))
     if isinstance(model_or_run, LoadedModel):
         if checkpoint is not None:
             raise ValueError(f"checkpoint picks a model to load; this one is loaded. Received: checkpoint={checkpoint!r}")
@@ -132,7 +146,57 @@ def predict_paths(
     failed = {f["path"]: f for f in [*unwalkable, *result.failures]}
     result.failures = [failed[p] for p in dict.fromkeys(listed) if p in failed]
     result.inputs = listed
+    result.skipped = [entry for item in inputs if os.path.isdir(item) for entry in left_out(item)]
+    result.empty_folders = empty
     return result
+
+
+def left_out(folder: str | Path) -> list[dict]:
+    """What walking ``folder`` leaves out, each entry once (a hidden folder, not its contents): names starting
+    with ``.`` (``"hidden"``) and operating-system clutter such as ``Thumbs.db`` (``"system file"``), as
+    ``ftkit.data`` leaves them out of a class folder."""
+    return [image_io.skipped_file(path, HIDDEN if Path(path).name.startswith(".") else SYSTEM_FILE,
+                                  "left out when a folder is walked; name it to predict it")
+            for path in _left_out_paths(os.path.abspath(folder), set())]
+
+
+def _left_out_paths(folder: str, seen: set[tuple[int, int]]) -> Iterator[str]:
+    try:
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:  # a link back into itself: the walk reports it
+            return
+        seen.add((st.st_dev, st.st_ino))
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:  # an unreadable folder: the walk reports it
+        return
+    for entry in entries:
+        # sources' own test, so that this lists exactly what the walk leaves out
+        if sources._ignored(entry.name):  # noqa: SLF001
+            yield entry.path
+        elif _is_dir(entry):
+            yield from _left_out_paths(entry.path, seen)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def check_csv_target(path: str | Path) -> None:
+    """Refuse a CSV path that cannot be written, before any prediction is computed: a missing folder, one that
+    cannot be written, or a path that is a folder."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise IsADirectoryError(f"The CSV file would replace a folder; name a file. Received: csv={str(path)!r}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"The CSV file's folder {str(folder)!r} does not exist; create it or name another "
+                                f"file. Received: csv={str(path)!r}")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise PermissionError(f"The CSV file cannot be written (no write permission). Received: csv={str(path)!r}")
 
 
 def top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[list[tuple[str, float]]]:

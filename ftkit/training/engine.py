@@ -278,6 +278,40 @@ def multipliers_by_variable(model, groups: dict[str, list], phase: Phase) -> dic
     return out
 
 
+# -- model construction ---------------------------------------------------------------------------------
+
+
+class BackboneBuildError(ValueError):
+    """The recipe's backbone could not be built into the model (a plugin's builder raised, or ignored
+    ``input_shape``)."""
+
+
+def backbone_build_problem(name: str, image_shape: tuple[int, int, int]) -> str | None:
+    """One line naming the backbone, its distribution and what went wrong building it at ``image_shape``, or
+    None when it builds alone (the failure was elsewhere: its weights, the head).
+
+    The assembled model hides which part failed, so the backbone is built again on its own (random weights) to
+    tell a builder that raises from one that ignores ``input_shape`` (Keras then reports an "incompatible"
+    input, which names neither the backbone nor the plugin)."""
+    from ftkit.backbones import backbone_info, create_backbone
+
+    info = backbone_info(name)
+    where = f"{info.distribution or 'unknown distribution'} {info.version or ''}".strip()  # as `ftkit models list`
+    try:
+        alone = create_backbone(name, include_top=False, weights=None, input_shape=image_shape, pooling=None)
+        built = tuple(alone.input_shape[1:])
+    except Exception as probe:  # noqa: BLE001 - the builder's own error is the message
+        # Keras's messages span lines; the message is one
+        problem = f"its builder raised {' '.join(f'{type(probe).__name__}: {probe}'.split())}"
+    else:
+        if built == tuple(image_shape):
+            return None
+        problem = (f"it ignores input_shape: asked for {tuple(image_shape)} (data.image_size and channels), it "
+                   f"built {built}")
+    return (f"backbone {name!r} [{where}] could not be built: {problem}. Check it with `ftkit models check {name}`. "
+            f"Received: backbone.name={name!r}, input shape {tuple(image_shape)}")
+
+
 # -- training -------------------------------------------------------------------------------------------
 
 
@@ -302,20 +336,32 @@ class Trainer:
         self.tensorboard = None  # one callback for every epoch this process trains (see _run_tensorboard)
 
     # - model -
-    def build(self):
+    def build(self, *, log=None):
+        """Assemble the model (``log``, default the trainer's: where the init_from line goes). A backbone that
+        cannot be built raises :class:`BackboneBuildError`, naming it and what went wrong."""
         import keras
 
+        from ftkit.backbones import BackboneConflictError, PluginError, UnknownBackboneError
         from ftkit.head import build_model, load_backbone_from_run
 
         keras.utils.set_random_seed(self.recipe.train.seed)
         keras.mixed_precision.set_global_policy(self.recipe.train.precision)
-        with self.strategy.scope():
-            self.assembled = build_model(self.recipe.backbone.name, num_classes=self.plan.data.num_classes,
-                                         image_shape=self.plan.image_shape, head=self.recipe.head,
-                                         weights=self.recipe.backbone.weights, seed=self.recipe.train.seed)
+        name = self.recipe.backbone.name
+        try:
+            with self.strategy.scope():
+                self.assembled = build_model(name, num_classes=self.plan.data.num_classes,
+                                             image_shape=self.plan.image_shape, head=self.recipe.head,
+                                             weights=self.recipe.backbone.weights, seed=self.recipe.train.seed)
+        except (UnknownBackboneError, BackboneConflictError, PluginError):
+            raise  # the registry's own messages already name the backbone and the way out
+        except Exception as exc:  # a plugin's builder may raise anything; the user needs its name, not a traceback
+            problem = backbone_build_problem(name, tuple(self.plan.image_shape))
+            if problem is None:
+                raise
+            raise BackboneBuildError(problem) from exc
         if self.recipe.backbone.init_from:
-            self.log(load_backbone_from_run(self.assembled, self.recipe.backbone.init_from,
-                                            match=self.recipe.backbone.init_match))
+            (log or self.log)(load_backbone_from_run(self.assembled, self.recipe.backbone.init_from,
+                                                     match=self.recipe.backbone.init_match))
 
     def _compile(self, model, optimizer, *, multi_output: bool):
         import keras
@@ -715,6 +761,11 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
     if not folder.writable:
         log(f"this worker trains in step with the others; the chief writes {folder.root}")
         log = _silent
+    trainer = Trainer(plan, folder, callbacks=callbacks, log=log, strategy=strategy)
+    # Built before anything is written: a model that cannot be built (a faulty plugin) leaves no folder behind
+    # that a re-run with the same --out would refuse, or offer to resume.
+    notes: list[str] = []
+    trainer.build(log=notes.append)
     folder.create()
     if state is None and folder.writable:
         dump_recipe(recipe, folder.root / runs.RECIPE_FILE, header="# resolved recipe written by ftkit train")
@@ -727,11 +778,11 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
     folder.write_meta(_run_meta(plan))
     for line in data_lines(plan.data.index):
         log(line)
-    trainer = Trainer(plan, folder, callbacks=callbacks, log=log, strategy=strategy)
     if trainer.monitor != recipe.train.monitor:
         log(f"no val split: checkpoints/best.keras is chosen on the training {trainer.monitor}, not "
             f"{recipe.train.monitor} (set data.val_fraction above 0 or data.val for validation data)")
-    trainer.build()
+    for note in notes:
+        log(note)
     if state.global_epoch > 0 and state.epoch_in_phase == 0:
         _load_model_weights(trainer, folder.last)
     if state.global_epoch > 0:
