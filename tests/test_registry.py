@@ -58,7 +58,9 @@ def plugin_path(tmp_path, monkeypatch):
 
 
 def _registry_for(path: Path, **kwargs) -> BackboneRegistry:
-    """A registry that only sees distributions under ``path`` (the entry-point source is injectable)."""
+    """A registry that only sees distributions under ``path`` (the entry-point source is injectable), with its
+    listing cache there too (never the user's)."""
+    kwargs.setdefault("cache", path / "listing-cache.json")
     return BackboneRegistry(lambda: [ep for dist in importlib.metadata.distributions(path=[str(path)])
                                      for ep in dist.entry_points if ep.group == "ftkit.backbones"], **kwargs)
 
@@ -96,8 +98,18 @@ def test_broken_plugins_are_reported_and_never_break_the_others(plugin_path):
     assert set(problems) == {"badsig", "crash", "notcallable"}
     assert problems["crash"].distribution == "dist-crash"
     assert "libfoo.so missing" in problems["crash"].error
-    assert "lacks ['include_top'" in problems["badsig"].error
-    assert "not a callable builder" in problems["notcallable"].error
+    # One line for a builder taking none of the arguments; each message says its cause once, unprefixed.
+    assert problems["badsig"].error == (
+        "the builder must accept the keras.applications arguments ['include_top', 'weights', 'input_tensor', "
+        "'input_shape', 'pooling', 'classes', 'classifier_activation', 'name'] by keyword; it takes none of them. "
+        "Received: net(x)")
+    assert problems["notcallable"].error.startswith("not a callable builder")
+    assert problems["crash"].error == "cannot import fake_plugin_crash:net: ImportError: libfoo.so missing"
+    with pytest.raises(PluginError) as err:
+        registry.create("badsig")
+    assert str(err.value).startswith("Backbone 'badsig' from dist-bad 1.0 (fake_plugin_notabuilder:net) cannot be "
+                                     "used: the builder must accept")
+    assert "PluginError" not in str(err.value) and str(err.value).count("Backbone") == 1
     with pytest.raises(PluginError, match="dist-crash"):
         registry.create("crash")
     assert registry.create("good", input_shape=(32, 32, 3)).output_shape == (None, 3)
@@ -161,18 +173,72 @@ def test_models_list_shows_clashing_backbones_qualified_and_notes_the_clash_once
     assert listing["conflicts"] == [{"name": "shared", "qualified_names": ["dist-x:shared", "dist_y:shared"]}]
 
 
+def _zoo_and(path: Path) -> BackboneRegistry:
+    """ftkit's own zoo (its real entry points) plus the distributions under ``path``."""
+    zoo = [ep for ep in importlib.metadata.entry_points(group="ftkit.backbones") if ep.dist.name == "ftkit"]
+    plugins = _registry_for(path)._entry_points_source
+    return BackboneRegistry(lambda: [*zoo, *plugins()], cache=path / "listing-cache.json")
+
+
+def test_a_plugin_never_takes_a_zoo_name_away(plugin_path, monkeypatch, capsys, recwarn):
+    """README examples and shipped recipes say ``resnet50``: installing a plugin that also has one changes nothing."""
+    from ftkit import backbones
+    from ftkit.cli import main
+
+    _write_plugin(plugin_path, "fake_plugin_x", GOOD_BUILDER.format(fn="net"), {"resnet50": "fake_plugin_x:net"}, "dist-x", "1.1")
+    _write_plugin(plugin_path, "fake_plugin_y", GOOD_BUILDER.format(fn="net"), {"resnet50": "fake_plugin_y:net"}, "dist_y", "2.0")
+    registry = _zoo_and(plugin_path)
+    names = registry.names()
+    assert names[names.index("resnet50"):names.index("resnet50") + 3] == ["resnet50", "dist-x:resnet50", "dist_y:resnet50"]
+    assert registry.info("resnet50").distribution == "ftkit"
+    assert registry.info("dist-x:resnet50").distribution == "dist-x"
+    assert registry.info("ftkit:resnet50").distribution == "ftkit"
+    assert registry.conflicts() == {}
+    assert registry.shadowed() == {"resnet50": ["dist-x:resnet50", "dist_y:resnet50"]}
+    assert registry.problems() == []
+    with pytest.warns(UserWarning, match=r"^Backbone 'resnet50' is ftkit's own; 'dist-x:resnet50' and "
+                                         r"'dist_y:resnet50' also provide one, reachable by that qualified name\.$"):
+        model = registry.create("resnet50", include_top=False, input_shape=(32, 32, 3))
+    assert model.get_layer("conv5_block3_out").output.shape[1:] == (1, 1, 2048)
+    recwarn.clear()
+    registry.create("resnet50", include_top=False, input_shape=(32, 32, 3))
+    registry.create("dist-x:resnet50", input_shape=(32, 32, 3))
+    assert [str(w.message) for w in recwarn if "ftkit's own" in str(w.message)] == []  # noted once
+    with pytest.raises(UnknownBackboneError, match=r"ask for 'resnet50' or 'dist-x:resnet50' or 'dist_y:resnet50'"):
+        registry.info("dist-w:resnet50")
+
+    monkeypatch.setattr(backbones, "REGISTRY", registry)
+    assert main(["models", "list", "--no-params"]) == 0
+    out, err = capsys.readouterr()
+    rows = [line.split()[:3] for line in out.splitlines()[1:]]
+    assert ["resnet50", "resnet", "ftkit"] in rows and ["dist-x:resnet50", "fake_plugin_x", "dist-x"] in rows
+    assert err.strip() == ("note: 'resnet50' is also provided by 'dist-x:resnet50' and 'dist_y:resnet50'; the bare "
+                           "name 'resnet50' is ftkit's own.")
+    assert main(["models", "list", "--no-params", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["conflicts"] == []
+    assert listing["shadowed"] == [{"name": "resnet50", "qualified_names": ["dist-x:resnet50", "dist_y:resnet50"]}]
+
+
+def test_names_sort_naturally():
+    names = ftkit.list_backbones()
+    assert [n for n in names if n.startswith("resnet")] == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+    assert [n for n in names if n.startswith("vgg")] == ["vgg11", "vgg13", "vgg16", "vgg19"]
+
+
 def test_models_list_json_keeps_its_fields_and_counts_parameters(plugin_path, tmp_path, monkeypatch, capsys):
     from ftkit import backbones
     from ftkit.cli import main
 
     _write_plugin(plugin_path, "fake_plugin_a", GOOD_BUILDER.format(fn="net_a"), {"net_a": "fake_plugin_a:net_a"}, "dist-a")
-    monkeypatch.setattr(backbones, "REGISTRY", _registry_for(plugin_path, parameter_cache=tmp_path / "p.json"))
+    monkeypatch.setattr(backbones, "REGISTRY", _registry_for(plugin_path, cache=tmp_path / "cache.json"))
     assert main(["models", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "backbones": [{"name": "net_a", "family": "fake_plugin_a", "distribution": "dist-a", "version": "1.0",
                        "parameters": (3 * 9 * 4 + 4) + (4 * 3 + 3), "default_input_shape": [224, 224, 3]}],
         "problems": [],
         "conflicts": [],
+        "shadowed": [],
     }
 
 
@@ -203,8 +269,14 @@ def test_in_process_registration_as_decorator_and_no_silent_override():
         registry.register("mini", mini)
     with pytest.warns(UserWarning, match="overridden"):
         registry.register("mini", mini, override=True)
-    with pytest.raises(PluginError, match="lacks"):
+    with pytest.raises(PluginError, match=r"it takes none of them\. Received: .*<lambda>\(x\)$"):
         registry.register("bad", lambda x: x)
+
+    def partial(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=2):
+        raise AssertionError("never called")
+
+    with pytest.raises(PluginError, match=r"it lacks \['classifier_activation', 'name'\]\. Received: "):
+        registry.register("partial", partial)
 
 
 def _net(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=2,
@@ -228,6 +300,11 @@ def test_registration_rejects_bad_metadata():
     registry = BackboneRegistry(lambda: [])
     with pytest.raises(ValueError, match="unknown metadata keys \\['input_size'\\]"):
         registry.register("net", _net, input_size=(3, 3))
+    with pytest.raises(ValueError) as err:  # as recipes do, the closest valid key is suggested
+        registry.register("net", _net, default_input_size=(48, 48, 3), layergroups=[["a", "b"]], colour=1)
+    assert str(err.value).startswith(
+        "Backbone 'net': unknown metadata keys ['colour', 'default_input_size', 'layergroups'] (did you mean "
+        "'default_input_shape' for 'default_input_size', 'layer_groups' for 'layergroups'?); allowed keys are ")
     with pytest.raises(ValueError, match="channel_order"):
         registry.register("net2", _net, preprocessing={"channel_order": "GBR"})
 
@@ -283,6 +360,49 @@ def test_missing_metadata_gets_the_documented_defaults_and_passes_the_check():
     assert gray["mean"] == pytest.approx((0.449,), abs=1e-3) and gray["std"] == pytest.approx((0.226,), abs=1e-3)
 
 
+def test_positional_arguments_follow_keras_applications_order_for_any_builder():
+    """``create_backbone(name, include_top, weights, input_tensor, input_shape, pooling, classes, ...)``, as
+    ``keras.applications.VGG16(False, None)`` takes them, even for a plugin whose builder is keyword-only."""
+    registry = BackboneRegistry(lambda: [])
+
+    def keyword_only(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+                     classes=2, classifier_activation="softmax", name=None):
+        return _net(include_top=include_top, input_shape=input_shape, pooling=pooling, classes=classes,
+                    classifier_activation=classifier_activation, name=name)
+
+    registry.register("kwonly", keyword_only)
+    model = registry.create("kwonly", False, None, None, (40, 40, 3), "max")
+    assert (model.input_shape, model.output_shape) == ((None, 40, 40, 3), (None, 4))
+    top = registry.create("kwonly", True, None, None, (40, 40, 3), None, 6, None, "mine")
+    assert (top.output_shape, top.name) == ((None, 6), "mine")
+    with pytest.raises(TypeError, match=r"got \['weights'\] both by position and by keyword"):
+        registry.create("kwonly", True, None, weights=None)
+    with pytest.raises(TypeError, match=r"at most 8 positional arguments.*Received: 9 positional arguments"):
+        registry.create("kwonly", *([None] * 9))
+    # the zoo's builders take the same order directly
+    assert ftkit.create_backbone("resnet18", False, None, None, (32, 32, 3), "avg").output_shape == (None, 512)
+
+
+def test_the_check_says_who_rejects_bad_arguments():
+    """``_net`` never checks its arguments: ftkit's argument check rejects them, and the check says so."""
+    registry = BackboneRegistry(lambda: [])
+
+    @registry.register("bare")  # a fresh function: registering _net with metadata elsewhere sets its attribute
+    def bare(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=2,
+             classifier_activation="softmax", name=None):
+        return _net(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation, name)
+
+    results = {r.check: r for r in check_backbone("bare", registry=registry)}
+    assert results["unknown pooling rejected"].passed and results["minimum input size"].passed
+    assert results["unknown pooling rejected"].detail == (
+        "pooling='median' rejected by ftkit's argument check only; the builder itself accepts it")
+    assert results["minimum input size"].detail == (
+        "builds at (32, 32, 3); (31, 31, 3) rejected by ftkit's argument check only; the builder itself accepts it")
+    zoo = {r.check: r for r in check_backbone("lenet5")}
+    assert zoo["unknown pooling rejected"].detail.startswith(
+        "pooling='median' rejected by the builder itself (ValueError: lenet5: pooling must be one of")
+
+
 def test_create_without_input_shape_builds_at_the_registered_default():
     registry = BackboneRegistry(lambda: [])
     registry.register("net", _net, default_input_shape=(48, 40, 3))
@@ -300,8 +420,8 @@ def test_parameter_counts_are_cached_per_distribution_version_and_source(plugin_
     from ftkit.backbones import _builder
 
     _write_plugin(plugin_path, "fake_plugin_a", GOOD_BUILDER.format(fn="net_a"), {"net_a": "fake_plugin_a:net_a"}, "dist-a")
-    cache = tmp_path / "cache" / "parameters.json"
-    registry = _registry_for(plugin_path, parameter_cache=cache)
+    cache = tmp_path / "cache" / "backbones.json"
+    registry = _registry_for(plugin_path, cache=cache)
     expected = registry.create("net_a").count_params()
     pending = len(global_state.get_global_attribute("uninitialized_variables", []) or [])
     assert registry.parameters("net_a") == expected == (3 * 9 * 4 + 4) + (4 * 3 + 3)
@@ -309,7 +429,9 @@ def test_parameter_counts_are_cached_per_distribution_version_and_source(plugin_
     assert len(global_state.get_global_attribute("uninitialized_variables", []) or []) == pending
     source = plugin_path / "fake_plugin_a.py"
     stat = source.stat()
-    assert json.loads(cache.read_text()) == {f"dist-a 1.0 net_a {stat.st_mtime_ns}-{stat.st_size}": expected}
+    assert json.loads(cache.read_text())["backbones"] == {"dist-a:net_a": {
+        "family": "fake_plugin_a", "default_input_shape": [224, 224, 3], "parameters": expected,
+        "fingerprint": f"1.0 fake_plugin_a:net_a {stat.st_mtime_ns}-{stat.st_size}"}}
 
     real_count = _builder.count_parameters
 
@@ -317,17 +439,97 @@ def test_parameter_counts_are_cached_per_distribution_version_and_source(plugin_
         raise AssertionError("counted again instead of reading the cache")
 
     monkeypatch.setattr(_builder, "count_parameters", no_building)
-    assert _registry_for(plugin_path, parameter_cache=cache).parameters("net_a") == expected
+    assert _registry_for(plugin_path, cache=cache).parameters("net_a") == expected
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # an edited editable install
     with pytest.raises(AssertionError, match="counted again"):
-        _registry_for(plugin_path, parameter_cache=cache).parameters("net_a")
+        _registry_for(plugin_path, cache=cache).parameters("net_a")
     monkeypatch.setattr(_builder, "count_parameters", real_count)
-    assert _registry_for(plugin_path, parameter_cache=cache).parameters("net_a") == expected
-    assert list(json.loads(cache.read_text())) == [f"dist-a 1.0 net_a {stat.st_mtime_ns + 10**9}-{stat.st_size}"]
+    assert _registry_for(plugin_path, cache=cache).parameters("net_a") == expected
+    records = json.loads(cache.read_text())["backbones"]
+    assert list(records) == ["dist-a:net_a"]  # the stale record is replaced, not kept beside the new one
+    assert records["dist-a:net_a"]["fingerprint"] == f"1.0 fake_plugin_a:net_a {stat.st_mtime_ns + 10**9}-{stat.st_size}"
     monkeypatch.setattr(_builder, "count_parameters", no_building)
     registry.register("runtime_net", _net)  # no distribution version: counted each time, never cached
     with pytest.raises(AssertionError, match="counted again"):
         registry.parameters("runtime_net")
+
+
+LISTING_SCRIPT = """
+import importlib.metadata, json, sys
+from ftkit import backbones
+from ftkit.backbones import BackboneRegistry
+from ftkit.cli import main
+
+plugins = sys.argv[1]
+backbones.REGISTRY = BackboneRegistry(lambda: [ep for d in importlib.metadata.distributions(path=[plugins])
+                                               for ep in d.entry_points if ep.group == "ftkit.backbones"])
+main(["models", "list"])
+print(json.dumps(sorted(m for m in ("tensorflow", "keras", "fake_plugin_a") if m in sys.modules)), file=sys.stderr)
+"""
+
+
+def test_a_repeated_listing_imports_neither_the_plugin_nor_tensorflow(tmp_path):
+    """README: a repeated ``ftkit models list`` imports no TensorFlow, plugins installed or not."""
+    plugins = tmp_path / "site"
+    plugins.mkdir()
+    _write_plugin(plugins, "fake_plugin_a", GOOD_BUILDER.format(fn="net_a"), {"net_a": "fake_plugin_a:net_a"}, "dist-a")
+    env = {**os.environ, "PYTHONPATH": str(plugins), "XDG_CACHE_HOME": str(tmp_path / "xdg"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def listing():
+        done = subprocess.run([sys.executable, "-c", LISTING_SCRIPT, str(plugins)], env=env, capture_output=True,
+                              text=True, check=True)
+        return done.stdout, json.loads(done.stderr.strip().splitlines()[-1])
+
+    first, imported_first = listing()
+    second, imported_second = listing()
+    assert imported_first == ["fake_plugin_a", "keras", "tensorflow"]  # the plugin imports Keras at the top
+    assert imported_second == []
+    assert second == first
+    assert first.splitlines()[1].split() == ["net_a", "fake_plugin_a", "dist-a", "1.0", "127", "224x224x3"]
+    assert (tmp_path / "xdg" / "ftkit" / "backbones.json").is_file()
+
+
+def test_the_listing_cache_follows_edits_and_upgrades_of_a_plugin(plugin_path, tmp_path):
+    body = GOOD_BUILDER.format(fn="net_a") + "net_a.ftkit_metadata = {'default_input_shape': (40, 40, 3)}\n"
+    _write_plugin(plugin_path, "fake_plugin_a", body, {"net_a": "fake_plugin_a:net_a"}, "dist-a")
+    cache = tmp_path / "backbones.json"
+
+    def listed():
+        sys.modules.pop("fake_plugin_a", None)
+        rows = _registry_for(plugin_path, cache=cache).listing(count_params=False).rows
+        return [(r.name, r.version, r.default_input_shape) for r in rows], "fake_plugin_a" in sys.modules
+
+    assert listed() == ([("net_a", "1.0", [40, 40, 3])], True)
+    assert listed() == ([("net_a", "1.0", [40, 40, 3])], False)  # from the cache: the plugin is not imported
+    source = plugin_path / "fake_plugin_a.py"
+    source.write_text(source.read_text().replace("(40, 40, 3)", "(48, 48, 3)"))  # an editable install, edited
+    assert listed() == ([("net_a", "1.0", [48, 48, 3])], True)
+    assert listed() == ([("net_a", "1.0", [48, 48, 3])], False)
+    info = plugin_path / "dist_a-1.0.dist-info"
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dist-a\nVersion: 1.1\n")  # an upgrade
+    info.rename(plugin_path / "dist_a-1.1.dist-info")
+    assert listed() == ([("net_a", "1.1", [48, 48, 3])], True)
+    assert list(json.loads(cache.read_text())["backbones"]) == ["dist-a:net_a"]
+
+
+def test_listing_reports_a_builder_that_returns_no_model_and_caches_that(plugin_path, tmp_path):
+    _write_plugin(plugin_path, "fake_plugin_none", GOOD_BUILDER.format(fn="net") + "def nothing(**kwargs):\n    return None\n",
+                  {"nothing": "fake_plugin_none:nothing", "net": "fake_plugin_none:net"}, "dist-none", "0.3")
+    cache = tmp_path / "backbones.json"
+    registry = _registry_for(plugin_path, cache=cache)
+    message = ("The builder of 'nothing' from dist-none 0.3 (fake_plugin_none:nothing) must return a keras.Model; "
+               "it returned None. Received: None")
+    with pytest.raises(PluginError) as err:
+        registry.create("nothing")
+    assert str(err.value) == message
+    listing = registry.listing()
+    assert [(p.name, p.error) for p in listing.problems] == [("nothing", message)]
+    assert [r.name for r in listing.rows] == ["net"]
+    sys.modules.pop("fake_plugin_none")
+    again = _registry_for(plugin_path, cache=cache).listing()
+    assert again == listing and "fake_plugin_none" not in sys.modules
+    results = {r.check: r for r in check_backbone("nothing", registry=registry)}
+    assert not results["include_top=True"].passed and results["include_top=True"].detail == f"PluginError: {message}"
 
 
 def test_example_plugin_is_listed_checked_and_built(plugin_path):
@@ -360,7 +562,8 @@ def test_example_plugin_installs_with_pip_and_shows_in_the_cli(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(EXAMPLE)], check=True)
-    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     out = subprocess.run([sys.executable, "-m", "ftkit", "models", "list", "--json", "--no-params"],
                          check=True, capture_output=True, text=True, env=env).stdout
     rows = {row["name"]: row for row in json.loads(out)["backbones"]}

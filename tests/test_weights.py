@@ -46,10 +46,11 @@ def save(model, path):
     return path
 
 
-def assert_same_outputs(name, tmp_path, *, file_name, include_top, size):
+def assert_same_outputs(name, tmp_path, *, file_name, include_top, size, classes=1000):
     kwargs = {"include_top": include_top, "input_shape": (size, size, 3)}
     if include_top:
         kwargs["classifier_activation"] = None  # compare logits: softmax of a random model is nearly uniform
+        kwargs["classes"] = classes
     reference = KERAS_APPS[name](weights=None, **kwargs)
     path = save(reference, tmp_path / file_name)
     images = np.random.default_rng(0).uniform(-120, 150, (2, size, size, 3)).astype("float32")
@@ -64,6 +65,17 @@ def assert_same_outputs(name, tmp_path, *, file_name, include_top, size):
 @pytest.mark.parametrize("file_name", ["w.weights.h5", "w_notop.h5", "w.keras"])
 def test_vgg16_headless(tmp_path, file_name):
     assert_same_outputs("vgg16", tmp_path, file_name=file_name, include_top=False, size=64)
+
+
+@pytest.mark.parametrize("file_name", ["w.h5", "w.weights.h5"])
+def test_vgg16_with_top_at_a_small_size(tmp_path, file_name):
+    """The top's dropout layers (the paper's, which keras.applications leaves out) hold no weights: files with the
+    top load by name and by order, and inference gives the same outputs."""
+    assert_same_outputs("vgg16", tmp_path, file_name=file_name, include_top=True, size=32, classes=10)
+    ours = [layer.name for layer in REGISTRY.builder("vgg16")(input_shape=(32, 32, 3), classes=10).layers]
+    theirs = [layer.name for layer in keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=10).layers]
+    assert [n for n in ours if not n.endswith("_dropout")][1:] == theirs[1:]  # [0]: Keras numbers input layers
+    assert ours[-5:] == ["fc1", "fc1_dropout", "fc2", "fc2_dropout", "predictions"]
 
 
 @pytest.mark.slow

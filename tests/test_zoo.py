@@ -196,15 +196,19 @@ def test_input_tensor_is_used():
     ("kwargs", "message"),
     [
         ({"include_top": False, "input_shape": (16, 16, 3)}, r"at least 32x32.*Received: input_shape=\(16, 16, 3\)"),
-        ({"include_top": False, "input_shape": (64, 64, 1)}, r"3-channel.*Received: input_shape=\(64, 64, 1\)"),
         ({"include_top": False, "input_shape": (64, 64)}, r"\(height, width, channels\).*Received: input_shape=\(64, 64\)"),
         ({"include_top": False, "pooling": "mean"}, r"pooling must be one of \(None, 'avg', 'max'\).*Received: pooling='mean'"),
-        ({"include_top": True, "pooling": "avg"}, r"include_top=False.*Received: include_top=True, pooling='avg'"),
+        ({"include_top": True, "pooling": "avg"},
+         r"pooling applies only without the top \(include_top=False\).*Received: include_top=True, pooling='avg'"),
         ({"weights": "imagenet", "classes": 10}, r"1000-class head.*Received: classes=10"),
         ({"weights": "imagenet", "classifier_activation": "relu"}, r"'softmax' or None.*Received: classifier_activation='relu'"),
-        ({"weights": "imagenet", "input_shape": (224, 224, 1)}, r"3-channel.*Received: input_shape=\(224, 224, 1\)"),
-        ({"input_shape": (160, 160, 3)}, r"default input size \(224, 224, 3\).*Received: input_shape=\(160, 160, 3\)"),
-        ({"weights": "instagram"}, r"available: 'imagenet'.*Received: weights='instagram'"),
+        ({"weights": "imagenet", "input_shape": (224, 224, 1)},
+         r"trained on 3-channel images; other channel counts need weights=None\. Received: input_shape=\(224, 224, 1\)"),
+        ({"weights": "imagenet", "input_shape": (160, 160, 3)},
+         r"weights='imagenet' with include_top=True need the input size they were trained at, \(224, 224, 3\).*"
+         r"Received: input_shape=\(160, 160, 3\)"),
+        ({"weights": "instagram"}, r"^vgg16 has no 'instagram' weights; available: 'imagenet'\. Pass weights=None, "
+                                   r"a local file .*Received: weights='instagram'$"),
         ({"weights": "https://example.com/vgg.h5"}, r"#sha256=.*Received: weights='https://example.com/vgg.h5'"),
         ({"classes": 0}, r"positive integer.*Received: classes=0"),
     ],
@@ -216,6 +220,42 @@ def test_bad_arguments_fail_before_building(kwargs, message, monkeypatch):
     monkeypatch.setattr(keras, "Input", no_layers)
     with pytest.raises(ValueError, match=message):
         vgg16(**kwargs)
+
+
+def test_no_imagenet_weights_says_so_plainly():
+    with pytest.raises(ValueError) as err:
+        REGISTRY.create("resnet18", weights="imagenet", include_top=False)
+    assert str(err.value) == (
+        "resnet18 has no 'imagenet' weights; available: none. Pass weights=None, a local file (.weights.h5, .h5, "
+        ".hdf5, .keras) or a URL with a hash fragment ('https://host/file.h5#sha256=<64 hex>'). "
+        "Received: weights='imagenet'")
+
+
+@pytest.mark.parametrize(("name", "size"), [("vgg16", 64), ("alexnet", 99)])
+def test_a_flatten_top_builds_at_any_size_without_pretrained_weights(name, size):
+    """As ``keras.applications.VGG16(include_top=True, weights=None, input_shape=(64, 64, 3), classes=10)``."""
+    model = REGISTRY.create(name, include_top=True, weights=None, input_shape=(size, size, 3), classes=10)
+    assert (model.input_shape, model.output_shape) == ((None, size, size, 3), (None, 10))
+    flat = model.get_layer("flatten").output.shape[-1]
+    assert model.get_layer("predictions").input.shape[-1] == 4096 and flat == {"vgg16": 2 * 2 * 512, "alexnet": 2 * 2 * 256}[name]
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_other_channel_counts_build_without_pretrained_weights(channels):
+    """As keras.applications; the registered preprocessing, defined for 3 channels, refuses such images clearly."""
+    model = REGISTRY.create("resnet50", False, None, None, (32, 32, channels), "avg")
+    assert model.get_layer("conv1_conv").kernel.shape == (7, 7, channels, 64) and model.output_shape == (None, 2048)
+    assert vgg16(include_top=False, input_shape=(32, 32, channels)).input_shape == (None, 32, 32, channels)
+    layer = preprocessing_layer(backbone_info("resnet50"))
+    with pytest.raises(ValueError, match=rf"statistics for 3 channels but the images have {channels}.*Received: "):
+        layer(np.zeros((1, 32, 32, channels), "float32"))
+
+
+def test_zoo_builders_take_keras_applications_positional_order():
+    model = vgg16(False, None, None, (32, 32, 3), "max")
+    reference = keras.applications.VGG16(False, None, None, (32, 32, 3), "max")
+    assert model.output_shape == reference.output_shape == (None, 512)
+    assert lenet5(True, None, None, (28, 28, 1), None, 4, None, "digits").name == "digits"
 
 
 def test_registry_runs_the_same_checks():

@@ -65,21 +65,16 @@ def validate_builder_args(
     if pooling not in POOLING_MODES:
         raise ValueError(f"{info.name}: pooling must be one of {POOLING_MODES}. Received: pooling={pooling!r}")
     if include_top and pooling is not None:
+        # keras.applications silently ignores pooling with the top; a stated setting that does nothing is refused.
         raise ValueError(
-            f"{info.name}: pooling only applies to a headless model (include_top=False); the classification "
-            f"head does its own pooling. Received: include_top=True, pooling={pooling!r}"
+            f"{info.name}: pooling applies only without the top (include_top=False); the classification head "
+            f"does its own pooling. Received: include_top=True, pooling={pooling!r}"
         )
     if include_top and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
         raise ValueError(f"{info.name}: classes must be a positive integer. Received: classes={classes!r}")
     shape = _resolve_input_shape(info, input_tensor=input_tensor, input_shape=input_shape)
     if None in shape[:2]:
         _check_variable_size(info, shape, include_top=include_top)
-    elif include_top and info.fixed_input_with_top and shape[:2] != info.default_input_shape[:2]:
-        raise ValueError(
-            f"{info.name}: with include_top=True the flatten + dense head needs the default input size "
-            f"{info.default_input_shape}; use include_top=False (and pooling) for other sizes. "
-            f"Received: input_shape={shape}"
-        )
     _check_weights(info, weights, include_top=include_top, classes=classes,
                    classifier_activation=classifier_activation, shape=shape)
     return shape
@@ -108,11 +103,7 @@ def _resolve_input_shape(info: BackboneInfo, *, input_tensor: Any, input_shape: 
             f"{info.name}: input_shape must be a (height, width, channels) tuple of positive integers; height "
             f"and width may be None for a variable size (include_top=False). Received: input_shape={input_shape!r}"
         )
-    if shape[2] != info.channels:
-        raise ValueError(
-            f"{info.name}: expects {info.channels}-channel images (its preprocessing and weights are "
-            f"defined for {info.channels}). Received: input_shape={shape}"
-        )
+    # Other channel counts build, as in keras.applications; pretrained weights are checked in _check_weights.
     min_h, min_w, _ = info.min_input_shape
     if (shape[0] is not None and shape[0] < min_h) or (shape[1] is not None and shape[1] < min_w):
         raise ValueError(
@@ -174,11 +165,17 @@ def _check_weights(info: BackboneInfo, weights: Any, *, include_top: bool, class
                 f"{info.name}: weights={weights!r} with include_top=True has a {expected_classes}-class head; "
                 f"use include_top=False to fine-tune on other classes. Received: classes={classes}"
             )
-        expected_shape = spec.get("input_shape")
-        if expected_shape is not None and shape[2] != expected_shape[-1]:
+        trained_at = tuple(spec.get("input_shape") or info.default_input_shape)
+        if shape[2] != trained_at[-1]:
             raise ValueError(
-                f"{info.name}: weights={weights!r} were trained on {expected_shape[-1]}-channel images. "
-                f"Received: input_shape={shape}"
+                f"{info.name}: weights={weights!r} were trained on {trained_at[-1]}-channel images; other channel "
+                f"counts need weights=None. Received: input_shape={shape}"
+            )
+        if include_top and info.fixed_input_with_top and shape[:2] != trained_at[:2]:
+            raise ValueError(
+                f"{info.name}: weights={weights!r} with include_top=True need the input size they were trained at, "
+                f"{trained_at}: the flatten + dense head's weights depend on it. Use include_top=False (and "
+                f"pooling) or weights=None for other sizes. Received: input_shape={shape}"
             )
         if include_top and classifier_activation not in (None, "softmax", "linear"):
             raise ValueError(
@@ -193,9 +190,21 @@ def _check_weights(info: BackboneInfo, weights: Any, *, include_top: bool, class
         _split_hashed_url(info, text)
         return
     if not os.path.isfile(text):
+        if _looks_like_a_set_name(text):
+            named = ", ".join(repr(k) for k in info.weights) or "none"
+            raise ValueError(
+                f"{info.name} has no {text!r} weights; available: {named}. Pass weights=None, a local file "
+                f"({', '.join(WEIGHT_FILE_SUFFIXES)}) or a URL with a hash fragment "
+                f"('https://host/file.h5#sha256=<64 hex>'). Received: weights={weights!r}"
+            )
         raise ValueError(_weights_help(info, weights, reason=f"no file exists at {text!r}"))
     if not text.endswith(WEIGHT_FILE_SUFFIXES):
         raise ValueError(_weights_help(info, weights, reason=f"a weights file must end in {WEIGHT_FILE_SUFFIXES}"))
+
+
+def _looks_like_a_set_name(text: str) -> bool:
+    """``"imagenet"``, not ``"w.h5"`` or ``"runs/w"``: what a user means as a named set, not a path."""
+    return bool(re.fullmatch(r"[A-Za-z][\w-]*", text))
 
 
 def _weights_help(info: BackboneInfo, weights: Any, *, reason: str = "") -> str:

@@ -8,6 +8,7 @@ the values, so every consumer (data pipeline, fine-tuning engine, conformance su
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +51,8 @@ class BackboneInfo:
     family: str
     default_input_shape: tuple[int, int, int] = (224, 224, 3)
     min_input_shape: tuple[int, int, int] = (32, 32, 3)
+    # The top flattens a feature map (VGG, AlexNet), so its weights fit one input size: pretrained top weights
+    # need the size they were trained at. Without them any size from min_input_shape builds, as in Keras.
     fixed_input_with_top: bool = False
     # Whether the headless backbone builds with input_shape=(None, None, C), as fully convolutional
     # keras.applications models do; False for a body that needs to know its input size while it is built.
@@ -117,8 +120,8 @@ def info_from_builder(
     unknown = sorted(set(raw) - _KNOWN_KEYS)
     if unknown:
         raise ValueError(
-            f"Backbone {name!r} has unknown metadata keys {unknown}; allowed keys are {sorted(_KNOWN_KEYS)}. "
-            f"Received: {sorted(raw)}"
+            f"Backbone {name!r}: unknown metadata keys {unknown}{_did_you_mean(unknown)}; allowed keys are "
+            f"{sorted(_KNOWN_KEYS)}. Received: {sorted(raw)}"
         )
     values: dict[str, Any] = {"family": (getattr(builder, "__module__", None) or "plugin").rsplit(".", 1)[-1]}
     values.update(raw)
@@ -145,6 +148,13 @@ def info_from_builder(
         values["aux_taps"] = check.names("aux_taps", values["aux_taps"])
     missing = tuple(sorted(k for k in DESCRIPTIVE_KEYS if k not in raw))
     return BackboneInfo(name=name, distribution=distribution, version=version, missing=missing, **values)
+
+
+def _did_you_mean(unknown: list[str]) -> str:
+    """``" (did you mean 'layer_groups' for 'layergroups'?)"``, as recipes suggest the closest valid key."""
+    hints = [f"{close[0]!r} for {key!r}" for key in unknown
+             if (close := difflib.get_close_matches(key, sorted(_KNOWN_KEYS), n=1, cutoff=0.6))]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,13 +5,17 @@ plugins take the same path. Discovery is lazy (the catalogue pattern): listing r
 only; a plugin's module is imported the first time its builder or metadata is asked for, one name at a time.
 
 Precedence, documented and never silent:
-- two installed distributions claiming one name: both are listed under their qualified names
+- a plugin claiming a name of ftkit's own zoo: the bare name stays ftkit's (README examples and recipes keep
+  working whatever is installed), the plugin's is ``"distribution:name"``; the clash is noted by
+  ``ftkit models list`` and warned about when the bare name is built;
+- two third-party distributions claiming one name: both are listed under their qualified names
   ``"distribution:name"`` (any PEP 503 spelling of the distribution works), and asking for the bare name raises
   :class:`BackboneConflictError` naming those;
 - an in-process registration of a name that already exists raises, unless ``override=True``, which warns.
 
-Parameter counts (``ftkit models list``) are cached per distribution, version and builder source file, in
-``$XDG_CACHE_HOME/ftkit`` (``~/.cache/ftkit``): counting builds the model, which costs seconds per backbone.
+What ``ftkit models list`` shows of an installed backbone (family, input size, parameter count, or why it
+cannot be used) is cached per distribution, version, entry point and module file (see ``_cache.py``): reading
+it imports the plugin, which usually imports TensorFlow, and counting builds the model.
 """
 
 from __future__ import annotations
@@ -20,21 +24,20 @@ import dataclasses
 import difflib
 import importlib.metadata
 import inspect
-import json
 import os
 import re
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ftkit.backbones._cache import ListingCache, default_cache_path, file_fingerprint, module_file
 from ftkit.backbones._metadata import BUILDER_ARGS, METADATA_ATTR, BackboneInfo, info_from_builder
 
 ENTRY_POINT_GROUP = "ftkit.backbones"
 RUNTIME = "<runtime>"
-PARAMETER_CACHE_FILE = "backbone_parameters.json"
+ZOO_DISTRIBUTION = "ftkit"
 
 
 def canonical_distribution_name(name: str) -> str:
@@ -42,10 +45,12 @@ def canonical_distribution_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def default_parameter_cache() -> Path:
-    """``$XDG_CACHE_HOME/ftkit/backbone_parameters.json`` (``~/.cache/ftkit/...`` without XDG_CACHE_HOME)."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "ftkit" / PARAMETER_CACHE_FILE
+def natural_key(text: str) -> list[Any]:
+    """Sort key putting ``resnet18`` before ``resnet101`` (digit runs compare as numbers).
+
+    Three lines; the ``natsort`` package would be a dependency for this one use.
+    """
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
 class UnknownBackboneError(KeyError):
@@ -56,7 +61,7 @@ class UnknownBackboneError(KeyError):
 
 
 class BackboneConflictError(LookupError):
-    """Raised when several sources claim the same backbone name and the caller did not pick one."""
+    """Raised when several third-party sources claim the same backbone name and the caller did not pick one."""
 
 
 class PluginError(RuntimeError):
@@ -78,9 +83,19 @@ class _Entry:
     def qualified_name(self) -> str:
         return f"{self.distribution}:{self.name}"
 
+    @property
+    def is_zoo(self) -> bool:
+        return canonical_distribution_name(self.distribution) == ZOO_DISTRIBUTION
+
+    @property
+    def source(self) -> str:
+        """``"my-plug 1.2 (module:attr)"``: where the entry comes from, for messages."""
+        return f"{self.distribution}{' ' + self.version if self.version else ''} ({self.target})"
+
 
 def _by_distribution(entries: list[_Entry]) -> list[_Entry]:
-    return sorted(entries, key=lambda e: canonical_distribution_name(e.distribution))
+    """ftkit's zoo first, then third-party distributions by name."""
+    return sorted(entries, key=lambda e: (not e.is_zoo, canonical_distribution_name(e.distribution)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +106,40 @@ class PluginProblem:
     distribution: str
     target: str
     error: str
+    version: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ListingRow:
+    """One usable backbone as ``ftkit models list`` shows it."""
+
+    name: str
+    family: str
+    distribution: str | None
+    version: str | None
+    parameters: int | None
+    default_input_shape: list[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """Everything ``ftkit models list`` prints: usable backbones, unusable ones, and name clashes."""
+
+    rows: list[ListingRow]
+    problems: list[PluginProblem]
+    conflicts: dict[str, list[str]]  # bare name -> qualified names; the bare name is ambiguous
+    shadowed: dict[str, list[str]]  # zoo name -> the plugins' qualified names; the bare name is the zoo's
 
 
 def check_builder_signature(builder: Any, *, name: str) -> None:
-    """Raise :class:`PluginError` unless ``builder`` accepts every keras.applications argument by keyword."""
+    """Raise :class:`PluginError` unless ``builder`` accepts every keras.applications argument by keyword.
+
+    ftkit always calls builders with keyword arguments (positional ones given to ``create_backbone`` are
+    mapped to their names first), so keyword-only builders qualify.
+    """
     if not callable(builder):
-        raise PluginError(f"Backbone {name!r} is not a callable builder. Received: {builder!r}")
+        raise PluginError(f"Backbone {name!r}: not a callable builder (the entry point must name a function). "
+                          f"Received: {builder!r}")
     try:
         params = inspect.signature(builder).parameters
     except (TypeError, ValueError) as exc:
@@ -107,22 +150,51 @@ def check_builder_signature(builder: Any, *, name: str) -> None:
     accepted = {n for n, p in params.items() if p.kind in keyword_kinds}
     missing = [arg for arg in BUILDER_ARGS if arg not in accepted]
     if missing:
+        lacks = "it takes none of them" if len(missing) == len(BUILDER_ARGS) else f"it lacks {missing}"
         raise PluginError(
-            f"Backbone {name!r}: the builder must accept the keras.applications arguments {list(BUILDER_ARGS)}; "
-            f"it lacks {missing}. Received: {getattr(builder, '__qualname__', builder)}{inspect.signature(builder)}"
+            f"Backbone {name!r}: the builder must accept the keras.applications arguments {list(BUILDER_ARGS)} by "
+            f"keyword; {lacks}. Received: {getattr(builder, '__qualname__', builder)}{inspect.signature(builder)}"
         )
+
+
+def bind_builder_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """keras.applications' positional order (``include_top, weights, input_tensor, input_shape, pooling,
+    classes, classifier_activation, name``) mapped onto keywords, as ``keras.applications.VGG16(False)`` takes."""
+    if len(args) > len(BUILDER_ARGS):
+        raise TypeError(
+            f"{name}: takes at most {len(BUILDER_ARGS)} positional arguments, in keras.applications' order "
+            f"{list(BUILDER_ARGS)}. Received: {len(args)} positional arguments {args!r}"
+        )
+    positional = dict(zip(BUILDER_ARGS, args, strict=False))  # fewer positional arguments than names
+    twice = [arg for arg in positional if arg in kwargs]
+    if twice:
+        raise TypeError(f"{name}: got {twice} both by position and by keyword. "
+                        f"Received: args={args!r}, kwargs={sorted(kwargs)}")
+    return {**positional, **kwargs}
+
+
+def _checked_model(entry: _Entry, model: Any) -> Any:
+    """``model``, unless the builder returned something else (which would fail later, far from its cause)."""
+    import keras
+
+    if not isinstance(model, keras.Model):
+        returned = "None" if model is None else f"a {type(model).__module__}.{type(model).__qualname__}"
+        raise PluginError(f"The builder of {entry.name!r} from {entry.source} must return a keras.Model; "
+                          f"it returned {returned}. Received: {model!r:.100}")
+    return model
 
 
 class BackboneRegistry:
     """Names to builders, read lazily from entry points (injectable for tests) and in-process registrations."""
 
     def __init__(self, entry_points: Callable[[], Iterable[importlib.metadata.EntryPoint]] | None = None, *,
-                 parameter_cache: str | os.PathLike | None = None):
+                 cache: str | os.PathLike | None = None):
         self._entry_points_source = entry_points or (lambda: importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-        # None: default_parameter_cache(), read when first needed (tests point it elsewhere).
-        self.parameter_cache = parameter_cache
+        # None: default_cache_path(), read when first needed (tests point it elsewhere).
+        self.cache = cache
         self._entries: dict[str, list[_Entry]] | None = None
         self._runtime: dict[str, _Entry] = {}
+        self._warned_shadowed: set[str] = set()
         self._lock = threading.RLock()
 
     # -- discovery ------------------------------------------------------------------------------------
@@ -141,7 +213,7 @@ class BackboneRegistry:
                     entries.setdefault(ep.name, []).append(
                         _Entry(ep.name, dist_name, getattr(dist, "version", None), ep.value, ep.load)
                     )
-                self._entries = entries
+                self._entries = {name: _by_distribution(found) for name, found in entries.items()}
             return self._entries
 
     def refresh(self) -> None:
@@ -149,24 +221,34 @@ class BackboneRegistry:
         with self._lock:
             self._entries = None
 
-    def names(self) -> list[str]:
-        """Every usable name, sorted, without importing any plugin.
+    @staticmethod
+    def _listed_name(entry: _Entry, entries: list[_Entry]) -> str:
+        """The bare name for a name's only claimant or ftkit's zoo; ``distribution:name`` for the others."""
+        return entry.name if len(entries) == 1 or entry.is_zoo else entry.qualified_name
 
-        A name several distributions claim is listed once per distribution as ``"distribution:name"``: the bare
-        name is ambiguous (see :meth:`conflicts`), the qualified ones work.
+    def names(self) -> list[str]:
+        """Every usable name, naturally sorted (resnet18 before resnet101), without importing any plugin.
+
+        A name ftkit's zoo has stays the zoo's; a plugin claiming it is listed as ``"distribution:name"``
+        (see :meth:`shadowed`). A name several third-party distributions claim is listed once per distribution
+        as ``"distribution:name"``: the bare name is ambiguous (see :meth:`conflicts`).
         """
         listed = set(self._runtime)
-        for name, entries in self._scan().items():
-            if len(entries) == 1:
-                listed.add(name)
-            else:
-                listed.update(entry.qualified_name for entry in entries)
-        return sorted(listed, key=lambda n: (n.rpartition(":")[2], n.lower()))
+        for entries in self._scan().values():
+            listed.update(self._listed_name(e, entries) for e in entries)
+        return sorted(listed, key=lambda n: (natural_key(n.rpartition(":")[2]), ":" in n, natural_key(n)))
 
     def conflicts(self) -> dict[str, list[str]]:
-        """Names several distributions claim, each with the qualified names that pick one of them."""
-        return {name: [entry.qualified_name for entry in _by_distribution(entries)]
-                for name, entries in sorted(self._scan().items()) if len(entries) > 1 and name not in self._runtime}
+        """Names several third-party distributions claim, each with the qualified names that pick one of them."""
+        return {name: [entry.qualified_name for entry in entries]
+                for name, entries in sorted(self._scan().items())
+                if len(entries) > 1 and name not in self._runtime and not any(e.is_zoo for e in entries)}
+
+    def shadowed(self) -> dict[str, list[str]]:
+        """Names of ftkit's zoo that plugins claim too: the bare name is the zoo's, the plugins' are qualified."""
+        return {name: [entry.qualified_name for entry in entries if not entry.is_zoo]
+                for name, entries in sorted(self._scan().items())
+                if len(entries) > 1 and name not in self._runtime and any(e.is_zoo for e in entries)}
 
     def __contains__(self, name: str) -> bool:
         try:
@@ -186,7 +268,7 @@ class BackboneRegistry:
             for entry in entries.get(bare, []):
                 if canonical_distribution_name(entry.distribution) == canonical_distribution_name(dist):
                     return entry
-            owners = [repr(e.qualified_name) for e in entries.get(bare, [])]
+            owners = [repr(self._listed_name(e, entries[bare])) for e in entries.get(bare, [])]
             raise UnknownBackboneError(
                 f"No distribution {dist!r} provides backbone {bare!r}"
                 + (f"; ask for {' or '.join(owners)}" if owners else "")
@@ -194,7 +276,10 @@ class BackboneRegistry:
             )
         if name not in entries:
             raise UnknownBackboneError(self._unknown_message(name))
-        candidates = _by_distribution(entries[name])
+        candidates = entries[name]
+        zoo = [e for e in candidates if e.is_zoo]
+        if zoo:
+            return zoo[0]
         if len(candidates) > 1:
             raise BackboneConflictError(
                 f"Backbone {name!r} is provided by {len(candidates)} distributions ("
@@ -218,27 +303,31 @@ class BackboneRegistry:
                 return entry
             try:
                 builder = entry.loader()
+            except Exception as exc:  # a broken plugin must never break the others
+                entry.error = f"cannot import {entry.target}: {type(exc).__name__}: {exc}"
+                return entry
+            try:
                 check_builder_signature(builder, name=entry.name)
                 entry.info = info_from_builder(entry.name, builder, distribution=entry.distribution, version=entry.version)
-                entry.builder = builder
-            except Exception as exc:  # a broken plugin must never break the others
-                entry.error = f"{type(exc).__name__}: {exc}"
+            except (PluginError, ValueError) as exc:  # ftkit's own checks, which name the backbone first
+                entry.error = str(exc).removeprefix(f"Backbone {entry.name!r}: ")
+                return entry
+            entry.builder = builder
             return entry
 
     def builder(self, name: str) -> Callable[..., Any]:
         entry = self._load(self._resolve(name))
         if entry.error:
-            raise PluginError(
-                f"Backbone {entry.name!r} from {entry.distribution} ({entry.target}) cannot be used: {entry.error}"
-            )
+            raise PluginError(f"Backbone {entry.name!r} from {entry.source} cannot be used: {entry.error}")
         return entry.builder  # type: ignore[return-value]
 
     def info(self, name: str) -> BackboneInfo:
         self.builder(name)
         return self._load(self._resolve(name)).info  # type: ignore[return-value]
 
-    def create(self, name: str, /, **kwargs: Any):
-        """Build backbone ``name`` with keras.applications keyword arguments, after checking them.
+    def create(self, name: str, /, *args: Any, **kwargs: Any):
+        """Build backbone ``name`` with keras.applications arguments (keyword, or positional in its order),
+        after checking them.
 
         Without ``input_shape`` (and ``input_tensor``) the model is built at the registered
         ``default_input_shape``. A weights file or hashed URL is loaded by ftkit after building with
@@ -247,92 +336,138 @@ class BackboneRegistry:
         """
         from ftkit.backbones._builder import load_weights, resolve_weights, validate_builder_args
 
+        kwargs = bind_builder_args(name, args, kwargs)
+        entry = self._resolve(name)
         builder = self.builder(name)
         info = self.info(name)
+        self._warn_if_shadowed(name)
         if kwargs.get("input_shape") is None and kwargs.get("input_tensor") is None:
             kwargs["input_shape"] = info.default_input_shape
         checked = {k: kwargs[k] for k in BUILDER_ARGS if k in kwargs and k != "name"}
         validate_builder_args(info, **checked)
         weights = kwargs.get("weights")
         if weights is None or (isinstance(weights, str) and weights in info.weights):
-            return builder(**kwargs)
+            return _checked_model(entry, builder(**kwargs))
         path = resolve_weights(info, weights, include_top=kwargs.get("include_top", True))
-        model = builder(**{**kwargs, "weights": None})
+        model = _checked_model(entry, builder(**{**kwargs, "weights": None}))
         load_weights(model, path, info=info, received=weights)
         return model
+
+    def _warn_if_shadowed(self, name: str) -> None:
+        others = self.shadowed().get(name) if name not in self._runtime else None
+        if others and name not in self._warned_shadowed:
+            self._warned_shadowed.add(name)
+            warnings.warn(
+                f"Backbone {name!r} is ftkit's own; {' and '.join(repr(q) for q in others)} also provide one, "
+                f"reachable by that qualified name.", UserWarning, stacklevel=3,
+            )
 
     def problems(self, *, load: bool = True) -> list[PluginProblem]:
         """Backbones that cannot be used: with ``load``, import or contract failures (after loading each).
 
         A name several distributions claim is not a problem (each is usable by its qualified name); see
-        :meth:`conflicts`.
+        :meth:`conflicts` and :meth:`shadowed`.
         """
         found: list[PluginProblem] = []
         if not load:
             return found
-        for name, entries in sorted(self._scan().items()):
+        for entries in self._scan().values():
             for e in entries:
                 self._load(e)
                 if e.error:
-                    listed = e.qualified_name if len(entries) > 1 else name
-                    found.append(PluginProblem(listed, e.distribution, e.target, e.error))
-        return found
+                    found.append(PluginProblem(self._listed_name(e, entries), e.distribution, e.target, e.error, e.version))
+        return sorted(found, key=lambda p: natural_key(p.name))
+
+    # -- listing (cached on disk) ---------------------------------------------------------------------
+    def listing(self, *, count_params: bool = True) -> Listing:
+        """What ``ftkit models list`` shows; a repeated call for unchanged installs imports no plugin.
+
+        ``count_params`` builds each backbone once (without allocating weights) to count its parameters.
+        """
+        cache = ListingCache(self._cache_path())
+        rows, problems = [], []
+        try:
+            for name in self.names():
+                entry = self._resolve(name)
+                record = self._record(name, entry, cache)
+                if count_params and not {"error", "parameters", "build_error"} & set(record):
+                    record = self._count_into(name, entry, record, cache)
+                error = record.get("error") or (count_params and record.get("build_error"))
+                if error:
+                    problems.append(PluginProblem(name, entry.distribution, entry.target, error, entry.version))
+                    continue
+                rows.append(ListingRow(name, record["family"], entry.distribution, entry.version,
+                                       record.get("parameters") if count_params else None,
+                                       list(record["default_input_shape"])))
+        finally:
+            cache.save()
+        return Listing(rows, problems, self.conflicts(), self.shadowed())
 
     def parameters(self, name: str) -> int:
         """The parameter count of ``create(name)`` with the builder's defaults (include_top=True).
 
-        Counting builds the model (without allocating weights); the result is cached on disk per distribution,
-        version and builder source file, so an unchanged installed backbone is counted once.
+        Counting builds the model (without allocating weights); the result is cached on disk (see ``_cache.py``),
+        so an unchanged installed backbone is counted once.
         """
         from ftkit.backbones._builder import count_parameters
 
-        key = self._parameter_key(name)
-        cache = self._read_parameter_cache() if key else {}
-        if key in cache:
-            return cache[key]
-        count = count_parameters(lambda: self.create(name, weights=None))
-        if key:
-            # One entry per distribution and backbone: an upgrade or an edit replaces the stale count.
-            dist, _, bare, _ = key.split(" ")
-            kept = {k: v for k, v in cache.items() if k.split(" ")[0::2] != [dist, bare]}
-            self._write_parameter_cache({**kept, key: count})
-        return count
-
-    def _parameter_key(self, name: str) -> str | None:
-        """``distribution version name source-fingerprint``; None (never cached) without a released version."""
+        cache = ListingCache(self._cache_path())
         entry = self._resolve(name)
-        builder = self.builder(name)
+        try:
+            record = self._record(name, entry, cache)
+            if "parameters" not in record:
+                record = {k: v for k, v in record.items() if k != "build_error"}
+                record["parameters"] = count_parameters(lambda: self.create(name, weights=None))
+                self._store(entry, record, cache)
+        finally:
+            cache.save()
+        return record["parameters"]
+
+    def _count_into(self, name: str, entry: _Entry, record: dict[str, Any], cache: ListingCache) -> dict[str, Any]:
+        from ftkit.backbones._builder import count_parameters
+
+        record = {k: v for k, v in record.items() if k not in ("parameters", "build_error")}
+        try:
+            record["parameters"] = count_parameters(lambda: self.create(name, weights=None))
+        except Exception as exc:  # reported as a problem of this backbone; the listing goes on
+            record["build_error"] = (str(exc) if isinstance(exc, PluginError) else
+                                     f"building failed: {type(exc).__name__}: {exc}")
+        self._store(entry, record, cache)
+        return record
+
+    def _record(self, name: str, entry: _Entry, cache: ListingCache) -> dict[str, Any]:
+        """The cached record of ``entry``, or a fresh one (importing the plugin) when absent or stale."""
+        key, fingerprint = self._cache_key(entry)
+        cached = cache.get(key, fingerprint) if key else None
+        if cached is not None:
+            return cached
+        self._load(entry)
+        if entry.error:
+            record: dict[str, Any] = {"error": entry.error}
+        else:
+            record = {"family": entry.info.family, "default_input_shape": list(entry.info.default_input_shape)}
+        self._store(entry, record, cache)
+        return record
+
+    def _store(self, entry: _Entry, record: dict[str, Any], cache: ListingCache) -> None:
+        key, fingerprint = self._cache_key(entry)
+        if key:
+            cache.put(key, fingerprint, record)
+
+    @staticmethod
+    def _cache_key(entry: _Entry) -> tuple[str | None, str]:
+        """``("distribution:name", "version target file-mtime-size")``; no key (never cached) for in-process
+        registrations, entries without a version and modules whose file cannot be found."""
         if entry.distribution == RUNTIME or not entry.version:
-            return None
-        try:  # an editable install keeps its version while its source changes
-            stat = os.stat(inspect.getsourcefile(builder) or "")
-            fingerprint = f"{stat.st_mtime_ns}-{stat.st_size}"
-        except (TypeError, OSError):
-            fingerprint = "-"
-        return f"{canonical_distribution_name(entry.distribution)} {entry.version} {entry.name} {fingerprint}"
+            return None, ""
+        fingerprint = file_fingerprint(module_file(entry.target.partition(":")[0].strip()))
+        if fingerprint is None:
+            return None, ""
+        return (f"{canonical_distribution_name(entry.distribution)}:{entry.name}",
+                f"{entry.version} {entry.target} {fingerprint}")
 
-    def _parameter_cache_path(self) -> Path:
-        return Path(self.parameter_cache) if self.parameter_cache is not None else default_parameter_cache()
-
-    def _read_parameter_cache(self) -> dict[str, int]:
-        try:
-            data = json.loads(self._parameter_cache_path().read_text())
-        except (OSError, ValueError):  # absent or corrupt: count again
-            return {}
-        return {k: v for k, v in data.items() if isinstance(v, int)} if isinstance(data, dict) else {}
-
-    def _write_parameter_cache(self, data: dict[str, int]) -> None:
-        path = self._parameter_cache_path()
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-                tmp = handle.name
-                json.dump(data, handle, indent=0, sort_keys=True)
-            os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
-        except OSError:  # a read-only home only costs the next listing its speed
-            if tmp:
-                Path(tmp).unlink(missing_ok=True)
+    def _cache_path(self) -> Path:
+        return Path(self.cache) if self.cache is not None else default_cache_path()
 
     def find(self, name: str) -> dict[str, Any]:
         """Where backbone ``name`` is defined: distribution, version, module, file and line."""
@@ -401,9 +536,10 @@ def list_backbones() -> list[str]:
     return REGISTRY.names()
 
 
-def create_backbone(name: str, /, **kwargs: Any):
-    """Build a backbone by name with keras.applications keyword arguments (``include_top``, ``weights``, ...)."""
-    return REGISTRY.create(name, **kwargs)
+def create_backbone(name: str, /, *args: Any, **kwargs: Any):
+    """Build a backbone by name with keras.applications arguments, by keyword (``include_top=``, ``weights=``,
+    ...) or positionally in keras.applications' order (``create_backbone("vgg16", False, None)``)."""
+    return REGISTRY.create(name, *args, **kwargs)
 
 
 def backbone_info(name: str) -> BackboneInfo:

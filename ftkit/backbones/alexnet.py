@@ -72,7 +72,7 @@ _METADATA = {
 
 
 @with_metadata(_METADATA)
-def alexnet(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+def alexnet(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
             classifier_activation="softmax", name=None):
     """AlexNet, one tower, 227x227 input."""
     return _alexnet(alexnet, include_top=include_top, weights=weights, input_tensor=input_tensor,

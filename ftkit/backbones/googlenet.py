@@ -159,8 +159,8 @@ _METADATA = {
 
 
 @with_metadata(_METADATA)
-def googlenet(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
-              classifier_activation="softmax", name=None, aux_logits=False):
+def googlenet(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+              classifier_activation="softmax", name=None, *, aux_logits=False):
     """GoogLeNet; with ``aux_logits=True`` (and the top) the model outputs ``[main, aux1, aux2]``."""
     return _googlenet(googlenet, aux_logits=aux_logits, include_top=include_top, weights=weights,
                       input_tensor=input_tensor, input_shape=input_shape, pooling=pooling, classes=classes,

@@ -74,7 +74,7 @@ _METADATA = {
 
 
 @with_metadata(_METADATA)
-def lenet5(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=10,
+def lenet5(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=10,
            classifier_activation="softmax", name=None):
     """LeNet-5 for 32x32 (or 28x28, padded) grayscale digits."""
     return _lenet(lenet5, include_top=include_top, weights=weights, input_tensor=input_tensor,

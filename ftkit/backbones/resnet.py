@@ -153,7 +153,7 @@ _BASIC = _metadata(preprocessing=IMAGENET_PREPROCESSING)
 
 
 @with_metadata(_BASIC)
-def resnet18(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+def resnet18(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
              classifier_activation="softmax", name=None):
     """ResNet-18: basic blocks (2, 2, 2, 2)."""
     return _resnet(resnet18, (2, 2, 2, 2), bottleneck=False, include_top=include_top, weights=weights,
@@ -162,7 +162,7 @@ def resnet18(*, include_top=True, weights=None, input_tensor=None, input_shape=N
 
 
 @with_metadata(_BASIC)
-def resnet34(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+def resnet34(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
              classifier_activation="softmax", name=None):
     """ResNet-34: basic blocks (3, 4, 6, 3)."""
     return _resnet(resnet34, (3, 4, 6, 3), bottleneck=False, include_top=include_top, weights=weights,
@@ -172,7 +172,7 @@ def resnet34(*, include_top=True, weights=None, input_tensor=None, input_shape=N
 
 @with_metadata(_metadata(preprocessing=CAFFE_PREPROCESSING, weights=_imagenet(
     "resnet50", "2cb95161c43110f7111970584f804107", "4d473c1dd8becc155b73f8504c6f6626")))
-def resnet50(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+def resnet50(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
              classifier_activation="softmax", name=None):
     """ResNet-50: bottleneck blocks (3, 4, 6, 3)."""
     return _resnet(resnet50, (3, 4, 6, 3), bottleneck=True, include_top=include_top, weights=weights,
@@ -182,7 +182,7 @@ def resnet50(*, include_top=True, weights=None, input_tensor=None, input_shape=N
 
 @with_metadata(_metadata(preprocessing=CAFFE_PREPROCESSING, weights=_imagenet(
     "resnet101", "f1aeb4b969a6efcfb50fad2f0c20cfc5", "88cf7a10940856eca736dc7b7e228a21")))
-def resnet101(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+def resnet101(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
               classifier_activation="softmax", name=None):
     """ResNet-101: bottleneck blocks (3, 4, 23, 3)."""
     return _resnet(resnet101, (3, 4, 23, 3), bottleneck=True, include_top=include_top, weights=weights,
@@ -192,7 +192,7 @@ def resnet101(*, include_top=True, weights=None, input_tensor=None, input_shape=
 
 @with_metadata(_metadata(preprocessing=CAFFE_PREPROCESSING, weights=_imagenet(
     "resnet152", "100835be76be38e30d865e96f2aaae62", "ee4c566cf9a93f14d82f913c2dc6dd0c")))
-def resnet152(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+def resnet152(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
               classifier_activation="softmax", name=None):
     """ResNet-152: bottleneck blocks (3, 8, 36, 3)."""
     return _resnet(resnet152, (3, 8, 36, 3), bottleneck=True, include_top=include_top, weights=weights,

@@ -1,7 +1,9 @@
 """VGG (Simonyan & Zisserman, 2014): stacks of 3x3 convolutions, five max-pools, three dense layers.
 
 Layer names, order and weight shapes are those of ``keras.applications.VGG16`` / ``VGG19`` (``block5_conv3``,
-``fc1``, ``predictions``), so their ImageNet files (and any file saved from them) load unchanged.
+``fc1``, ``predictions``), so their ImageNet files (and any file saved from them) load unchanged. The one
+difference: with the top, ``fc1_dropout`` and ``fc2_dropout`` follow ``fc1`` and ``fc2``, the paper's dropout
+(Sec. 3.1), which keras.applications leaves out; they hold no weights and are inactive at inference.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def _imagenet(variant: str, file_hash: str, notop_file_hash: str) -> dict:
 
 
 @with_metadata(_metadata())
-def vgg11(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+def vgg11(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
           classifier_activation="softmax", name=None):
     """VGG-11 (configuration A): 8 convolutions and 3 dense layers."""
     return _vgg(vgg11, (1, 1, 2, 2, 2), include_top=include_top, weights=weights, input_tensor=input_tensor,
@@ -101,7 +103,7 @@ def vgg11(*, include_top=True, weights=None, input_tensor=None, input_shape=None
 
 
 @with_metadata(_metadata())
-def vgg13(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+def vgg13(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
           classifier_activation="softmax", name=None):
     """VGG-13 (configuration B): 10 convolutions and 3 dense layers."""
     return _vgg(vgg13, (2, 2, 2, 2, 2), include_top=include_top, weights=weights, input_tensor=input_tensor,
@@ -110,7 +112,7 @@ def vgg13(*, include_top=True, weights=None, input_tensor=None, input_shape=None
 
 
 @with_metadata(_metadata(weights=_imagenet("vgg16", "64373286793e3c8b2b4e3219cbf3544b", "6d6bbae143d832006294945121d1f1fc")))
-def vgg16(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+def vgg16(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
           classifier_activation="softmax", name=None):
     """VGG-16 (configuration D): 13 convolutions and 3 dense layers."""
     return _vgg(vgg16, (2, 2, 3, 3, 3), include_top=include_top, weights=weights, input_tensor=input_tensor,
@@ -119,7 +121,7 @@ def vgg16(*, include_top=True, weights=None, input_tensor=None, input_shape=None
 
 
 @with_metadata(_metadata(weights=_imagenet("vgg19", "cbe5617147190e668d6c5d5026f83318", "253f8cb515780f3b799900260a226db6")))
-def vgg19(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+def vgg19(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
           classifier_activation="softmax", name=None):
     """VGG-19 (configuration E): 16 convolutions and 3 dense layers."""
     return _vgg(vgg19, (2, 2, 4, 4, 4), include_top=include_top, weights=weights, input_tensor=input_tensor,

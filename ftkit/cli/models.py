@@ -29,57 +29,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_check)
 
 
-def _rows(count_params: bool) -> tuple[list[dict], list[dict], dict[str, list[str]]]:
+def _list(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from ftkit.backbones import REGISTRY
 
-    rows, problems = [], []
-    for name in REGISTRY.names():  # a name two distributions claim comes as "distribution:name", once each
-        try:
-            info = REGISTRY.info(name)
-        except Exception as exc:  # listed as a problem; never breaks the listing
-            problems.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        row = {
-            "name": name,
-            "family": info.family,
-            "distribution": info.distribution,
-            "version": info.version,
-            "parameters": None,
-            "default_input_shape": list(info.default_input_shape),
-        }
-        if count_params:
-            try:
-                row["parameters"] = REGISTRY.parameters(name)
-            except Exception as exc:
-                problems.append({"name": name, "error": f"building failed: {type(exc).__name__}: {exc}"})
-        rows.append(row)
-    return rows, problems, REGISTRY.conflicts()
-
-
-def _list(args: argparse.Namespace) -> int:
-    rows, problems, conflicts = _rows(count_params=not args.no_params)
+    listing = REGISTRY.listing(count_params=not args.no_params)
     if args.json:
-        conflicts_json = [{"name": name, "qualified_names": names} for name, names in conflicts.items()]
-        print(json.dumps({"backbones": rows, "problems": problems, "conflicts": conflicts_json}, indent=2))
+        print(json.dumps({
+            "backbones": [dataclasses.asdict(r) for r in listing.rows],
+            "problems": [dataclasses.asdict(p) for p in listing.problems],
+            "conflicts": [{"name": n, "qualified_names": q} for n, q in listing.conflicts.items()],
+            "shadowed": [{"name": n, "qualified_names": q} for n, q in listing.shadowed.items()],
+        }, indent=2))
         return 0
     header = ("name", "family", "source", "parameters", "input")
     table = [header] + [
-        (r["name"], r["family"], f"{r['distribution']} {r['version'] or ''}".strip(),
-         f"{r['parameters']:,}" if r["parameters"] is not None else "-",
-         "x".join(str(v) for v in r["default_input_shape"]))
-        for r in rows
+        (r.name, r.family, f"{r.distribution} {r.version or ''}".strip(),
+         f"{r.parameters:,}" if r.parameters is not None else "-", "x".join(str(v) for v in r.default_input_shape))
+        for r in listing.rows
     ]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    for name, qualified in conflicts.items():
+    for name, qualified in listing.shadowed.items():
+        print(f"\nnote: {name!r} is also provided by {' and '.join(repr(q) for q in qualified)}; the bare name "
+              f"{name!r} is ftkit's own.", file=sys.stderr)
+    for name, qualified in listing.conflicts.items():
         print(f"\nnote: {name!r} is provided by {len(qualified)} distributions, so it is listed as "
               f"{' and '.join(repr(q) for q in qualified)}; the bare name is ambiguous.", file=sys.stderr)
-    if problems:
+    if listing.problems:
         print("\nproblems (these backbones cannot be used; the others are unaffected):", file=sys.stderr)
-        for p in problems:
-            where = f" [{p['distribution']}]" if p.get("distribution") else ""
-            print(f"  {p['name']}{where}: {p['error']}", file=sys.stderr)
+        for p in listing.problems:
+            source = f"{p.distribution} {p.version or ''}".strip()
+            print(f"  {p.name} [{source}, {p.target}]: {p.error}", file=sys.stderr)
     return 0
 
 
