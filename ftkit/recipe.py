@@ -225,7 +225,9 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
 
     data = recipe.to_dict()
     info = backbone_info(recipe.backbone.name)
-    small = max(info.min_input_shape[0], 32), max(info.min_input_shape[1], 32)
+    # Shrinks only: a recipe already below 32 (LeNet-5's 28x28 digits) keeps its size, so smoke runs its path.
+    asked = recipe.data.image_size or (32, 32)
+    small = tuple(max(info.min_input_shape[i], min(asked[i], 32)) for i in (0, 1))
     if info.aux_taps and recipe.data.image_size:
         # Auxiliary classifiers have their own minimum (GoogLeNet's 5x5/3 pool needs a 65x65 input), which the
         # metadata's headless minimum does not describe: keep the recipe's size.

@@ -159,6 +159,14 @@ def test_csv_recipe(tmp_path):
     assert _close(rotated[2: SIZE // 2 - 2], RED) and _close(rotated[SIZE // 2 + 2: -2], BLUE)
 
 
+def test_a_recipe_without_augmentation_says_so(tmp_path, caplog):
+    data = _write(tmp_path / "data", {"red/0.jpg": _jpeg(RED), "blue/0.jpg": _jpeg(BLUE)})
+    assert _preview(tmp_path, _recipe(tmp_path, data), samples=2) == 0
+    assert [r.getMessage() for r in caplog.records if "no augmentation" in r.getMessage()] == [
+        "the recipe has no augmentation (augment.backend is 'none', no mixup or cutmix): every variant in the "
+        "grid equals its original"]
+
+
 def test_mnist_npz_recipe(tmp_path):
     digits = np.zeros((20, 28, 28), np.uint8)
     digits[:, :14] = 255  # top half white

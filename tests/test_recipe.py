@@ -92,6 +92,12 @@ def test_smoke_shrinks_any_recipe():
     assert small.data.image_size == (32, 32) and small.backbone.weights is None
 
 
+def test_smoke_never_grows_the_image():
+    # LeNet-5's 28x28 digits (its minimum is 28): smoke keeps them, so it runs the recipe's padding path.
+    assert smoke_recipe(load_recipe(REPO / "recipes" / "lenet5_mnist.yaml")).data.image_size == (28, 28)
+    assert smoke_recipe(load_recipe(apply_overrides(BASE, ["data.image_size=[30,40]"]))).data.image_size == (30, 32)
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_every_recipe_starts_with_its_command_and_result(path):
     lines = path.read_text().splitlines()

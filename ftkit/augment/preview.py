@@ -209,6 +209,9 @@ def preview(
         found = f" ({len(bad)} bad file(s), listed above)" if bad else ""
         raise ValueError(f"augment preview found no decodable training image in {index.source}{found}. "
                          f"Received: data.train={str(source)!r}")
+    if config.backend == "none" and not (config.mixup or config.cutmix):
+        log.warning("the recipe has no augmentation (augment.backend is 'none', no mixup or cutmix): every "
+                    "variant in the grid equals its original")
     originals, augmented = augment_samples(config, picked, image_size=size, variants=variants,
                                            resize=data.get("resize", "stretch"))
     return save_grid(originals, augmented, out)

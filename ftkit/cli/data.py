@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "byte-identical files across splits (leakage), under different classes "
                                    "(conflicting labels: a warning) or within one class (information). Exit "
                                    "code 0: usable; 1: not usable (or, with --strict, anything bad: a bad file, "
-                                   "a warning or leakage).")
+                                   "a warning or leakage); 2: a bad argument or a source that cannot be read.")
     p.add_argument("source", metavar="ROOT", help="class-per-folder tree, .csv of path,label[,split], MNIST "
                                                   "folder or .npz")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-': stdout only)")

@@ -113,7 +113,8 @@ def lr_find(recipe, *, overrides=None, out: str | Path | None = None, start_lr: 
     rows = "\n".join(f"{lr:.6g},{loss:.6g}" for lr, loss in zip(recorder.lrs, recorder.losses, strict=True))
     (out_dir / "lr_find.csv").write_text("lr,loss\n" + rows + "\n")
     log(f"lr_find: suggested learning rate {suggestion:.3g} (fastai's valley rule; for reference, the loss is "
-        f"lowest at {minimum:.3g}, a tenth of which is {minimum / 10:.3g}); plot: {plot}")
+        f"lowest at {minimum:.3g}, a tenth of which is {minimum / 10:.3g}); plot: {plot.resolve() if plot else None}, "
+        f"values: {(out_dir / 'lr_find.csv').resolve()}")
     return LRFindResult(lrs=recorder.lrs, losses=recorder.losses, suggestion=suggestion, plot=plot, minimum=minimum)
 
 
