@@ -34,3 +34,10 @@ def _half_transparent_png() -> bytes:
     pixels[:, : SIZE // 2] = (*RED, 255)
     pixels[:, SIZE // 2 :] = (*GREEN, 0)
     return _encode(Image.fromarray(pixels, "RGBA"), "PNG")
+
+
+def write_noise_png(path, seed: int):
+    """A 20x20 RGB PNG of seeded noise at ``path`` (folders made): distinct, decodable files for split trees."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(path)
+    return path

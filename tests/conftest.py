@@ -26,3 +26,15 @@ def repo_root() -> Path:
 @pytest.fixture(scope="module")
 def mnist(shared_data) -> str:
     return str(shared_data / "mnist")
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist_run(mnist, tmp_path_factory):
+    """A finished run (one epoch) of the tests' tiny BatchNorm backbone on MNIST digits 0-2: a few seconds."""
+    from _training_helpers import QUIET, mnist_recipe, register_tiny
+
+    from ftkit.training import train
+
+    register_tiny()
+    recipe = mnist_recipe(mnist, phases=[{"train": "all", "epochs": 1, "lr": 0.05}])
+    return train(recipe, out=tmp_path_factory.mktemp("r") / "run", **QUIET)

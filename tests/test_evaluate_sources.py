@@ -5,19 +5,13 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
+from _image_fixtures import write_noise_png
 from test_evaluate import cli, make_run, read_csv
 
 from ftkit.evaluate import ClassMismatchError, evaluate_run, load_model
 
 CLASSES = ["cats", "dogs"]
 DIGITS = ["0", "1", "2"]
-
-
-def _png(path, seed):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +23,7 @@ def run(tmp_path_factory):
 def images(tmp_path_factory):
     """Four PNGs per class."""
     root = tmp_path_factory.mktemp("images")
-    return {name: [_png(root / name / f"{name}{i}.png", seed=10 * c + i) for i in range(4)]
+    return {name: [write_noise_png(root / name / f"{name}{i}.png", seed=10 * c + i) for i in range(4)]
             for c, name in enumerate(CLASSES)}
 
 

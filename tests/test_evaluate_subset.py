@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from _image_fixtures import write_noise_png
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from test_evaluate import cli, make_run, read_csv
 
@@ -109,21 +109,15 @@ def test_the_cli_counts_the_rows_left_out_per_class_instead_of_listing_them(run5
         cli(["evaluate", str(run59), str(small_npz), "--out", str(tmp_path / "no")])
 
 
-def _png(path, seed):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def pets(tmp_path_factory):
     """A tree of split folders whose test split has a third class: test/{cats,dogs} 3 each, test/birds 2."""
     root = tmp_path_factory.mktemp("pets") / "pets"
     for c, name in enumerate([*PETS, "birds"]):
         for i in range(2 if name == "birds" else 3):
-            _png(root / "test" / name / f"{name}{i}.png", seed=10 * c + i)
+            write_noise_png(root / "test" / name / f"{name}{i}.png", seed=10 * c + i)
     for name in PETS:
-        _png(root / "train" / name / "a.png", seed=99)
+        write_noise_png(root / "train" / name / "a.png", seed=99)
     return root
 
 

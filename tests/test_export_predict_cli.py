@@ -19,11 +19,8 @@ def _tiny():
 
 
 @pytest.fixture(scope="module")
-def run(shared_data, tmp_path_factory):
-    from ftkit.training import train
-
-    recipe = mnist_recipe(str(shared_data / "mnist"), phases=[{"train": "all", "epochs": 1, "lr": 0.05}])
-    return train(recipe, out=tmp_path_factory.mktemp("r") / "run", **QUIET)
+def run(tiny_mnist_run):
+    return tiny_mnist_run
 
 
 # -- 1. exports refuse other sizes and carry preprocessing.json ---------------------------------------------
