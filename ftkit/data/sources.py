@@ -346,7 +346,8 @@ class Lines(NamedTuple):
         return f", {self.file} line {self.numbers[split][i]}"
 
 
-def _ignored(name: str) -> bool:
+def is_ignored(name: str) -> bool:
+    """Whether a folder walk leaves the entry ``name`` out: hidden (``.name``) or operating-system clutter."""
     return name.startswith(".") or name in _CLUTTER
 
 
@@ -409,9 +410,14 @@ def _folder_entries(root: Path) -> tuple[Entries, list[Skipped], list[tuple[str,
     return entries, skipped, folders, problems
 
 
-def _listdir(directory: str) -> list[os.DirEntry]:
+def _listdir(directory: str, *, ignored: list[str] | None = None) -> list[os.DirEntry]:
+    """The entries of ``directory`` a walk takes, sorted; the paths it leaves out (:func:`is_ignored`) are
+    appended to ``ignored`` when given."""
     with os.scandir(directory) as it:
-        return sorted((e for e in it if not _ignored(e.name)), key=lambda e: e.name)
+        entries = sorted(it, key=lambda e: e.name)
+    if ignored is not None:
+        ignored.extend(e.path for e in entries if is_ignored(e.name))
+    return [e for e in entries if not is_ignored(e.name)]
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -426,23 +432,25 @@ def _dir_key(path: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def walk_files(directory: str, ancestors: Sequence[tuple[int, int]] = ()) -> Iterator[tuple[str, tuple[str, str] | None]]:
+def walk_files(directory: str, ancestors: Sequence[tuple[int, int]] = (), *,
+               ignored: list[str] | None = None) -> Iterator[tuple[str, tuple[str, str] | None]]:
     """``(path, None)`` for each file under ``directory``, recursively, in sorted order, hidden files and
-    operating-system clutter left out, linked folders followed; ``(folder, (reason, detail))`` for a folder
-    that links back to one of its ancestors (``ancestors``: ``(st_dev, st_ino)`` of folders above it) or
-    cannot be listed. A file that cannot be read is yielded as a file: the decoder names its problem."""
+    operating-system clutter left out (their paths appended to ``ignored`` when given; a hidden folder once,
+    not its contents), linked folders followed; ``(folder, (reason, detail))`` for a folder that links back
+    to one of its ancestors (``ancestors``: ``(st_dev, st_ino)`` of folders above it) or cannot be listed. A
+    file that cannot be read is yielded as a file: the decoder names its problem."""
     key = _dir_key(directory)
     if key in ancestors:
         yield directory, (decode.SYMLINK_LOOP, "a symbolic link to a folder that contains it")
         return
     try:
-        children = _listdir(directory)
+        children = _listdir(directory, ignored=ignored)
     except OSError as exc:
         yield directory, (decode.UNREADABLE, f"folder unreadable: {exc.strerror or exc}")
         return
     for entry in children:
         if _is_dir(entry):
-            yield from walk_files(entry.path, [*ancestors, key])
+            yield from walk_files(entry.path, [*ancestors, key], ignored=ignored)
         else:
             yield entry.path, None
 

@@ -74,10 +74,12 @@ def _absolute(path: str) -> str:
         return os.path.abspath(path)
 
 
-def _walk(folder: str, ancestors: Sequence[tuple[int, int]] = ()) -> Iterator[tuple[str, dict | None]]:
+def _walk(folder: str, ancestors: Sequence[tuple[int, int]] = (), *,
+          ignored: list[str] | None = None) -> Iterator[tuple[str, dict | None]]:
     """``(absolute path, None)`` for each file below ``folder``, or ``(folder, skipped)`` for a folder that
-    cannot be walked, listed as ``ftkit.data`` lists a class folder (:func:`ftkit.data.sources.walk_files`)."""
-    for path, bad in sources.walk_files(folder, ancestors):
+    cannot be walked, listed as ``ftkit.data`` lists a class folder (:func:`ftkit.data.sources.walk_files`,
+    which appends what it leaves out to ``ignored``)."""
+    for path, bad in sources.walk_files(folder, ancestors, ignored=ignored):
         if bad is None:
             yield _absolute(path), None
         else:
@@ -189,14 +191,15 @@ def scan_split(data_dir: str | Path, class_names: Sequence[str], *, allow_missin
                          unknown_classes=unknown_classes)
 
 
-def expand_paths(inputs: Iterable[str | Path]) -> tuple[list[str], list[dict]]:
+def expand_paths(inputs: Iterable[str | Path], *, ignored: list[str] | None = None) -> tuple[list[str], list[dict]]:
     """Every file asked for, in the order given (folders walked in sorted order), and those that cannot be
     decoded because of where they are (a folder that links back into itself). Other bad files, missing ones
-    included, are left in for the decoder, which names each problem as ``ftkit data check`` does."""
+    included, are left in for the decoder, which names each problem as ``ftkit data check`` does. What the
+    walks leave out (hidden files, clutter) is appended to ``ignored`` when given."""
     listed, bad = [], []
     for item in inputs:
         if os.path.isdir(item):
-            for path, skipped in _walk(str(item)):
+            for path, skipped in _walk(str(item), ignored=ignored):
                 listed.append(path)
                 if skipped:
                     bad.append(skipped)

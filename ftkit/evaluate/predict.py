@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ftkit.data import sources
 from ftkit.evaluate import images as image_io
 from ftkit.evaluate.metrics import PROB_SUM_TOLERANCE
 from ftkit.evaluate.runs import INFERENCE_MODEL, LoadedModel, load_model
@@ -128,9 +127,9 @@ def predict_paths(
     ``rows()`` gives them all in the order asked. ``checkpoint``: ``"best"`` or ``"last"`` of a run folder
     instead of its ``model.keras`` (:func:`load_model`)."""
     inputs = [str(item) for item in inputs]
-    listed, unwalkable, empty = [], [], []
+    listed, unwalkable, empty, ignored = [], [], [], []
     for item in inputs:  # one at a time, to know which folder held no file
-        files, bad = image_io.expand_paths([item])
+        files, bad = image_io.expand_paths([item], ignored=ignored)
         listed += files
         unwalkable += bad
         if os.path.isdir(item) and not files:
@@ -146,43 +145,16 @@ def predict_paths(
     failed = {f["path"]: f for f in [*unwalkable, *result.failures]}
     result.failures = [failed[p] for p in dict.fromkeys(listed) if p in failed]
     result.inputs = listed
-    result.skipped = [entry for item in inputs if os.path.isdir(item) for entry in left_out(item)]
+    result.skipped = [left_out(os.path.abspath(path)) for path in ignored]
     result.empty_folders = empty
     return result
 
 
-def left_out(folder: str | Path) -> list[dict]:
-    """What walking ``folder`` leaves out, each entry once (a hidden folder, not its contents): names starting
-    with ``.`` (``"hidden"``) and operating-system clutter such as ``Thumbs.db`` (``"system file"``), as
-    ``ftkit.data`` leaves them out of a class folder."""
-    return [image_io.skipped_file(path, HIDDEN if Path(path).name.startswith(".") else SYSTEM_FILE,
-                                  "left out when a folder is walked; name it to predict it")
-            for path in _left_out_paths(os.path.abspath(folder), set())]
-
-
-def _left_out_paths(folder: str, seen: set[tuple[int, int]]) -> Iterator[str]:
-    try:
-        st = os.stat(folder)
-        if (st.st_dev, st.st_ino) in seen:  # a link back into itself: the walk reports it
-            return
-        seen.add((st.st_dev, st.st_ino))
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError:  # an unreadable folder: the walk reports it
-        return
-    for entry in entries:
-        # sources' own test, so that this lists exactly what the walk leaves out
-        if sources._ignored(entry.name):  # noqa: SLF001
-            yield entry.path
-        elif _is_dir(entry):
-            yield from _left_out_paths(entry.path, seen)
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
+def left_out(path: str) -> dict:
+    """The skip record of an entry a folder walk left out (:func:`ftkit.data.sources.is_ignored`): a name
+    starting with ``.`` (``"hidden"``) or operating-system clutter such as ``Thumbs.db`` (``"system file"``)."""
+    return image_io.skipped_file(path, HIDDEN if Path(path).name.startswith(".") else SYSTEM_FILE,
+                                 "left out when a folder is walked; name it to predict it")
 
 
 def check_csv_target(path: str | Path) -> None:
