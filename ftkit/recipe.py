@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -156,9 +158,66 @@ def load_recipe(source: str | Path | dict | Recipe, *, overrides: list[str] | di
 
 def validate(data: dict[str, Any]) -> Recipe:
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(format_errors(exc, data)) from None
+    coerced = list(_coercions(data, recipe.to_dict(), []))
+    if coerced:
+        raise RecipeError("\n".join([f"The recipe has {len(coerced)} problem(s):", *coerced]))
+    return recipe
+
+
+# pydantic's lax mode turns true into 1, 1 or "yes" into True, "3" and 2.0 into 3 and 2. Its strict mode is
+# no cure here: it refuses YAML lists for tuples and PyYAML's "1e-3" (a string under YAML 1.1) for floats, and
+# augmentation op parameters are validated by a nested call that no strict flag reaches. So the validated
+# recipe is compared with what was written, value by value, and any change of kind is an error.
+def _coercions(given: Any, validated: Any, loc: list) -> Iterator[str]:
+    """One message per value whose kind validation changed (a bool to a number, a number or string to a bool,
+    a string or a float to an int)."""
+    if isinstance(given, dict) and isinstance(validated, dict):
+        for key in given.keys() & validated.keys():
+            yield from _coercions(given[key], validated[key], [*loc, key])
+    elif isinstance(given, list | tuple) and isinstance(validated, list | tuple):
+        for index, (item, out) in enumerate(zip(given, validated, strict=False)):
+            yield from _coercions(item, out, [*loc, index])
+    elif _changed_kind(given, validated):
+        where = _place(loc)
+        yield (f"- {where}: must be {_allowed_at(loc, validated)}, not {_kind(given)} (it would silently become "
+               f"{validated!r}). Received: {where}={given!r}")
+
+
+def _changed_kind(given: Any, validated: Any) -> bool:
+    if isinstance(given, bool) or isinstance(validated, bool):
+        return type(given) is not type(validated)
+    # A string for a float stays allowed: PyYAML reads `lr: 1e-3` as the string "1e-3" (YAML 1.1 wants 1.0e-3).
+    return isinstance(validated, int) and not isinstance(given, int)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    return {int: "an integer", float: "a decimal number", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _allowed_at(loc: list, value: Any) -> str:
+    """The allowed forms of the value at ``loc`` in words, from the schema where it is a plain field."""
+    annotation = _annotation_at([part for part in loc if not isinstance(part, int)])
+    if annotation is not None and loc and isinstance(loc[-1], int):
+        annotation = _item_annotation(annotation, loc[-1])
+    if annotation is not None:
+        return _join(_forms(annotation))
+    return {bool: "true or false", int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _item_annotation(annotation: Any, index: int) -> Any:
+    """The annotation of item ``index`` of a list or tuple annotation (``None`` when there is none)."""
+    for option in (get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)):
+        args = get_args(option)
+        if get_origin(option) is list and args:
+            return args[0]
+        if get_origin(option) is tuple and args:
+            return args[0] if args[-1] is Ellipsis else args[min(index, len(args) - 1)]
+    return None
 
 
 # -- overrides ------------------------------------------------------------------------------------------
@@ -184,23 +243,68 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
     for key, value in items:
         path = parse_key(key)
         node: Any = data
-        for step, following in zip(path, path[1:], strict=False):
+        for depth, (step, following) in enumerate(zip(path, path[1:], strict=False)):
             if isinstance(step, int):
                 if not isinstance(node, list) or step >= len(node):
-                    raise RecipeError(f"--set {key}: index [{step}] is out of range. Received: {key!r}")
+                    raise RecipeError(_out_of_range(data, key, path[:depth], node))
                 node = node[step]
             else:
                 if not isinstance(node, dict):
-                    raise RecipeError(f"--set {key}: {step!r} is not inside a mapping. Received: {key!r}")
+                    raise RecipeError(f"--set {key}: {step!r} is not inside a mapping.{_bracket_hint(key, node)} "
+                                      f"Received: {key!r}")
                 node = node.setdefault(step, [] if isinstance(following, int) else {})
         last = path[-1]
         if isinstance(last, int):
             if not isinstance(node, list) or last >= len(node):
-                raise RecipeError(f"--set {key}: index [{last}] is out of range. Received: {key!r}")
+                raise RecipeError(_out_of_range(data, key, path[:-1], node))
         elif not isinstance(node, dict):
-            raise RecipeError(f"--set {key}: the parent of {last!r} is not a mapping. Received: {key!r}")
+            raise RecipeError(f"--set {key}: the parent of {last!r} is not a mapping.{_bracket_hint(key, node)} "
+                              f"Received: {key!r}")
         node[last] = value
     return data
+
+
+def _bracket_hint(key: str, node: Any) -> str:
+    """`` Write list positions in brackets: a.b[0].c`` for ``a.b.0.c`` into a list (empty otherwise)."""
+    if not isinstance(node, list):
+        return ""
+    bracketed = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", key)
+    return f" Write list positions in brackets: {bracketed}."
+
+
+# The phase keys a preset takes from its own keys: (head phase's key, later phases' key).
+_PRESET_KEYS = {"lr": ("lr", "unfrozen_lr"), "epochs": ("epochs", "unfrozen_epochs"),
+                "lr_schedule": ("lr_schedule",) * 2, "warmup_epochs": ("warmup_epochs",) * 2,
+                "train_bn": ("train_bn",) * 2, "lr_decay": (None, "lr_decay")}
+
+
+def _out_of_range(data: dict[str, Any], key: str, list_path: list, node: Any) -> str:
+    """Why ``key``'s index finds nothing: the list's length, or, for phases of a preset schedule, the preset's
+    own key that sets the same thing (a preset has no ``phases`` list to index)."""
+    path = parse_key(key)
+    index = path[len(list_path)]
+    schedule = data.get("schedule")
+    preset = schedule.get("preset") if isinstance(schedule, dict) else None
+    if list_path == ["schedule", "phases"] and preset and not node:
+        field = path[len(list_path) + 1] if len(path) > len(list_path) + 1 else None
+        keys = _PRESET_KEYS.get(field, (None, None))
+        target = keys[0] if index == 0 else keys[1]
+        own = [name for name in ScheduleConfig.model_fields if name not in ("preset", "phases")]
+        if preset == "freeze" and index > 0:
+            todo = "'freeze' has one phase, the head's ([0])"
+        elif target:
+            todo = f"set the preset's own key instead: --set schedule.{target}=VALUE"
+        elif field is None:
+            todo = "set the preset's own keys instead"
+        else:
+            todo = (f"the preset has no key for the phases' {field!r}; to set it, write the phases out "
+                    "(schedule.phases, without schedule.preset)")
+        return (f"--set {key}: this recipe's schedule is the preset {preset!r}, which has no schedule.phases list "
+                f"to index; {todo}. The preset's keys: {', '.join(f'schedule.{name}' for name in own)}. "
+                f"Received: {key!r}")
+    size = len(node) if isinstance(node, list) else 0
+    has = f"has {size} item(s) (indices 0 to {size - 1})" if size else "is empty or not set"
+    return f"--set {key}: index [{index}] is out of range: {_place(list_path)} {has}. Received: {key!r}"
 
 
 def _split(item: str) -> tuple[str, Any]:
@@ -260,6 +364,10 @@ def format_errors(exc: ValidationError, data: dict[str, Any]) -> str:
     unions: dict[tuple, list[tuple[dict, list, int]]] = {}
     for error in exc.errors():
         loc, tag_at = _split_loc(error["loc"], data)
+        if loc[:2] == ["data", "classes"] and error["type"] == "string_type":
+            line = _class_names_line(["data", "classes"], _lookup(data, ["data", "classes"]), "must be a list of strings")
+            lines.extend([] if line in lines else [line])  # one line for all the numbers in the list
+            continue
         if tag_at is None:
             lines.append(_line(error, loc, data))
             continue
@@ -290,6 +398,9 @@ def _line(error: dict[str, Any], loc: list, data: Any = None) -> str:
     message = _message(error)
     if "Received:" in message:  # our own validators already say what they received
         return f"- {where or 'the recipe'}: {message}"
+    if error["type"] in _TYPE_ERRORS and _annotation_at(loc) is not None:
+        allowed = _allowed_at(loc, error["input"])
+        message += "" if allowed == "a string" else f"; allowed: {allowed}"  # pydantic's "valid string" says it
     ending = "" if message.endswith((".", "?")) else "."
     return f"- {where or 'the recipe'}: {message}{ending} Received: {where or 'recipe'}={error['input']!r}"
 
@@ -318,7 +429,27 @@ def _union_line(base: list, members: list[tuple[dict, list, int]], data: Any) ->
         allowed = _join(_forms(annotation))
     else:
         allowed = _join(list(dict.fromkeys(_message(error) for error, _, _ in members)))
+    if base == ["train", "class_weight"] and isinstance(received, dict) and not all(isinstance(k, str) for k in received):
+        return _class_names_line(base, received, f"must be {allowed}")
     return f"- {where}: must be {allowed}. Received: {where}={received!r}"
+
+
+_TYPE_ERRORS = frozenset({"int_from_float", "int_parsing", "int_type", "float_parsing", "float_type",
+                          "bool_parsing", "bool_type", "string_type", "list_type", "tuple_type", "dict_type"})
+
+
+def _class_names_line(loc: list, received: Any, what: str) -> str:
+    """The error for numbers where class names go (``--set data.classes=[5,6]``), with the quoted spelling:
+    YAML reads 5 as a number, and class names are folder names or CSV labels, which are strings."""
+    where = _place(loc)
+    if isinstance(received, dict):
+        quoted: Any = {str(key): value for key, value in received.items()}
+    else:
+        quoted = [str(item) for item in received] if isinstance(received, list) else received
+    command_line = f"--set '{where}={json.dumps(quoted)}'"
+    in_yaml = f"{loc[-1]}: {yaml.safe_dump(quoted, default_flow_style=True).strip()}"
+    return (f"- {where}: {what}; class names are strings, so quote numbers: {command_line} on the command line, "
+            f"{in_yaml} in a recipe. Received: {where}={received!r}")
 
 
 _MISSING = object()
@@ -390,7 +521,7 @@ def _forms(annotation: Any) -> list[str]:
         bounds = [f"{symbol} {getattr(meta, name)}" for meta in annotation.__metadata__
                   for name, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
                   if getattr(meta, name, None) is not None]
-        return [" ".join([_forms(args[0])[0], " and ".join(bounds)]).strip()]
+        return [form if form == "null" else f"{form} {' and '.join(bounds)}".strip() for form in _forms(args[0])]
     if annotation is type(None):
         return ["null"]
     if origin in (list, tuple):
@@ -420,7 +551,7 @@ def _allowed_keys(loc: list) -> list[str]:
 
 def _schema_at(loc: list) -> tuple[Any, Any, bool]:
     """``(model, annotation, found)`` at ``loc``: the schema model a value there is (or None), the field's type
-    annotation (None at the top), and whether ``loc`` is a path of the schema at all."""
+    annotation with its bounds (None at the top), and whether ``loc`` is a path of the schema at all."""
     model: Any = Recipe
     annotation = None
     for part in loc:
@@ -429,7 +560,8 @@ def _schema_at(loc: list) -> tuple[Any, Any, bool]:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return None, None, False
-        annotation = field.annotation
+        # pydantic moves a plain field's bounds (PositiveInt, Field(ge=...)) from the annotation to metadata
+        annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
         model = _model_in(annotation)
     return model, annotation, True
 

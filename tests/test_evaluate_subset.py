@@ -168,5 +168,6 @@ def test_a_csv_row_of_an_unknown_class_and_the_flags_combined(pets, tmp_path):
     only_birds.write_text(f"{bird},birds\n")
     with pytest.raises(ClassMismatchError, match=r"None of the evaluation data's classes is the model's.*\['birds'\]"):
         evaluate_run(run, only_birds, tmp_path / "y", only_model_classes=True)
-    with pytest.raises(ClassMismatchError, match=r"does not know: \['birds'\]; model classes absent .*\]\. DATA must"):
+    with pytest.raises(ClassMismatchError, match=r"does not know: \['birds'\]; model classes absent .*\] \(no class in "
+                                                 r"common: is DATA the data this model was trained for\?\)\. DATA must"):
         evaluate_run(run, only_birds, tmp_path / "y")  # no flag offered: none would leave anything to evaluate

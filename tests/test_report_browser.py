@@ -66,3 +66,27 @@ def test_report_html_renders_from_disk(browser, tmp_path, shared_data):
     assert "Showing 26 of 29 misclassified images" in text
     severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == []
+
+
+@pytest.mark.browser
+def test_a_50_class_confusion_matrix_opens_at_full_size_on_a_click(browser, tmp_path, shared_data):
+    # At page width a 50-class matrix's labels are a few pixels high; a click shows it at its own size.
+    paths = [str(p) for p in sorted((shared_data / "catsdogs" / "test" / "cats").iterdir())[:100]]
+    y_true = np.arange(100) % 50
+    probs = np.full((100, 50), 0.5 / 49)
+    probs[np.arange(100), (y_true + np.arange(100) // 50) % 50] = 0.5  # the second half all wrong
+    evaluate_predictions(paths, y_true, probs, [f"class_{i:02d}" for i in range(50)], tmp_path / "bundle", top_k=())
+    browser.set_window_size(1280, 900)
+    browser.get((tmp_path / "bundle" / "report.html").as_uri())
+
+    matrix = browser.find_elements("css selector", ".fig img")[0]
+    natural = browser.execute_script("return arguments[0].naturalWidth", matrix)
+    assert natural == 2300 and matrix.size["width"] <= 1202  # shrunk to the page (1200 + its border)
+    assert "click the image for its full size (2300x2200 pixels)" in browser.find_element("tag name", "body").text
+    matrix.click()
+    assert matrix.size["width"] == natural + 2  # its own size, plus the 1px border on each side
+    matrix.click()
+    assert matrix.size["width"] <= 1202
+    small = browser.find_elements("css selector", ".fig img")[2]  # the reliability diagram fits the page
+    assert "zoomable" not in (small.get_attribute("class") or "")
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

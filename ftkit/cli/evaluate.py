@@ -8,9 +8,12 @@ import sys
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1. Received: {text!r}")
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1. Received: {text!r}")
     return value
 
 
@@ -94,6 +97,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(report["split_note"])
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
+    for note in report["notes"]:  # e.g. a top-k with k >= the number of classes, left undefined
+        print(f"note: {note}", file=sys.stderr)
     top_k = ", ".join(f"top-{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in report["top_k_accuracy"].items())
     print(f"{report['n_samples']} images, accuracy {report['accuracy']:.4f}, balanced {report['balanced_accuracy']:.4f}, {top_k}")
     for skipped in report["skipped"]:

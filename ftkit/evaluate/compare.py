@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import html
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn import metrics as skm
 
+from ftkit.data import sources
 from ftkit.evaluate import gallery
 from ftkit.evaluate.report import (
     FILES,
+    IN_MEMORY_ID,
     bundle_working_dir,
     html_page,
     html_table,
@@ -258,9 +262,36 @@ def render_markdown(result: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _disagreement_gallery(rows: list[dict]) -> str:
+def in_memory_pixels(predictions: str | Path, ids: list[str]) -> Callable[[str], np.ndarray] | None:
+    """The pixels of in-memory rows (MNIST's ``test[12]``), read again from the data set the bundle's
+    report.json names; ``None`` when ``ids`` are file paths or that data set is no longer there."""
+    if not ids or not all(IN_MEMORY_ID.fullmatch(i) for i in ids):
+        return None
+    try:
+        data = json.loads((Path(predictions).parent / FILES["json"]).read_text()).get("data", "")
+    except (OSError, ValueError):
+        return None
+    # `ftkit evaluate` records "SOURCE (test split)", training the bare SOURCE (relative to its working folder)
+    source = Path(bundle_working_dir(predictions)) / re.sub(r" \(\w+ split\)$", "", str(data))
+    if not (sources.is_mnist_folder(source) or (source.is_file() and source.suffix.lower() == ".npz")):
+        return None
+    index = sources.scan_unchecked(source, val_fraction=0.0, test_fraction=0.0)
+    rows = {(split.origin_name, int(origin)): (split.images, row)
+            for split in index.splits.values() if split.images is not None for row, origin in enumerate(split.origin)}
+
+    def pixels(row_id: str) -> np.ndarray:
+        name, number = row_id[:-1].split("[")
+        images, row = rows[(name, int(number))]
+        return images[row]
+
+    wanted = {(i[:-1].split("[")[0], int(i[:-1].split("[")[1])) for i in ids}
+    return pixels if wanted <= rows.keys() else None
+
+
+def _disagreement_gallery(rows: list[dict], predictions: str | Path) -> str:
     rows = rows[: gallery.MAX_THUMBNAILS // 2]
-    thumbs = gallery.thumbnails([r["path"] for r in rows])
+    ids = [r["path"] for r in rows]
+    thumbs = gallery.thumbnails(ids, pixels=in_memory_pixels(predictions, ids))
     tiles = "".join(
         gallery.tile_html(
             r, thumbs[r["path"]],
@@ -280,7 +311,9 @@ def write_comparison(result: dict, out_dir: str | Path) -> None:
     tables = "".join(f"<h2>{html.escape(title)}</h2>{html_table(header, rows)}" for title, header, rows in _tables(result))
     body = (
         f"<h1>Run comparison</h1>{tables}"
-        f"<h2>A right, B wrong ({len(result['a_right_b_wrong'])})</h2>{_disagreement_gallery(result['a_right_b_wrong'])}"
-        f"<h2>A wrong, B right ({len(result['a_wrong_b_right'])})</h2>{_disagreement_gallery(result['a_wrong_b_right'])}"
+        f"<h2>A right, B wrong ({len(result['a_right_b_wrong'])})</h2>"
+        f"{_disagreement_gallery(result['a_right_b_wrong'], result['a']['predictions'])}"
+        f"<h2>A wrong, B right ({len(result['a_wrong_b_right'])})</h2>"
+        f"{_disagreement_gallery(result['a_wrong_b_right'], result['a']['predictions'])}"
     )
     (out_dir / COMPARE_FILES["html"]).write_text(html_page("ftkit run comparison", body), encoding="utf-8")

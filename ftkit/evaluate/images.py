@@ -127,7 +127,8 @@ def check_classes(found: Sequence[str], expected: Sequence[str], *, allow_missin
             emptied = [name for name in missing if name in empty]
             parts.append(f"model classes absent from the data: {missing}"
                          + (f" (the folders of {emptied} are empty)" if emptied else ""))
-        raise ClassMismatchError(f"The evaluation data's classes do not match the model's: {'; '.join(parts)}"
+        none = "" if known else " (no class in common: is DATA the data this model was trained for?)"
+        raise ClassMismatchError(f"The evaluation data's classes do not match the model's: {'; '.join(parts)}{none}"
                                  f"{_way_out(extra and not only_model_classes, missing and not allow_missing, known)}. "
                                  f"{hint} {received}")
 

@@ -181,7 +181,8 @@ h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;mar
 table{border-collapse:collapse;margin:.5rem 0} th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left} th{background:#f3f5f8} tr:nth-child(even) td{background:#fafafa}
 .meta{color:#555} .figures{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start}
-.figures img{max-width:100%;height:auto;border:1px solid #eee}
+.figures img{max-width:100%;height:auto;border:1px solid #eee} .fig{max-width:100%;overflow:auto}
+.fig img.zoomable{cursor:zoom-in} .fig img.full{max-width:none;cursor:zoom-out} .fig p{margin:.2rem 0}
 .grid{display:flex;flex-wrap:wrap;gap:.6rem} .tile{margin:0;width:150px;font-size:.75rem}
 .tile img{width:128px;height:128px;object-fit:contain;background:#f3f3f3;display:block}
 .tile code{word-break:break-all;color:#666;font-size:.68rem} .missing{width:128px;height:128px;background:#eee;
@@ -220,8 +221,27 @@ def _gallery_html(cells: list[dict], shown: int, total_wrong: int, pixels=None) 
         title = f"{cell['true']} → {cell['predicted']}"
         shown_here = f" (showing {len(cell['items'])})" if len(cell["items"]) < cell["count"] else ""
         tiles = "".join(gallery.misclassified_tile(item, thumbs[item["path"]]) for item in cell["items"])
-        parts.append(f"<h3>{html.escape(title)}: {cell['count']} images{shown_here}</h3><div class=\"grid\">{tiles}</div>")
+        images = "image" if cell["count"] == 1 else "images"
+        parts.append(f"<h3>{html.escape(title)}: {cell['count']} {images}{shown_here}</h3><div class=\"grid\">{tiles}</div>")
     return "".join(parts)
+
+
+PAGE_WIDTH = 1200  # CSS pixels of content: the body's max-width (its padding lies outside it)
+
+
+def _figure_html(path: Path, alt: str) -> str:
+    """A figure at page width; one wider than the page (a confusion matrix of many classes, whose labels are
+    unreadable when shrunk) toggles to its full size, scrollable, on a click."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+    tag = f'<img src="{png_data_uri(path)}" alt="{alt}" width="{width}" height="{height}"'
+    if width <= PAGE_WIDTH:
+        return f'<div class="fig">{tag}></div>'
+    return (f'<div class="fig"><p class="meta">Shrunk to the page: click the image for its full size ({width}x{height} '
+            f'pixels), again to shrink it.</p>{tag} class="zoomable" title="click for full size" '
+            f'onclick="this.classList.toggle(\'full\')"></div>')
 
 
 def render_html(report: dict, out_dir: Path, cells: list[dict], pixels=None) -> str:
@@ -230,7 +250,7 @@ def render_html(report: dict, out_dir: Path, cells: list[dict], pixels=None) -> 
     total_wrong = sum(cell["count"] for cell in cells)
     shown = gallery.cap_items(cells)
     figures = "".join(
-        f'<img src="{png_data_uri(out_dir / FILES[key])}" alt="{alt}">'
+        _figure_html(out_dir / FILES[key], alt)
         for key, alt in (
             ("confusion_matrix", "confusion matrix (counts)"),
             ("confusion_matrix_normalized", "confusion matrix normalised by true class"),
