@@ -85,9 +85,11 @@ class Augmentation:
 
 
 def build_augmentation(
-    config: AugmentConfig | dict[str, Any], *, image_size: tuple[int, int], num_classes: int, seed: int | None = None
+    config: AugmentConfig | dict[str, Any], *, image_size: tuple[int, int], num_classes: int, seed: int | None = None,
+    channels: int = 3,
 ) -> Augmentation:
-    """Build the recipe's augmentation for images of ``image_size`` (H, W); ``seed`` overrides the recipe's."""
+    """Build the recipe's augmentation for images of ``image_size`` (H, W) with ``channels``; ``seed`` overrides
+    the recipe's. An albumentations pipeline that fails on such an image raises ``ValueError`` here."""
     import tensorflow as tf
 
     from ftkit.augment.keras_backend import (
@@ -121,7 +123,7 @@ def build_augmentation(
         from ftkit.augment.albumentations_backend import build_albumentations
 
         image_fn, ops_fn = build_albumentations(config.albumentations, image_size=image_size,
-                                                crop_in_graph=config.crop_in_graph)
+                                                crop_in_graph=config.crop_in_graph, channels=channels)
         if image_fn is not None:
             per_image_fn = _seeded_image_fn(image_fn, element_seed)
     if config.backend == "keras":

@@ -49,7 +49,7 @@ class AlbumentationsPipeline:
     def _pipeline(self, seed: int):
         local = self._local
         if getattr(local, "pipeline", None) is None:
-            local.pipeline = load_albumentations(self._spec)
+            local.pipeline = load_albumentations(self._spec, check=False)  # checked in __init__
             local.numpy_random, local.python_random = np.random.default_rng(), random.Random()
             _share_random_state(local.pipeline, local.numpy_random, local.python_random)
         # Reseeding one shared generator pair in place: Compose.set_random_seed builds new generators for
@@ -136,22 +136,63 @@ def _split_leading_crop(spec: dict[str, Any]):
     return first, ({**spec, "transform": rest} if children[1:] else None)
 
 
-def build_albumentations(spec: dict[str, Any], *, image_size: tuple[int, int], crop_in_graph: bool = True):
+def build_albumentations(spec: dict[str, Any], *, image_size: tuple[int, int], crop_in_graph: bool = True,
+                         channels: int = 3):
     """``(image_fn, batch_fn)`` for the data pipeline, either may be None (see the module docstring).
 
     ``image_fn(image [H,W,C] any size, seed [2] int) -> float32 [*image_size, C]`` (with ``takes_decoded``
     and, for the in-graph crop, ``crop_plan``); ``batch_fn(images [B,*image_size,C] 0..255, seed [2] int) ->
-    float32`` images in 0..255.
+    float32`` images in 0..255. The part that runs in albumentations is first tried on a blank
+    ``image_size`` x ``channels`` image (:func:`dry_run`).
     """
     import cv2
 
     cv2.setNumThreads(0)
     crop, rest = _split_leading_crop(spec) if crop_in_graph else (None, spec)
     if crop is None and _crops_first(spec):  # any input size: hand it the decoded image, per image
+        dry_run(spec, image_size=image_size, channels=channels)
         return _per_image_fn(spec, image_size=image_size), None
+    if rest is not None:
+        dry_run(rest, image_size=image_size, channels=channels)
     image_fn = _in_graph_crop(crop, image_size=image_size) if crop is not None else None
     batch_fn = _per_batch_fn(rest, image_size=image_size) if rest is not None else None
     return image_fn, batch_fn
+
+
+def dry_run(spec: dict[str, Any], *, image_size: tuple[int, int], channels: int = 3, tries: int = 4) -> None:
+    """Run the pipeline on a blank image of the size it will be given, every transform forced on (``p=1``),
+    ``tries`` times with different seeds (a ``OneOf`` picks one child per run): a setting that only fails on
+    an image (a crop larger than ``data.image_size``, a colour transform on one channel) is then a
+    ``ValueError`` before training, not an error inside tf.data in the middle of the first epoch."""
+    pipeline = load_albumentations(spec, check=False)
+    _force_on(pipeline)
+    image = np.full((*image_size, channels), 128, np.uint8)
+    for seed in range(tries):
+        pipeline.set_random_seed(seed)
+        try:
+            pipeline(image=image)
+        except Exception as exc:  # any failure here would otherwise stop training mid-epoch
+            message = " ".join(str(exc).split())
+            names = [type(t).__name__ for t in _leaves(pipeline)]
+            raise ValueError(
+                f"the albumentations pipeline fails on a {image_size[0]}x{image_size[1]} image (data.image_size) "
+                f"with {channels} channel(s), every transform on: {type(exc).__name__}: {message}. "
+                f"Received: augment.albumentations with transforms {names}"
+            ) from None
+
+
+def _force_on(node) -> None:
+    node.p = 1.0
+    for child in getattr(node, "transforms", None) or []:
+        _force_on(child)
+
+
+def _leaves(node):
+    children = getattr(node, "transforms", None)
+    if not children:
+        yield node
+    for child in children or []:
+        yield from _leaves(child)
 
 
 def _crops_first(spec: dict[str, Any]) -> bool:

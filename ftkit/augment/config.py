@@ -9,7 +9,6 @@ load time, for the same reason.
 from __future__ import annotations
 
 import difflib
-import warnings
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -242,37 +241,27 @@ class CutMixConfig(BaseModel):
     alpha: float = Field(1.0, gt=0.0)
 
 
-def load_albumentations(spec: dict[str, Any]):
-    """Deserialise albumentations' own dict format, turning its warnings about ignored arguments into errors."""
+def load_albumentations(spec: dict[str, Any], *, check: bool = True):
+    """Deserialise albumentations' own dict format (``A.from_dict``).
+
+    With ``check`` every transform is first checked on its own (:mod:`ftkit.augment.albumentations_check`):
+    anything wrong raises one ``ValidationError`` with a line per problem, located in the dict
+    (``transform.transforms[2].scale``), instead of albumentations' first error as raw pydantic text. Without
+    it (a spec already checked, rebuilt per worker thread) the dict goes to albumentations as is.
+    """
     import albumentations as A
-    from albumentations.core.serialization import SERIALIZABLE_REGISTRY
 
-    if "transform" not in spec:
-        raise ValueError(
-            "`albumentations` must be albumentations' serialised dict (A.to_dict(...)), with a top-level "
-            f"'transform' key. Received: keys={sorted(spec)}"
-        )
-    names = sorted(SERIALIZABLE_REGISTRY)
-    unknown = [n for n in _class_names(spec["transform"]) if n not in SERIALIZABLE_REGISTRY]
-    if unknown:
-        raise ValueError(
-            f"unknown albumentations transform '{unknown[0]}'.{_closest(unknown[0], names)} "
-            f"Allowed: any albumentations transform class, e.g. {', '.join(names[:12])}, ... "
-            f"Received: __class_fullname__={unknown[0]!r}"
-        )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        transform = A.from_dict(spec)
-    ignored = [str(w.message) for w in caught if "are not valid for transform" in str(w.message)]
-    if ignored:
-        raise ValueError(f"albumentations would ignore arguments: {ignored[0]}. Received: {ignored}")
-    return transform
+    from ftkit.augment.albumentations_check import pipeline_problem, problems, without_inherited
 
-
-def _class_names(node: dict[str, Any]):
-    yield node.get("__class_fullname__", "")
-    for child in node.get("transforms", []) or []:
-        yield from _class_names(child)
+    if not check:
+        return A.from_dict(without_inherited(spec))
+    found = problems(spec)
+    if found:
+        raise ValidationError.from_exception_data("albumentations", found)
+    try:
+        return A.from_dict(without_inherited(spec))
+    except (ValueError, TypeError) as exc:  # each transform builds alone but the pipeline does not
+        raise ValidationError.from_exception_data("albumentations", [pipeline_problem(spec, exc)]) from None
 
 
 class AugmentConfig(BaseModel):

@@ -27,14 +27,16 @@ LABEL_STRIP = 14  # pixels above the tiles for the column labels (7-point text a
 _LISTED_SKIPS = 20  # skipped files named one per line; `ftkit data check` lists them all
 
 
-def read_recipe_sections(recipe: str | Path) -> tuple[dict[str, Any], AugmentConfig, Path]:
+def read_recipe_sections(recipe: str | Path, *, overrides: list[str] | dict[str, Any] | None = None,
+                         ) -> tuple[dict[str, Any], AugmentConfig, Path]:
     """The recipe's ``data`` section, validated ``augment`` section and the training data source.
 
-    The whole recipe is validated by the recipe loader, so preview accepts exactly what ``ftkit train`` does.
+    The whole recipe is validated by the recipe loader, with ``overrides`` (``--set``) applied as ``ftkit
+    train`` applies them, so preview accepts exactly what training does.
     """
     from ftkit.recipe import load_recipe
 
-    loaded = load_recipe(recipe)
+    loaded = load_recipe(recipe, overrides=overrides)
     data = loaded.data.model_dump()
     size = data.get("image_size")
     if size is None:  # the backbone's own input size, as training uses
@@ -190,16 +192,17 @@ def _column_label(col: int, *, width: int) -> str:
 
 def preview(
     recipe: str | Path, *, out: str | Path, samples: int = 4, variants: int = 5,
-    image_size: tuple[int, int] | None = None,
+    image_size: tuple[int, int] | None = None, overrides: list[str] | dict[str, Any] | None = None,
 ) -> Path:
-    """Write the preview grid for ``recipe``; the size is ``image_size``, else ``data.image_size``, else 224.
+    """Write the preview grid for ``recipe`` (with ``overrides``, as ``ftkit train --set`` takes them); the size
+    is ``image_size``, else ``data.image_size``, else 224.
 
     Bad files met in the training split are logged (``ftkit.augment`` logger, one warning each); when none
     of its files decodes, raises ``ValueError``.
     """
     if samples < 1 or variants < 1:
         raise ValueError(f"samples and variants must be >= 1. Received: samples={samples}, variants={variants}")
-    data, config, source = read_recipe_sections(recipe)
+    data, config, source = read_recipe_sections(recipe, overrides=overrides)
     size = image_size or data.get("image_size") or 224
     size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     index = training_index(data, source)

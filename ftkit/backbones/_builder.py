@@ -7,6 +7,7 @@ does. The registry calls :func:`validate_builder_args` too, so a plugin gets the
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import os
 import re
@@ -72,12 +73,35 @@ def validate_builder_args(
         )
     if include_top and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
         raise ValueError(f"{info.name}: classes must be a positive integer. Received: classes={classes!r}")
+    if include_top:
+        _check_activation(info, classifier_activation)
     shape = _resolve_input_shape(info, input_tensor=input_tensor, input_shape=input_shape)
     if None in shape[:2]:
         _check_variable_size(info, shape, include_top=include_top)
     _check_weights(info, weights, include_top=include_top, classes=classes,
                    classifier_activation=classifier_activation, shape=shape)
     return shape
+
+
+def _check_activation(info: BackboneInfo, value: Any) -> None:
+    """A misspelt ``classifier_activation`` fails here, not as Keras' bare "Could not interpret activation
+    function identifier" after the whole body was built."""
+    if value is None or callable(value):
+        return
+    import keras
+
+    if isinstance(value, str):
+        try:
+            keras.activations.get(value)
+            return
+        except ValueError:
+            pass
+    names = sorted(n for n in dir(keras.activations) if not n.startswith("_") and n not in ("get", "serialize",
+                                                                                               "deserialize"))
+    close = difflib.get_close_matches(str(value), names, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"{info.name}: classifier_activation must be None, a callable or a Keras activation name "
+                     f"({', '.join(names)}).{hint} Received: classifier_activation={value!r}")
 
 
 def _resolve_input_shape(info: BackboneInfo, *, input_tensor: Any, input_shape: Any) -> Shape:

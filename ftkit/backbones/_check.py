@@ -181,9 +181,9 @@ CHECKS = [
 
 def check_backbone(name: str, *, registry: BackboneRegistry | None = None) -> list[CheckResult]:
     """Run every conformance check on backbone ``name``; never raises for a failing check."""
+    suite = _Suite(name, registry or REGISTRY)  # an unknown name fails here, before TensorFlow starts (seconds)
     import keras
 
-    suite = _Suite(name, registry or REGISTRY)
     results = []
     for label, method in CHECKS:
         start = time.perf_counter()

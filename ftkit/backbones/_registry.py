@@ -173,6 +173,20 @@ def bind_builder_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     return {**positional, **kwargs}
 
 
+def _check_argument_names(name: str, builder: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """An argument the builder does not take, named with the ones it does (Python's own TypeError names neither
+    the backbone as registered nor the alternatives)."""
+    parameters = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [key for key in kwargs if key not in parameters]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(parameters), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise TypeError(f"{name}: unknown argument {unknown[0]!r}.{hint} Allowed: {', '.join(parameters)}. "
+                        f"Received: {', '.join(f'{key}={kwargs[key]!r}' for key in unknown)}")
+
+
 def _checked_model(entry: _Entry, model: Any) -> Any:
     """``model``, unless the builder returned something else (which would fail later, far from its cause)."""
     import keras
@@ -339,6 +353,7 @@ class BackboneRegistry:
         kwargs = bind_builder_args(name, args, kwargs)
         entry = self._resolve(name)
         builder = self.builder(name)
+        _check_argument_names(name, builder, kwargs)
         info = self.info(name)
         self._warn_if_shadowed(name)
         if kwargs.get("input_shape") is None and kwargs.get("input_tensor") is None:

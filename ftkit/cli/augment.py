@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     )
     preview.add_argument("recipe", help="a training recipe (its training data and augment section are used)")
     preview.add_argument("--out", required=True, help="PNG file to write")
+    preview.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override a recipe value as `ftkit train --set` does, e.g. "
+                              "--set augment.ops[0].random_resized_crop.scale=[0.5,1.0]; repeatable")
     preview.add_argument("--samples", type=int, default=4, help="rows: training images to show (default 4)")
     preview.add_argument("--variants", type=int, default=5, help="augmented versions per image (default 5)")
     preview.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
@@ -30,6 +33,6 @@ def _preview(args: argparse.Namespace) -> int:
     from ftkit.augment.preview import preview
 
     out = preview(args.recipe, out=args.out, samples=args.samples, variants=args.variants,
-                  image_size=tuple(args.image_size) if args.image_size else None)
+                  image_size=tuple(args.image_size) if args.image_size else None, overrides=args.overrides)
     print(f"wrote {out}")
     return 0
