@@ -224,6 +224,21 @@ def task_of(strategy) -> tuple[str, int, int]:
     return resolver.task_type, int(resolver.task_id), workers
 
 
+def check_cluster_is_used(strategy) -> None:
+    """Refuse a ``TF_CONFIG`` cluster (``--workers`` writes one) that ``strategy`` would ignore: ``default`` and
+    ``mirrored`` train on one machine, so every process of the cluster would train its own model, each as its
+    own chief, and all of them would write the same run folder."""
+    config = tf_config()
+    size = cluster_size(config)
+    if size > 1 and task_of(strategy)[2] < 2:
+        raise ValueError(
+            f"TF_CONFIG (written by --workers, or set in the environment) describes a cluster of {size} workers, but "
+            f"the strategy trains on this machine alone: each worker would train by itself and write the same run "
+            f"folder. Use --strategy multi_worker (or auto), or unset TF_CONFIG for a one-machine run. "
+            f"Received: {describe(strategy)}, TF_CONFIG={json.dumps(config)[:200]}"
+        )
+
+
 def is_chief(strategy) -> bool:
     """Whether this process writes the run folder: the ``chief`` task, else worker 0, else the only one."""
     task_type, task_id, _ = task_of(strategy)

@@ -384,3 +384,29 @@ def test_a_worker_that_never_joins_is_a_clear_error_in_bounded_time(mnist, tmp_p
     assert "did not form within 10 s" in stderr
     assert f"worker:1 (127.0.0.1:{ports[1]}) never joined" in stderr
     assert "Received: this task worker:0" in stderr
+
+
+@pytest.mark.slow
+def test_two_workers_both_end_with_the_best_epoch_under_final_model_best(mnist, tmp_path):
+    """``train.final_model: best`` on two workers whose second epoch diverges: the chief restores best.keras, the
+    other worker (which writes no checkpoint) its copy in memory, so both return the best epoch's model."""
+    from ftkit.evaluate import load_model
+
+    phases = [{"train": "all", "epochs": 1, "lr": 0.01}, {"train": "all", "epochs": 1, "lr": 5.0}]
+    recipe = mnist_recipe(mnist, phases=phases, train={"final_model": "best", "seed": 3, "verbose": 0})
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    jobs = [{"workers": workers, "index": i, "recipe": recipe, "out": "run", "weights": str(tmp_path / f"c{i}.npz")}
+            for i in range(2)]
+    results = _finish(_start_workers(tmp_path, "c", jobs), timeout=240)
+    assert [status for status, _, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    assert "train.final_model is best: model.keras and the final evaluation use epoch 1" in results[0][1]
+    assert list((tmp_path / "w1").iterdir()) == []
+    run = tmp_path / "w0" / "run"
+    w0, w1 = np.load(tmp_path / "c0.npz"), np.load(tmp_path / "c1.npz")
+    best = load_model(run, checkpoint="best").model.get_weights()
+    last = load_model(run, checkpoint="last").model.get_weights()
+    assert len(w0.files) == len(w1.files) == len(best)
+    for i, want in enumerate(best):
+        assert np.array_equal(w0[f"arr_{i}"], w1[f"arr_{i}"])  # the same model on both workers
+        np.testing.assert_allclose(w1[f"arr_{i}"], want, rtol=1e-6, atol=1e-7)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(last, best, strict=True)) > 0.01  # best is not last

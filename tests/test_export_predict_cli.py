@@ -217,7 +217,7 @@ def test_help_says_what_each_option_does_and_its_default(capsys):
     export = _help(["export"], capsys)
     assert "preprocessing.json" in export and "(default: keras)" in export
     lr_find = _help(["lr-find"], capsys)
-    for text in ("--set SECTION.KEY=VALUE override a recipe value", "(default: the current folder)",
+    for text in ("--set SECTION.KEY=VALUE override a recipe value", "(default: a new runs/<recipe>-lr-find-<time>",
                  "(default: 100)", "(default: 1e-07)", "(default: 10.0)"):
         assert text in lr_find
     assert "Look at what a recipe's augment section does" in _help(["augment"], capsys)

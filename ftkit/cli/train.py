@@ -40,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("recipe", help="the YAML recipe whose first phase is tested")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe value (YAML scalar), e.g. --set data.batch_size=16; repeatable")
-    p.add_argument("--out", default=".", metavar="DIR",
-                   help="folder for lr_find.png and lr_find.csv (default: the current folder)")
+    p.add_argument("--out", metavar="DIR",
+                   help="folder for lr_find.png and lr_find.csv (default: a new runs/<recipe>-lr-find-<time>, "
+                        "beside ftkit train's runs/<recipe>-<time>)")
     p.add_argument("--steps", type=int, default=100, help="training steps, one rate each (default: %(default)s)")
     p.add_argument("--start-lr", type=float, default=1e-7, metavar="LR",
                    help="rate of the first step (default: %(default)s)")

@@ -67,7 +67,7 @@ class RunResult:
     best: float | None
     best_epoch: int | None
     reports: dict[str, dict]
-    model: Any = None  # the trained inference model (also in memory on non-chief workers, which save nothing)
+    model: Any = None  # the final inference model: the same on every worker (only the chief saves it)
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -106,6 +106,13 @@ def plan_run(recipe: Recipe) -> Plan:
         raise FileNotFoundError(f"backbone.init_from must be a finished run folder (with {runs.INFERENCE_MODEL}). "
                                 f"Received: init_from={init_from!r}")
     data = load_data(recipe.data, image_shape=(height, width, channels), class_weight=recipe.train.class_weight)
+    if recipe.augment.backend == "albumentations":
+        from ftkit.augment import build_augmentation
+
+        # Built once here, which tries it on a blank image: a setting that fails only on an image (a crop larger
+        # than data.image_size) fails before the run folder exists, not when the first epoch builds it.
+        build_augmentation(recipe.augment, image_size=(height, width), num_classes=data.num_classes,
+                           channels=channels)
     return Plan(recipe=recipe, info=info, groups=groups, phases=phases, image_shape=(height, width, channels),
                 data=data)
 
@@ -325,7 +332,7 @@ class Trainer:
         self.distributed = distribute.is_distributed(self.strategy)
         self.chief = distribute.is_chief(self.strategy)
         self.steps: replicas.DistributedSteps | None = None
-        self.rows: list[dict[str, Any]] = []  # history rows of the epochs this process trained
+        self.rows: list[dict[str, Any]] = []  # history rows of the run (read from history.csv on resume)
         self.user_callbacks = list(callbacks)
         self.log = log
         self.cache = None
@@ -334,6 +341,9 @@ class Trainer:
         self.backbone_version = 0
         self.skipped_at_start = len(plan.data.index.skipped)  # files found bad later were met while decoding
         self.tensorboard = None  # one callback for every epoch this process trains (see _run_tensorboard)
+        # train.final_model: best on a worker that writes no best.keras (see _restores_best): the best epoch's
+        # weights, kept in memory (one host copy of the model's weights)
+        self.best_weights: list | None = None
 
     # - model -
     def build(self, *, log=None):
@@ -454,7 +464,7 @@ class Trainer:
         augmentation = None
         if augment.backend != "none" or augment.uses_mixing:
             augmentation = build_augmentation(augment, image_size=data.image_size, num_classes=data.num_classes,
-                                              seed=augment.seed * 100_003 + global_epoch)
+                                              channels=data.channels, seed=augment.seed * 100_003 + global_epoch)
         train = self._for_outputs(data.dataset("train", order=order, augmentation=augmentation))
         val = self._for_outputs(data.dataset("val", with_weights=False)) if data.has("val") else None
         return train, val
@@ -475,7 +485,7 @@ class Trainer:
                 # One pipeline per worker; worker w's seed is offset so workers do not draw the same transforms.
                 pipeline = distribute.task_of(self.strategy)[1]
                 augmentation = build_augmentation(augment, image_size=data.image_size, num_classes=data.num_classes,
-                                                  seed=augment.seed * 100_003 + global_epoch + 1_000_003 * pipeline)
+                                                  channels=data.channels, seed=augment.seed * 100_003 + global_epoch + 1_000_003 * pipeline)
             make_train = functools.partial(_image_rows, data, "train", augmentation=augmentation, with_weights=True)
             make_val = functools.partial(_image_rows, data, "val", augmentation=None, with_weights=False)
             has_val = data.has("val")
@@ -685,6 +695,7 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
 
     # Made before TensorFlow runs anything: MultiWorkerMirroredStrategy configures the runtime at start-up.
     active = get_strategy(strategy or resolved.train.strategy, cluster=cluster, join_timeout=join_timeout)
+    distribute.check_cluster_is_used(active)
     writable = distribute.is_chief(active)
     if resume is not None:
         folder = runs.RunFolder(resume, writable=writable)
@@ -708,7 +719,7 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
             raise ValueError(f"{folder.root / runs.RECIPE_FILE} was edited after the run started. "
                              f"Received: resume={str(resume)!r}")
     else:
-        folder = runs.RunFolder(out or _default_out(recipe), writable=writable)
+        folder = runs.RunFolder(out or default_run_dir(recipe), writable=writable)
         if writable and folder.root.exists() and any(folder.root.iterdir()):
             raise ValueError(f"The run folder exists and is not empty; {_taken(folder)}. "
                              f"Received: out={str(folder.root)!r}")
@@ -744,9 +755,12 @@ def start_state(recipe: Recipe) -> runs.ResumeState:
                             checkpoint_sha256="")
 
 
-def _default_out(recipe) -> Path:
+def default_run_dir(recipe, *, kind: str = "") -> Path:
+    """``runs/<recipe>-<time>`` (``runs/<recipe>-<kind>-<time>`` for another command's output, e.g. lr-find's),
+    relative to the current folder; ``<recipe>`` is the recipe file's stem, ``run`` for a dict or Recipe."""
     stem = Path(recipe).stem if isinstance(recipe, str | Path) else "run"
-    return Path(DEFAULT_RUNS_DIR) / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    tag = f"-{kind}" if kind else ""
+    return Path(DEFAULT_RUNS_DIR) / f"{stem}{tag}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None, callbacks, log,
@@ -774,10 +788,14 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
         log(f"run folder: {folder.root}")
     else:
         folder.truncate_history(state.global_epoch)
+        # The epochs before the resume, for the RunResult of a worker that writes nothing (the chief's is the file's)
+        trainer.rows = folder.read_history()[:state.global_epoch]
         log(f"resuming {folder.root}: phase {state.phase + 1}, epoch {state.epoch_in_phase + 1} of that phase")
     folder.write_meta(_run_meta(plan))
     for line in data_lines(plan.data.index):
         log(line)
+    if plan.data.sample_weights is not None:
+        log(class_weight_line(recipe.train.class_weight, plan.data))
     if trainer.monitor != recipe.train.monitor:
         log(f"no val split: checkpoints/best.keras is chosen on the training {trainer.monitor}, not "
             f"{recipe.train.monitor} (set data.val_fraction above 0 or data.val for validation data)")
@@ -789,6 +807,9 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
         set_seed_states(trainer.assembled.model, state.rng.get("model", []))
         trainer.resume_rng = state.rng
     trainer.backbone_version = sum(1 for p in plan.phases[:state.phase] if not p.head_only)
+    if state.best_epoch is not None and _keeps_best_in_memory(trainer):
+        # Resuming reads the shared run folder on every worker; its best epoch may be one trained before.
+        trainer.best_weights = _read_weights(folder.best)
     try:
         state = _run_schedule(trainer, state)
     finally:
@@ -815,6 +836,8 @@ def _run_schedule(trainer: Trainer, state: runs.ResumeState) -> runs.ResumeState
                 global_step=state.global_step + trainer.steps_per_epoch(),
                 best=value if improved else state.best, best_epoch=row["epoch"] if improved else state.best_epoch)
             state = _checkpoint(trainer, state, improved=improved)
+            if improved and _keeps_best_in_memory(trainer):
+                trainer.best_weights = trainer.assembled.model.get_weights()
         if not phase.head_only:
             trainer.backbone_version += 1
     return state
@@ -836,12 +859,7 @@ def _silent(*args, **kwargs) -> None:
 
 def _load_model_weights(trainer: Trainer, path: Path) -> None:
     """Weights only (a phase boundary: the next phase starts a fresh optimizer)."""
-    import keras
-
-    import ftkit.backbones._preprocessing  # noqa: F401  (registers the Preprocess layer for loading)
-
-    saved = keras.saving.load_model(path, compile=False)
-    trainer.assembled.model.set_weights(saved.get_weights())
+    trainer.assembled.model.set_weights(_read_weights(path))
 
 
 def _run_meta(plan: Plan) -> dict[str, Any]:
@@ -874,12 +892,26 @@ def data_lines(index, *, since: int = 0) -> list[str]:
     return lines
 
 
+def class_weight_line(spec, data: TrainingData) -> str:
+    """The loss weight of each class, and where it came from: an explicit ``train.class_weight`` may list some
+    classes only, and the others weigh 1 (said, not left for the user to guess)."""
+    weights = ", ".join(f"{name} {w:.3g}" for name, w in zip(data.class_names, data.sample_weights, strict=True))
+    if spec == "auto":
+        return f"class weights (auto: scikit-learn's balanced weights from the training counts): {weights}"
+    unlisted = [name for name in data.class_names if name not in spec]
+    rest = f"; not listed, so 1: {', '.join(unlisted)}" if unlisted else ""
+    return f"class weights (train.class_weight): {weights}{rest}"
+
+
 def _finish(trainer: Trainer, state: runs.ResumeState, *, log) -> RunResult:
     from ftkit.head import inference_model
 
     folder = trainer.folder
     if _restores_best(trainer, state):
-        _load_model_weights(trainer, folder.best)
+        if folder.writable:
+            _load_model_weights(trainer, folder.best)
+        else:
+            trainer.assembled.model.set_weights(trainer.best_weights)
         log(f"train.final_model is best: {runs.INFERENCE_MODEL} and the final evaluation use epoch "
             f"{state.best_epoch + 1} (checkpoints/best.keras) instead of the last, epoch {state.global_epoch}")
     model = inference_model(trainer.assembled.model)
@@ -903,10 +935,27 @@ def _finish(trainer: Trainer, state: runs.ResumeState, *, log) -> RunResult:
 
 
 def _restores_best(trainer: Trainer, state: runs.ResumeState) -> bool:
-    """Whether ``train.final_model: best`` asks for weights other than the last epoch's. Only the chief, which
-    wrote ``best.keras``, restores them (the other workers save nothing)."""
-    return (trainer.recipe.train.final_model == "best" and trainer.folder.writable and state.best_epoch is not None
+    """Whether ``train.final_model: best`` asks for weights other than the last epoch's. Every worker restores
+    them, so that ``RunResult.model`` is the same model on each: the chief from the ``best.keras`` it wrote, the
+    others from their copy in memory (:func:`_keeps_best_in_memory`)."""
+    return (trainer.recipe.train.final_model == "best" and state.best_epoch is not None
             and state.best_epoch != state.global_epoch - 1)
+
+
+def _keeps_best_in_memory(trainer: Trainer) -> bool:
+    """A worker that writes nothing (not the chief) and must end with the best epoch's weights: it cannot rely on
+    reading the chief's ``best.keras``, since a new multi-worker run needs no storage shared between workers.
+    Every worker sees the same all-reduced monitor value, so each picks the same best epoch."""
+    return trainer.recipe.train.final_model == "best" and not trainer.folder.writable
+
+
+def _read_weights(path: Path) -> list:
+    """The weights of a saved training model (a checkpoint)."""
+    import keras
+
+    import ftkit.backbones._preprocessing  # noqa: F401  (registers the Preprocess layer for loading)
+
+    return keras.saving.load_model(path, compile=False).get_weights()
 
 
 def evaluate_after_training(trainer: Trainer, model) -> dict[str, dict]:
@@ -952,6 +1001,25 @@ def _cell(row: dict, key: str, width: int, spec: str) -> str:
     return f"{float(value):{width}{spec}}" if value not in (None, "") else " " * (width - 1) + "-"
 
 
+def coverage_lines(trainer: Trainer, *, evaluated: Sequence[str] = ()) -> list[str]:
+    """What the epoch table was computed on, when ``train.steps_per_epoch`` or ``train.validation_steps`` (both
+    set by ``--smoke``) cut an epoch short of its split: without it the table's val_acc and the final val line,
+    which scores the whole split, disagree with nothing to say why."""
+    data, batch = trainer.plan.data, trainer.plan.data.batch_size
+    lines = []
+    steps, all_steps = trainer.steps_per_epoch(), data.steps("train")
+    if steps < all_steps:
+        lines.append(f"note: loss and acc are over {steps} of the {all_steps} training batches of each epoch "
+                     f"(train.steps_per_epoch={steps})")
+    val_steps = trainer.validation_steps()
+    if val_steps is not None and val_steps < data.steps("val"):
+        count = data.count("val")
+        below = f"; the val line below scores all {count}" if "val" in evaluated else ""
+        lines.append(f"note: val_loss, val_acc and the best epoch are on the first {min(val_steps * batch, count)} of "
+                     f"the {count} val images (train.validation_steps={val_steps}){below}")
+    return lines
+
+
 def summary_text(trainer: Trainer, state: runs.ResumeState, history: list[dict], reports: dict[str, dict]) -> str:
     """The one-screen summary printed at the end of a run."""
     recipe = trainer.recipe
@@ -963,13 +1031,15 @@ def summary_text(trainer: Trainer, state: runs.ResumeState, history: list[dict],
         cells = [_cell(row, "lr", 9, ".2e"), _cell(row, "loss", 8, ".4f"), _cell(row, "accuracy", 7, ".4f"),
                  _cell(row, "val_loss", 9, ".4f"), _cell(row, "val_accuracy", 8, ".4f"), _cell(row, "seconds", 7, ".1f")]
         lines.append(f"{int(row['epoch']) + 1:>5} {row['phase_name'][:10]:<10} " + " ".join(cells))
+    lines += coverage_lines(trainer, evaluated=list(reports))
     if state.best is not None:
         what = trainer.monitor if trainer.monitor == recipe.train.monitor else f"{trainer.monitor} (training; no val split)"
         lines.append(f"best {what}: {state.best:.4f} at epoch {state.best_epoch + 1} (checkpoints/best.keras)")
     for split, report in reports.items():
-        acc = report.get("accuracy")
+        acc, count = report.get("accuracy"), report.get("n_samples")
         where = trainer.folder.root / "report" / split / "report.html"
-        lines.append(f"{split}: accuracy {acc:.4f}, report {where}" if isinstance(acc, float) else f"{split}: see {where}")
+        on = f" on {count} images" if isinstance(count, int) else ""
+        lines.append(f"{split}: accuracy {acc:.4f}{on}, report {where}" if isinstance(acc, float) else f"{split}: see {where}")
     epoch = f"; epoch {state.best_epoch + 1}, the best" if _restores_best(trainer, state) else ""
     lines.append(f"inference model: {trainer.folder.root / runs.INFERENCE_MODEL} (raw 0..255 images -> "
                  f"probabilities{epoch})")

@@ -78,11 +78,12 @@ def _trimmed(lrs, losses) -> tuple[np.ndarray, np.ndarray]:
 
 def lr_find(recipe, *, overrides=None, out: str | Path | None = None, start_lr: float = 1e-7, end_lr: float = 10.0,
             steps: int = 100, log=print) -> LRFindResult:
-    """Run the range test on ``recipe``'s first phase; write ``lr_find.png`` and ``lr_find.csv`` to ``out``."""
+    """Run the range test on ``recipe``'s first phase; write ``lr_find.png`` and ``lr_find.csv`` to ``out``
+    (default: a new ``runs/<recipe>-lr-find-<time>``, beside ``ftkit train``'s ``runs/<recipe>-<time>``)."""
     import keras
 
     from ftkit.recipe import load_recipe
-    from ftkit.training.engine import Trainer, plan_run
+    from ftkit.training.engine import Trainer, default_run_dir, plan_run
     from ftkit.training.runs import RunFolder
 
     if not 0 < start_lr < end_lr:
@@ -90,8 +91,9 @@ def lr_find(recipe, *, overrides=None, out: str | Path | None = None, start_lr: 
     if steps < 3:
         raise ValueError(f"lr_find needs steps >= 3. Received: steps={steps}")
     plan = plan_run(load_recipe(recipe, overrides=overrides))
-    out_dir = Path(out or ".")
+    out_dir = Path(out) if out is not None else default_run_dir(recipe, kind="lr-find")
     out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"lr_find: output folder {out_dir.resolve()}")
     trainer = Trainer(plan, RunFolder(out_dir), log=log)
     trainer.build()
     trainer.prepare_phase(plan.phases[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -231,14 +232,15 @@ class RunFolder:
             return [{key: _cell(key, value) for key, value in row.items()} for row in csv.DictReader(fp)]
 
     def truncate_history(self, epochs: int) -> None:
-        """Drop rows after ``epochs`` (those of an epoch whose checkpoint was never completed)."""
-        if not self.writable:
+        """Drop rows after ``epochs`` (those of an epoch whose checkpoint was never completed), atomically: the
+        other workers of a resumed run read the file meanwhile, and an interruption must not lose it."""
+        if not self.writable or not (self.root / HISTORY).is_file():
             return
-        rows = self.read_history()[:epochs]
-        path = self.root / HISTORY
-        path.unlink(missing_ok=True)
-        for row in rows:
-            self.append_history(row)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.read_history()[:epochs])
+        atomic_write_text(self.root / HISTORY, text.getvalue())
 
     def plot_curves(self) -> Path | None:
         """Loss and accuracy per epoch, phase boundaries marked, as ``curves.png``."""
