@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ftkit.data import decode
-from ftkit.data.sources import DataIndex, scan_unchecked
+from ftkit.data.sources import UNKNOWN_CLASS, DataIndex, scan_unchecked
 
 _TEXT_LIMIT = 20  # rows per section on the terminal; the JSON always has them all
 
@@ -120,7 +120,9 @@ class DoctorReport:
                           [f"{p['severity']}: {p['message']}" for p in self.problems])
         verdict = "usable" if self.usable else "NOT usable" + (" under --strict" if self.strict else "")
         lines += ["", f"Verdict: {verdict}"]
-        return "\n".join(lines)
+        # A file name that is not UTF-8 (os.fsdecode's surrogate escapes) would make a UTF-8 terminal refuse the
+        # whole report; shown instead with its undecodable bytes as \xNN. The JSON keeps the name exactly.
+        return "\n".join(lines).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _count_table(class_names: list[str], counts: dict[str, dict[str, int]]) -> list[str]:
@@ -174,6 +176,9 @@ def check(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
+    if isinstance(min_side, bool) or not isinstance(min_side, int) or min_side < 0:
+        raise ValueError(f"min_side must be a number of pixels >= 0 (0: no tiny-image report). "
+                         f"Received: min_side={min_side!r}")
     conversions, tiny = [], []
 
     def on_file(split: str, path: str, header: decode.Header | None) -> None:
@@ -200,6 +205,8 @@ def check(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction
     conflicting = [g for g in groups if len({f["class"] for f in g}) > 1]
     plain = [g for g in groups if len({f["split"] for f in g}) == 1 and len({f["class"] for f in g}) == 1]
     problems = [p._asdict() for p in index.problems]
+    if class_names is None:
+        problems += _classes_training_lacks(index)
     if across:
         problems.append({"severity": "warning", "kind": "leakage",
                          "message": f"{len(across)} group(s) of byte-identical images in more than one split "
@@ -215,6 +222,20 @@ def check(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction
         bad_files=[s._asdict() for s in index.skipped], conversions=conversions, tiny_images=tiny,
         duplicates_across_splits=across, problems=problems, min_side=min_side,
         duplicates_conflicting_labels=conflicting, duplicates_within_class=plain)
+
+
+def _classes_training_lacks(index: DataIndex) -> list[dict]:
+    """An error for each val or test split with classes the training split lacks (their files are among the bad
+    files): ``ftkit train`` refuses such data, since a model cannot be scored on classes it never saw."""
+    out = []
+    for split in ("val", "test"):
+        files = Counter(s.detail for s in index.skipped if s.split == split and s.reason == UNKNOWN_CLASS)
+        if files:
+            named = ", ".join(f"{detail.removeprefix('class ')} ({n} file(s))" for detail, n in sorted(files.items()))
+            out.append({"severity": "error", "kind": "class missing from train",
+                        "message": f"the {split} split has classes the training split does not have: {named}; "
+                                   f"`ftkit train` refuses them unless data.classes lists the classes to use"})
+    return out
 
 
 def _array_notes(split: str, data, *, channels: int, min_side: int) -> tuple[list[dict], list[dict]]:

@@ -88,9 +88,9 @@ def make_dataset(index: DataIndex, split: str = "train", *, image_size: tuple[in
 
     ``resize``: ``"stretch"`` (ignore aspect), ``"crop"`` (centre crop to the target aspect) or ``"pad"``
     (letterbox with black). ``channels``: 3 (RGB) or 1 (luma, ITU-R 601). ``cache``: ``None``,
-    ``"memory"``, or a folder where a file named after the split, size and content is written; the cache
-    holds decoded, resized images rounded to uint8, so later epochs skip decoding; it sits before any
-    augmentation. With a cache, shuffling happens after it in a buffer of ``shuffle_buffer`` images (default
+    ``"memory"``, or a folder where a file named after the split, size and content (paths, labels, each file's
+    size and modification time; in-memory pixels) is written; the cache holds decoded, resized images rounded
+    to uint8, so later epochs skip decoding; it sits before any augmentation. With a cache, shuffling happens after it in a buffer of ``shuffle_buffer`` images (default
     ``min(len, 2048)``); without, the whole file order is shuffled, with ``seed``, differently every epoch.
 
     ``per_image_fn(image, [seed=]) -> float32 [H, W, C]`` runs before batching, ``per_batch_fn(images,
@@ -254,13 +254,28 @@ def _finish(ds, *, per_batch_fn, num_classes, seed, epoch, ordered):
 def _cache_file(cache, data: Split, size, channels, resize) -> str:
     if cache == "memory":
         return ""
-    # tf.data reuses a cache file by name alone, so the name carries everything that changes its content.
+    # tf.data reuses a cache file by name alone, so the name carries everything that changes its content: the
+    # paths and labels, and each file's size and modification time, so a file edited in place is decoded again
+    # rather than served from a stale cache.
     digest = hashlib.blake2b(digest_size=8)
-    digest.update("\0".join(data.paths if data.paths is not None else []).encode())
+    paths = data.paths if data.paths is not None else []
+    digest.update(b"\0".join(os.fsencode(p) for p in paths))
     digest.update(data.labels.tobytes())
+    digest.update(np.array([_stamp(p) for p in paths], np.int64).tobytes())
+    if data.images is not None:
+        digest.update(np.ascontiguousarray(data.images).data)
     folder = Path(cache)
     folder.mkdir(parents=True, exist_ok=True)
     return os.fspath(folder / f"{data.name}-{size[0]}x{size[1]}x{channels}-{resize}-{digest.hexdigest()}")
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    """``(size, mtime in ns)`` of a file, ``(-1, -1)`` where it cannot be read (the pipeline reports it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
 
 
 # --- decoding ---------------------------------------------------------------------------------------------
@@ -359,7 +374,10 @@ class _FileSource:
         # A few flagged files go to the rescue, behind a stand-in (no branch per element); more, to the map.
         self._pillow_in_rescue = self._has_graph and 0 < flagged <= _RESCUE_PILLOW_SHARE * len(data)
         self._pillow_in_map = flagged > 0 and not self._pillow_in_rescue
-        self._columns = {"path": data.paths.astype(str) if len(data) else np.zeros(0, str), "label": data.labels}
+        # Bytes as the file system has them (os.fsencode): a name that is not UTF-8 (an archive from another
+        # system) is still a valid path, where tf.constant refuses it as text.
+        self._columns = {"path": np.array([os.fsencode(p) for p in data.paths], dtype=bytes) if len(data)
+                         else np.zeros(0, bytes), "label": data.labels}
         if flagged or len(self._scales) > 1:
             self._columns["scale"] = scales
         if flagged:
@@ -460,7 +478,7 @@ class _FileSource:
 
         def by_pillow(row, word, rejected):
             scale = int(scales[row]) if scales is not None else self._scales[0]
-            pixels, decoded = self._decode_or_report(paths[row].encode(), scale, rejected)
+            pixels, decoded = self._decode_or_report(paths[row], scale, rejected)
             if not decoded:
                 return None
             image = _to_channels(self._fit(tf.constant(pixels)), self._channels)
@@ -561,7 +579,7 @@ class _FileSource:
         """Pillow's decode of one file at DCT scale index ``scale``; a file it cannot decode is recorded in
         ``index.skipped`` (logged once) and comes back as black pixels with False. ``rejected``: the in-graph
         decoder failed on it first."""
-        index, path = self._index, path.decode()
+        index, path = self._index, os.fsdecode(path)
         try:
             return decode.decode_file(path, scale=_DCT_SCALES[int(scale)], max_pixels=index.max_pixels), True
         except decode.BadImage as bad:

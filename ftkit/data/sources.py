@@ -20,6 +20,7 @@ import io
 import os
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -246,7 +247,8 @@ def scan_unchecked(source: str | os.PathLike, *, val_fraction: float = 0.2, test
                    root: str | os.PathLike | None = None, progress: bool = False,
                    on_file: FileHook | None = None) -> DataIndex:
     """:func:`scan` without raising for bad data: the doctor reports what :func:`scan` would refuse."""
-    _check_args(val_fraction=val_fraction, test_fraction=test_fraction, policy=policy, verify=verify)
+    _check_args(val_fraction=val_fraction, test_fraction=test_fraction, policy=policy, verify=verify,
+                max_pixels=max_pixels)
     verify = verify or ("full" if policy == "strict" else "header")
     decode.allow_pixels(max_pixels)
     path = Path(source)
@@ -255,6 +257,9 @@ def scan_unchecked(source: str | os.PathLike, *, val_fraction: float = 0.2, test
         return _scan_mnist(path, fractions=fractions, seed=seed, class_names=class_names)
     lines = None
     if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        if root is not None and not Path(root).is_dir():
+            raise ValueError(f"root, the folder a CSV's relative paths start from, must be an existing folder. "
+                             f"Received: root={os.fspath(root)!r}")
         entries, skipped, lines = _csv_entries(path, Path(root) if root else path.parent)
         folders, layout, kind = [], [], "csv"
     elif path.is_dir():
@@ -301,7 +306,11 @@ def scan_files(paths: Sequence[str | os.PathLike], *,
                         max_pixels=max_pixels)
 
 
-def _check_args(*, val_fraction, test_fraction, policy, verify) -> None:
+def _check_args(*, val_fraction, test_fraction, policy, verify, max_pixels) -> None:
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int | np.integer)
+                                   or max_pixels < 1):
+        raise ValueError(f"max_pixels must be a positive number of pixels, or None for no limit. "
+                         f"Received: max_pixels={max_pixels!r}")
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}. Received: policy={policy!r}")
     if verify is not None and verify not in VERIFY_MODES:
@@ -323,6 +332,9 @@ def enforce(index: DataIndex, *, policy: str) -> None:
         return
     lines = [f"  {p.message}" for p in errors + warnings]
     lines += [f"  {s.path}: {s.reason}" + (f" ({s.detail})" if s.detail else "") for s in bad]
+    if index.skipped and not bad:  # "no usable image" says little when every file was skipped as bad
+        reasons = Counter(s.reason for s in index.skipped).most_common()
+        lines.append(f"  {len(index.skipped)} file(s) skipped: " + ", ".join(f"{n} {r}" for r, n in reasons))
     what = f"{len(bad)} bad file(s) and {len(errors) + len(warnings)} problem(s)" if bad else "problems"
     hint = ("Fix or remove them, or use policy='skip' to train on the rest." if policy == "strict"
             else "Run `ftkit data check` for the full report.")
