@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (CPU features, "failed call to cuInit" without a GPU) is noise to a
     # CLI user; set TF_CPP_MIN_LOG_LEVEL yourself to see it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # A file name that is not UTF-8 (os.fsdecode's surrogate escapes) printed to a UTF-8 terminal would raise
+    # mid-output; its undecodable bytes are printed escaped instead.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:

@@ -28,6 +28,7 @@ from ftkit.evaluate.report import (
     html_page,
     html_table,
     md_table,
+    printable,
     read_predictions_csv,
     resolve_row_path,
 )
@@ -307,7 +308,7 @@ def write_comparison(result: dict, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / COMPARE_FILES["json"]).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    (out_dir / COMPARE_FILES["markdown"]).write_text(render_markdown(result))
+    (out_dir / COMPARE_FILES["markdown"]).write_text(printable(render_markdown(result)), encoding="utf-8")
     tables = "".join(f"<h2>{html.escape(title)}</h2>{html_table(header, rows)}" for title, header, rows in _tables(result))
     body = (
         f"<h1>Run comparison</h1>{tables}"
@@ -316,4 +317,4 @@ def write_comparison(result: dict, out_dir: str | Path) -> None:
         f"<h2>A wrong, B right ({len(result['a_wrong_b_right'])})</h2>"
         f"{_disagreement_gallery(result['a_wrong_b_right'], result['a']['predictions'])}"
     )
-    (out_dir / COMPARE_FILES["html"]).write_text(html_page("ftkit run comparison", body), encoding="utf-8")
+    (out_dir / COMPARE_FILES["html"]).write_text(printable(html_page("ftkit run comparison", body)), encoding="utf-8")

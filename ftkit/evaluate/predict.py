@@ -187,7 +187,7 @@ def write_predict_csv(result: Predictions, path: str | Path, *, k: int) -> None:
     for rank in range(1, k + 1):
         header += [f"top{rank}", f"top{rank}_prob"]
     header += [f"prob_{name}" for name in result.class_names]
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for file_path, row, failure in result.rows():

@@ -53,7 +53,7 @@ def write_predictions_csv(path: Path, paths: Sequence[str], y_true, probs, class
     log loss recomputed from the file no longer matched the report's."""
     probs = np.asarray(probs)
     y_pred = probs.argmax(axis=1)
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow([*PREDICTION_COLUMNS, *(PROB_PREFIX + name for name in class_names)])
         for file_path, t, p, row in zip(paths, y_true, y_pred, probs, strict=True):
@@ -63,7 +63,7 @@ def write_predictions_csv(path: Path, paths: Sequence[str], y_true, probs, class
 
 def read_predictions_csv(path: str | Path) -> tuple[list[str], list[str], list[str], np.ndarray, list[str]]:
     """``(paths, true labels, predicted labels, probs, class_names)`` from a ``predictions.csv``."""
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if not header or tuple(header[: len(PREDICTION_COLUMNS)]) != PREDICTION_COLUMNS:
@@ -196,6 +196,13 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def printable(text: str) -> str:
+    """``text`` for a reader: a file name that is not UTF-8 (os.fsdecode's surrogate escapes) shows its
+    undecodable bytes as ``\\xNN``, where writing it as UTF-8 would fail. ``predictions.csv`` keeps the exact
+    bytes instead (written and read with ``errors="surrogateescape"``), and ``report.json`` escapes them."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def html_page(title: str, body: str) -> str:
     """A complete standalone page (inline CSS, empty favicon so browsers request nothing from disk)."""
     return (
@@ -297,11 +304,11 @@ def write_bundle(
     )
     plots.save_reliability_diagram(y_true, probs, out_dir / FILES["reliability"], n_bins=report["ece_n_bins"], ece=report["ece"])
     (out_dir / FILES["json"]).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    (out_dir / FILES["markdown"]).write_text(render_markdown(report))
+    (out_dir / FILES["markdown"]).write_text(printable(render_markdown(report)), encoding="utf-8")
     cells = gallery.misclassified_cells(paths, y_true, probs, class_names)
     pixels = None
     if images is not None:
         row_of = {path: i for i, path in enumerate(paths)}
         pixels = lambda path: images[row_of[path]]  # noqa: E731 - one lookup, named for the call below
-    (out_dir / FILES["html"]).write_text(render_html(report, out_dir, cells, pixels), encoding="utf-8")
+    (out_dir / FILES["html"]).write_text(printable(render_html(report, out_dir, cells, pixels)), encoding="utf-8")
     return report
