@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ftkit.data import decode
-from ftkit.data.sources import UNKNOWN_CLASS, DataIndex, scan_unchecked
+from ftkit.data.sources import UNKNOWN_CLASS, DataIndex, scan_unchecked, unknown_class
 
 _TEXT_LIMIT = 20  # rows per section on the terminal; the JSON always has them all
 
@@ -229,9 +229,9 @@ def _classes_training_lacks(index: DataIndex) -> list[dict]:
     files): ``ftkit train`` refuses such data, since a model cannot be scored on classes it never saw."""
     out = []
     for split in ("val", "test"):
-        files = Counter(s.detail for s in index.skipped if s.split == split and s.reason == UNKNOWN_CLASS)
+        files = Counter(unknown_class(s.detail) for s in index.skipped if s.split == split and s.reason == UNKNOWN_CLASS)
         if files:
-            named = ", ".join(f"{detail.removeprefix('class ')} ({n} file(s))" for detail, n in sorted(files.items()))
+            named = ", ".join(f"{name!r} ({n} file(s))" for name, n in sorted(files.items()))
             out.append({"severity": "error", "kind": "class missing from train",
                         "message": f"the {split} split has classes the training split does not have: {named}; "
                                    f"`ftkit train` refuses them unless data.classes lists the classes to use"})

@@ -13,11 +13,13 @@ evaluated on; a note among ``problems`` (severity ``"info"``) counts the groups.
 from __future__ import annotations
 
 import array
+import ast
 import csv
 import dataclasses
 import gzip
 import io
 import os
+import re
 import sys
 import threading
 from collections import Counter
@@ -41,6 +43,12 @@ POLICIES = ("skip", "strict")
 
 OUTSIDE_CLASS = "not in a class folder"
 UNKNOWN_CLASS = "class not in the training classes"
+
+
+def unknown_class(detail: str) -> str:
+    """The class named by an :data:`UNKNOWN_CLASS` skip record's detail (``class 'name'``, a repr)."""
+    quoted = re.match(r"""class ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""", detail)
+    return str(ast.literal_eval(quoted.group(1))) if quoted else detail
 NO_LABEL = "no label"
 NO_PATH = "no path"
 UNKNOWN_SPLIT = "unknown split"
@@ -336,7 +344,7 @@ def enforce(index: DataIndex, *, policy: str) -> None:
         reasons = Counter(s.reason for s in index.skipped).most_common()
         lines.append(f"  {len(index.skipped)} file(s) skipped: " + ", ".join(f"{n} {r}" for r, n in reasons))
     what = f"{len(bad)} bad file(s) and {len(errors) + len(warnings)} problem(s)" if bad else "problems"
-    hint = ("Fix or remove them, or use policy='skip' to train on the rest." if policy == "strict"
+    hint = ("Fix or remove them, or use policy='skip' (a recipe's data.policy: skip) to train on the rest." if policy == "strict"
             else "Run `ftkit data check` for the full report.")
     raise DataError(f"The data in {index.source} has {what}:\n" + "\n".join(lines) + f"\n{hint} "
                     f"Received: source={index.source!r}, policy={policy!r}")

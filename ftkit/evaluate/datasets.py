@@ -11,9 +11,7 @@ by name onto the run's: a class the run does not know is an error naming it, as 
 
 from __future__ import annotations
 
-import ast
 import os
-import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,7 +76,7 @@ def _open_scanned(path: Path, class_names: Sequence[str], *, split: str | None, 
     # Rows the data layer left out: those of this split, and those it could place in no split.
     skipped = [s for s in index.skipped if s.split == taken or s.split not in sources.SPLITS]
     rows, dropped = _split_known(index, taken, class_names)
-    unknown = [_class_of(s.detail) for s in skipped if s.reason == sources.UNKNOWN_CLASS]
+    unknown = [sources.unknown_class(s.detail) for s in skipped if s.reason == sources.UNKNOWN_CLASS]
     unknown += [index.class_names[label] for label in dropped.labels]
     if not len(rows) and not unknown:
         raise ValueError(f"The evaluation data has no usable image in its {taken} split; skipped: "
@@ -103,12 +101,6 @@ def _split_known(index: sources.DataIndex, split: str, class_names: Sequence[str
     rows = index.splits.get(split, sources.Split(split, np.zeros(0, np.int32)))
     known = np.isin(np.asarray(index.class_names, dtype=object)[rows.labels], list(class_names))
     return rows.subset(np.flatnonzero(known), split), rows.subset(np.flatnonzero(~known), split)
-
-
-def _class_of(detail: str) -> str:
-    """The class named by an unknown-class skip record (its detail starts ``class 'name'``, a repr)."""
-    quoted = re.match(r"""class ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""", detail)
-    return str(ast.literal_eval(quoted.group(1))) if quoted else detail
 
 
 def choose_split(available: Sequence[str], asked: str | None, data: str | os.PathLike) -> tuple[str | None, str]:
