@@ -19,7 +19,15 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
 from ftkit.augment.config import AugmentConfig
 from ftkit.head import HeadConfig
@@ -60,6 +68,10 @@ class DataConfig(_Section):
     eval_samples_per_class: PositiveInt | None = None  # cap val/test too (smoke runs)
     oversample: bool = False  # resample the training split to balanced classes each epoch
     seed: int = 0
+    # skip: bad files are left out and reported (counted in the run's output, listed in ftkit_run.json);
+    # strict: every image is decoded before training and any bad file (or doctor warning) stops the run, all
+    # listed at once, as `ftkit data check --strict` does.
+    policy: Literal["skip", "strict"] = "skip"
 
 
 class BackboneConfig(_Section):
@@ -69,6 +81,17 @@ class BackboneConfig(_Section):
     # exact: the same architecture, every weight copied; by_name: the layers whose names and shapes agree
     # (a deeper net started from a trained shallower one, as the VGG paper did), the rest stay as initialised
     init_match: Literal["exact", "by_name"] = "exact"
+
+
+class EarlyStoppingConfig(_Section):
+    """``train.early_stopping``: end a phase once ``train.monitor`` has stalled (fastai's EarlyStoppingCallback,
+    per phase as fastai's is per ``fit`` call; Keras's EarlyStopping has the same rule)."""
+
+    # Epochs of the phase without an improvement before it ends. At least 1: Keras's patience 0 stops exactly
+    # where 1 does (both count the first epoch without improvement), so 0 would only look different.
+    patience: PositiveInt
+    # An improvement beats the phase's best by more than this, in the monitor's direction.
+    min_delta: float = Field(0.0, ge=0.0)
 
 
 class TrainConfig(_Section):
@@ -91,6 +114,21 @@ class TrainConfig(_Section):
     # default. data.batch_size and the learning rates are global (per step, all replicas together).
     strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
     verbose: Literal[0, 1, 2] = 1
+    early_stopping: EarlyStoppingConfig | None = None  # off by default
+    # Rescale each update's gradient to this global norm when it is larger (Keras's global_clipnorm).
+    clip_norm: PositiveFloat | None = None
+    # Average the gradients of this many batches per update (Keras's gradient_accumulation_steps); the
+    # learning-rate schedule counts batches, as Keras's does. 1 or null: an update per batch.
+    gradient_accumulation_steps: PositiveInt | None = None
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _a_mapping(cls, value):
+        # pydantic's own message names the Python class ("instance of EarlyStoppingConfig")
+        if value is not None and not isinstance(value, dict | EarlyStoppingConfig):
+            raise ValueError(f"must be a mapping such as {{patience: 3, min_delta: 0.0}}, or null (off). "
+                             f"Received: early_stopping={value!r}")
+        return value
 
     @field_validator("class_weight")
     @classmethod

@@ -217,3 +217,22 @@ def lr_at(step: float, *, phase: Phase, steps_per_epoch: int) -> float:
     progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
     floor = phase.lr * phase.min_lr_factor
     return floor + (phase.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def stalled_epochs(values: Sequence[float | None], *, higher_is_better: bool,
+                   min_delta: float = 0.0) -> tuple[int, int | None]:
+    """``(epochs since the last improvement, index of the best)`` over one phase's monitor values, in order.
+
+    The rule of Keras's EarlyStopping and fastai's EarlyStoppingCallback: an improvement beats the best so far
+    by more than ``min_delta`` in the monitor's direction; the first value always improves (fastai restarts the
+    best at every ``fit``, here at every phase). A missing or NaN value never improves. A pure function of the
+    phase's rows of ``history.csv``, so a resumed run counts exactly as an uninterrupted one.
+    """
+    best, best_index, stalled = None, None, 0
+    for index, value in enumerate(values):
+        if value is not None and not math.isnan(value) and (
+                best is None or (value - min_delta > best if higher_is_better else value + min_delta < best)):
+            best, best_index, stalled = value, index, 0
+        else:
+            stalled += 1
+    return stalled, best_index

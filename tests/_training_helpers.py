@@ -8,6 +8,7 @@ from ftkit.backbones._builder import build_backbone
 TINY = "tiny_bn_test"
 QUIET = dict(log=lambda *a: None)  # train(..., **QUIET): no summary printed during tests
 TINY_AUX = "tiny_aux_test"
+TINY_PLAIN = "tiny_plain_test"
 PREPROCESSING = {"scale": 1 / 255, "mean": (0.1307,), "std": (0.3081,), "channel_order": "RGB"}
 
 
@@ -57,6 +58,21 @@ def tiny_aux_test(include_top=True, weights=None, input_tensor=None, input_shape
                           classifier_activation=classifier_activation, name=name)
 
 
+def tiny_plain_test(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=10,
+                    classifier_activation="softmax", name=None):
+    """conv-ReLU, pool, conv-ReLU without BatchNorm: a batch's update does not depend on how it is split."""
+    from keras import layers
+
+    def body(x):
+        x = layers.Conv2D(4, 3, padding="same", activation="relu", name="stem_conv")(x)
+        x = layers.MaxPooling2D(name="pool")(x)
+        return layers.Conv2D(8, 3, padding="same", activation="relu", name="stage1_conv")(x)
+
+    return build_backbone(tiny_plain_test, body=body, head=_top, include_top=include_top, weights=weights,
+                          input_tensor=input_tensor, input_shape=input_shape, pooling=pooling, classes=classes,
+                          classifier_activation=classifier_activation, name=name)
+
+
 _META = {"default_input_shape": (16, 16, 1), "min_input_shape": (8, 8, 1), "preprocessing": PREPROCESSING,
          "layer_groups": [["stem", r"stem_"], ["stage1", r"stage1_"], ["head", r"predictions$"]], "family": "tiny"}
 
@@ -65,6 +81,8 @@ def register_tiny() -> None:
     names = ftkit.list_backbones()
     if TINY not in names:
         ftkit.register_backbone(TINY, tiny_bn_test, **_META)
+    if TINY_PLAIN not in names:
+        ftkit.register_backbone(TINY_PLAIN, tiny_plain_test, **_META)
     if TINY_AUX not in names:
         ftkit.register_backbone(TINY_AUX, tiny_aux_test, **{**_META, "aux_taps": ("tap_output",)})
 

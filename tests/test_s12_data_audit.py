@@ -159,3 +159,37 @@ def test_the_doctor_calls_a_val_class_training_lacks_unusable_as_training_does(t
     capsys.readouterr()
     # With the classes given (a saved run's, as evaluation passes them), files of other classes are expected drops.
     assert check(tmp_path, class_names=["a", "b"]).usable
+
+
+@pytest.mark.slow
+def test_a_strict_recipe_stops_before_training_listing_every_bad_file_of_every_source(messy, tmp_path):  # noqa: F811
+    from _image_fixtures import write_noise_png
+    from _training_helpers import QUIET, TINY, register_tiny
+
+    from ftkit.training import train
+
+    register_tiny()
+    extra_val = tmp_path / "extra_val"  # a separate data.val folder with a bad file of its own
+    for cls in ("a", "b"):
+        write_noise_png(extra_val / cls / "ok.png", ord(cls))
+    (extra_val / "b" / "empty.png").write_bytes(b"")
+    before = _snapshot(messy)
+    recipe = {"data": {"train": str(messy / "train"), "val": str(extra_val), "image_size": [16, 16],
+                       "batch_size": 4, "policy": "strict"},
+              "backbone": {"name": TINY}, "schedule": {"phases": [{"train": "all", "epochs": 1, "lr": 0.01}]},
+              "train": {"verbose": 0}, "evaluate": {"enabled": False}}
+    with pytest.raises(DataError) as error:
+        train(recipe, out=tmp_path / "run", **QUIET)
+    message = str(error.value)
+    listed = {line.strip().split(": ")[0].rsplit("/", 1)[-1] for line in message.splitlines()[1:]
+              if line.startswith("  ") and ": " in line}
+    assert set(BAD_A) - {"big.png"} <= listed  # every bad file of the training folder
+    assert "empty.png" in listed  # and the val folder's, in the same message
+    assert "data.policy: skip" in message
+    assert not (tmp_path / "run").exists()
+    assert _snapshot(messy) == before
+    # the same recipe under the default policy trains, leaving the same files out
+    recipe["data"]["policy"] = "skip"
+    result = train(recipe, out=tmp_path / "run2", **QUIET)
+    skipped = json.loads((result.path / "ftkit_run.json").read_text())["data"]["skipped_files"]
+    assert {row["path"].rsplit("/", 1)[-1] for row in skipped} >= listed - {"notes.txt"}

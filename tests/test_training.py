@@ -227,7 +227,7 @@ def test_bad_input_fails_before_training(mnist, full_run, tmp_path, shared_data)
                 shutil.copy(f, tmp_path / "ab" / split / name / f.name)
     folder = {"train": str(tmp_path / "ab"), "classes": None, "samples_per_class": None, "val_fraction": 0.0,
               "image_size": [16, 16], "channels": 1}
-    fails(ValueError, r"val split has classes the training split does not have: \[\"class 'wasps'\"\]",
+    fails(ValueError, r"val split has classes the training split does not have: \['wasps'\]",
           mnist_recipe(mnist, data=folder))
     (tmp_path / "empty" / "a").mkdir(parents=True)
     (tmp_path / "empty" / "b").mkdir(parents=True)

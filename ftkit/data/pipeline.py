@@ -734,7 +734,16 @@ def distribute(ds: tf.data.Dataset, strategy: tf.distribute.Strategy | None = No
     pipeline already ends with ``prefetch(AUTOTUNE)``)."""
     if strategy is not None:
         return strategy.experimental_distribute_dataset(ds)
+    device = _first_gpu()
+    if device is None:
+        return ds
+    # prefetch_to_device loses the dataset's length; Keras' fit wants it where no steps_per_epoch is given.
+    cardinality = ds.cardinality()
+    ds = ds.apply(tf.data.experimental.prefetch_to_device(device))
+    return ds.apply(tf.data.experimental.assert_cardinality(cardinality)) if cardinality >= 0 else ds
+
+
+def _first_gpu() -> str | None:
+    """The first visible GPU's device name, or None."""
     gpus = tf.config.list_logical_devices("GPU")
-    if gpus:
-        return ds.apply(tf.data.experimental.prefetch_to_device(gpus[0].name))
-    return ds
+    return gpus[0].name if gpus else None

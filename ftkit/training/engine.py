@@ -34,7 +34,7 @@ import numpy as np
 
 from ftkit import distribute
 from ftkit.recipe import Recipe, dump_recipe, load_recipe
-from ftkit.schedule import AUX, HEAD, Phase, lr_at, resolve_phases
+from ftkit.schedule import AUX, HEAD, Phase, lr_at, resolve_phases, stalled_epochs
 from ftkit.training import replicas, runs
 from ftkit.training.features import cache_reason, compute_features
 from ftkit.training.inputs import TrainingData, load_data, split_ids
@@ -257,7 +257,10 @@ def _scaled_optimizer_class(base):
     return _CLASSES[key]
 
 
-def make_optimizer(recipe: Recipe, phase: Phase, *, steps_per_epoch: int, multiplier_by_id: dict[int, float]):
+def make_optimizer(recipe: Recipe, phase: Phase, *, steps_per_epoch: int, multiplier_by_id: dict[int, float],
+                   distributed: bool = False):
+    """The phase's optimizer. ``distributed``: for the custom step of :mod:`ftkit.training.replicas`, which clips
+    the all-reduced gradient itself (Keras's ``global_clipnorm`` would clip each replica's share of it)."""
     import keras
 
     lr = phase_learning_rate(phase, steps_per_epoch=steps_per_epoch)
@@ -266,11 +269,23 @@ def make_optimizer(recipe: Recipe, phase: Phase, *, steps_per_epoch: int, multip
                "adamw": (keras.optimizers.AdamW, {"weight_decay": cfg.weight_decay}),
                "sgd": (keras.optimizers.SGD, {"momentum": cfg.momentum})}
     cls, kwargs = choices[cfg.optimizer]
+    if cfg.clip_norm is not None and not distributed:
+        kwargs["global_clipnorm"] = cfg.clip_norm
+    if (cfg.gradient_accumulation_steps or 1) > 1:  # Keras takes 2 or more, or None
+        kwargs["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
     if any(m != 1.0 for m in multiplier_by_id.values()):
         optimizer = _scaled_optimizer_class(cls)(learning_rate=lr, **kwargs)
         optimizer.set_multipliers(multiplier_by_id)
         return optimizer
     return cls(learning_rate=lr, **kwargs)
+
+
+def batches_seen(optimizer) -> int:
+    """The batches the optimizer has taken: the step its learning-rate schedule reads. Under gradient
+    accumulation Keras's public ``iterations`` counts updates (one per ``gradient_accumulation_steps`` batches),
+    while schedules read the batch counter ``_iterations``."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer (mixed_float16) wraps it
+    return int(getattr(inner, "_iterations", inner.iterations).numpy())
 
 
 def multipliers_by_variable(model, groups: dict[str, list], phase: Phase) -> dict[int, float]:
@@ -406,7 +421,7 @@ class Trainer:
         else:
             trainer = self.assembled.model
         with self.strategy.scope():
-            optimizer = make_optimizer(self.recipe, phase, steps_per_epoch=steps,
+            optimizer = make_optimizer(self.recipe, phase, steps_per_epoch=steps, distributed=self.distributed,
                                        multiplier_by_id=multipliers_by_variable(trainer, self.assembled.groups, phase))
             multi = trainer is self.assembled.model and self.assembled.has_aux
             self._compile(trainer, optimizer, multi_output=multi)
@@ -428,8 +443,15 @@ class Trainer:
             multi = trainer is self.assembled.model and self.assembled.has_aux
             weights = [1.0] + [self.recipe.head.aux_loss_weight] * (len(self.assembled.output_names) - 1 if multi else 0)
             self.steps = replicas.DistributedSteps(self.strategy, trainer, trainer.optimizer, loss_weights=weights,
-                                                   label_smoothing=self.recipe.head.label_smoothing)
+                                                   label_smoothing=self.recipe.head.label_smoothing,
+                                                   clip_norm=self.recipe.train.clip_norm)
         self.log(audit_line(phase, len(self.plan.phases), audit, cached=reason))
+        accumulation = self.recipe.train.gradient_accumulation_steps or 1
+        if (phase.epochs * steps) % accumulation:
+            self.log(f"gradient accumulation: an update every {accumulation} batches, carried across epochs "
+                     f"({steps} per epoch); the batches still accumulated when the phase ends make no update (the "
+                     f"last {(phase.epochs * steps) % accumulation} of its {phase.epochs * steps}, or fewer if early "
+                     f"stopping ends it sooner), since the next phase starts a fresh optimizer")
         return audit
 
     def steps_per_epoch(self) -> int:
@@ -459,7 +481,7 @@ class Trainer:
         if self.cached:
             train = self.cache.dataset("train", order=order)
             val = self.cache.dataset("val", with_weights=False) if "val" in self.cache.features else None
-            return train, val
+            return _on_device(train), _on_device(val)
         augment = self.recipe.augment
         augmentation = None
         if augment.backend != "none" or augment.uses_mixing:
@@ -467,7 +489,7 @@ class Trainer:
                                               channels=data.channels, seed=augment.seed * 100_003 + global_epoch)
         train = self._for_outputs(data.dataset("train", order=order, augmentation=augmentation))
         val = self._for_outputs(data.dataset("val", with_weights=False)) if data.has("val") else None
-        return train, val
+        return _on_device(train), _on_device(val)
 
     def _distributed_datasets(self, global_epoch: int):
         """Train and val datasets split per replica (:mod:`ftkit.training.replicas`), built per worker."""
@@ -554,7 +576,7 @@ class Trainer:
             from ftkit.head import copy_head_weights
 
             copy_head_weights(self.trainer, self.assembled)
-        step = int(self.trainer.optimizer.iterations.numpy())
+        step = batches_seen(self.trainer.optimizer)
         row = {"epoch": global_epoch, "phase": phase.index, "phase_name": phase.name,
                "lr": float(lr_at(max(step - 1, 0), phase=phase, steps_per_epoch=self.steps_per_epoch())),
                "cached": int(self.cached), "seconds": round(seconds, 3)}
@@ -578,6 +600,31 @@ class Trainer:
 
     def monitor_value(self, row: dict[str, Any]) -> float | None:
         return row.get(self.monitor)
+
+    def early_stop(self, phase: Phase) -> str | None:
+        """The log line that ends ``phase`` early (``train.early_stopping``), or None while it goes on.
+
+        Keras's EarlyStopping callback cannot decide this: the engine calls ``fit`` once per epoch, and the
+        callback starts counting again at every ``fit``; nor does it know phases or resumes. The count is
+        derived from the phase's rows of the history instead (:func:`ftkit.schedule.stalled_epochs`), which a
+        resumed run reads back, so it stops at the same epoch as an uninterrupted one. Not from the run's best
+        epoch in the resume state: that one spans phases and takes any improvement, while each phase starts
+        its own best (as fastai's callback does per ``fit``) and improves by more than ``min_delta``."""
+        rule = self.recipe.train.early_stopping
+        if rule is None:
+            return None
+        rows = [row for row in self.rows if row["phase"] == phase.index]
+        stalled, best = stalled_epochs([self.monitor_value(row) for row in rows], min_delta=rule.min_delta,
+                                       higher_is_better="accuracy" in self.monitor)
+        if stalled < rule.patience or len(rows) == phase.epochs:
+            return None
+        best_text = "none" if best is None else (f"{self.monitor_value(rows[best]):.4f} at epoch "
+                                                 f"{rows[best]['epoch'] + 1}")
+        after = "the run ends" if phase.index == len(self.plan.phases) - 1 else f"phase {phase.index + 2} starts"
+        return (f"early stopping: phase {phase.index + 1}/{len(self.plan.phases)} {phase.name!r} ends after epoch "
+                f"{rows[-1]['epoch'] + 1} ({len(rows)} of its {phase.epochs} epochs): {self.monitor} has not improved "
+                f"by more than {rule.min_delta:g} for {stalled} epoch(s) (train.early_stopping.patience="
+                f"{rule.patience}); the phase's best {best_text}; {after}")
 
     def better(self, value: float | None, best: float | None) -> bool:
         if value is None:
@@ -696,6 +743,7 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
     # Made before TensorFlow runs anything: MultiWorkerMirroredStrategy configures the runtime at start-up.
     active = get_strategy(strategy or resolved.train.strategy, cluster=cluster, join_timeout=join_timeout)
     distribute.check_cluster_is_used(active)
+    check_distributed_options(resolved, active)
     writable = distribute.is_chief(active)
     if resume is not None:
         folder = runs.RunFolder(resume, writable=writable)
@@ -735,6 +783,21 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
         raise
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def check_distributed_options(recipe: Recipe, strategy) -> None:
+    """Refuse, before anything is written, what the distributed custom step does not do.
+
+    Gradient accumulation: Keras's optimizer chooses between accumulating and updating with ``ops.cond``, and
+    its update all-reduces inside that branch, which ``tf.distribute`` refuses (a ``merge_call`` inside control
+    flow: a RuntimeError at the first step under MirroredStrategy with Keras 3.15)."""
+    accumulation = recipe.train.gradient_accumulation_steps or 1
+    if accumulation > 1 and distribute.is_distributed(strategy):
+        raise ValueError(
+            f"train.gradient_accumulation_steps needs train.strategy default (one device); a distributed strategy "
+            f"({strategy.num_replicas_in_sync} replica(s) here) takes a larger data.batch_size instead, the global "
+            f"batch over all replicas. Received: train.gradient_accumulation_steps={accumulation}"
+        )
 
 
 def _taken(folder: runs.RunFolder) -> str:
@@ -830,7 +893,9 @@ def _run_schedule(trainer: Trainer, state: runs.ResumeState) -> runs.ResumeState
             value = trainer.monitor_value(row)
             improved = trainer.better(value, state.best)
             done_in_phase = epoch + 1
-            next_phase, next_epoch = (phase.index, done_in_phase) if done_in_phase < phase.epochs else (phase.index + 1, 0)
+            stop = trainer.early_stop(phase)
+            ends = done_in_phase == phase.epochs or stop is not None
+            next_phase, next_epoch = (phase.index + 1, 0) if ends else (phase.index, done_in_phase)
             state = dataclasses.replace(
                 state, phase=next_phase, epoch_in_phase=next_epoch, global_epoch=state.global_epoch + 1,
                 global_step=state.global_step + trainer.steps_per_epoch(),
@@ -838,6 +903,9 @@ def _run_schedule(trainer: Trainer, state: runs.ResumeState) -> runs.ResumeState
             state = _checkpoint(trainer, state, improved=improved)
             if improved and _keeps_best_in_memory(trainer):
                 trainer.best_weights = trainer.assembled.model.get_weights()
+            if stop is not None:
+                trainer.log(stop)
+                break
         if not phase.head_only:
             trainer.backbone_version += 1
     return state
@@ -851,6 +919,14 @@ def _reissue(caught: list[warnings.WarningMessage], *, explained: bool) -> None:
         if explained and "ran out of data" in str(w.message):
             continue
         warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
+def _on_device(ds):
+    """``ds`` prefetched onto the GPU when one is visible (one device: under a distribution strategy its
+    distributed dataset does that per replica), so the next batch's copy overlaps this step."""
+    from ftkit.data import distribute
+
+    return None if ds is None else distribute(ds)
 
 
 def _silent(*args, **kwargs) -> None:
@@ -1020,6 +1096,17 @@ def coverage_lines(trainer: Trainer, *, evaluated: Sequence[str] = ()) -> list[s
     return lines
 
 
+def early_stopping_lines(trainer: Trainer, history: list[dict]) -> list[str]:
+    """One line per phase that ``train.early_stopping`` ended before its epochs were done."""
+    lines = []
+    for phase in trainer.plan.phases:
+        done = sum(1 for row in history if row["phase"] == phase.index)
+        if trainer.recipe.train.early_stopping is not None and 0 < done < phase.epochs:
+            lines.append(f"early stopping: phase {phase.index + 1} {phase.name!r} stopped after {done} of its "
+                         f"{phase.epochs} epochs")
+    return lines
+
+
 def summary_text(trainer: Trainer, state: runs.ResumeState, history: list[dict], reports: dict[str, dict]) -> str:
     """The one-screen summary printed at the end of a run."""
     recipe = trainer.recipe
@@ -1031,7 +1118,7 @@ def summary_text(trainer: Trainer, state: runs.ResumeState, history: list[dict],
         cells = [_cell(row, "lr", 9, ".2e"), _cell(row, "loss", 8, ".4f"), _cell(row, "accuracy", 7, ".4f"),
                  _cell(row, "val_loss", 9, ".4f"), _cell(row, "val_accuracy", 8, ".4f"), _cell(row, "seconds", 7, ".1f")]
         lines.append(f"{int(row['epoch']) + 1:>5} {row['phase_name'][:10]:<10} " + " ".join(cells))
-    lines += coverage_lines(trainer, evaluated=list(reports))
+    lines += coverage_lines(trainer, evaluated=list(reports)) + early_stopping_lines(trainer, history)
     if state.best is not None:
         what = trainer.monitor if trainer.monitor == recipe.train.monitor else f"{trainer.monitor} (training; no val split)"
         lines.append(f"best {what}: {state.best:.4f} at epoch {state.best_epoch + 1} (checkpoints/best.keras)")

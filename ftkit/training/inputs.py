@@ -12,9 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from ftkit.data.sources import UNKNOWN_CLASS, unknown_class
 from ftkit.recipe import DataConfig
-
-UNKNOWN_CLASS = "class not in the training classes"
 
 
 @dataclasses.dataclass
@@ -99,15 +98,21 @@ def epoch_order(labels: np.ndarray, *, seed: int, epoch: int, oversample: bool =
 def load_data(config: DataConfig, *, image_shape: tuple[int, int, int], class_weight=None) -> TrainingData:
     """Scan the recipe's data, select classes and samples, and check it can be trained on."""
     from ftkit.data import scan
+    from ftkit.data.sources import enforce
 
+    # Under data.policy: strict every image is decoded now, and every source's bad files are listed together
+    # (enforce, below) rather than those of the first source that has one.
+    verify = "full" if config.policy == "strict" else None
     index = scan(config.train, val_fraction=0.0 if config.val else config.val_fraction,
                  test_fraction=0.0 if config.test else config.test_fraction, seed=config.seed,
-                 class_names=config.classes, root=config.root)
+                 class_names=config.classes, root=config.root, verify=verify)
     for split, path in (("val", config.val), ("test", config.test)):
         if path:
-            extra = scan(path, val_fraction=0.0, seed=config.seed, class_names=index.class_names, root=config.root)
+            extra = scan(path, val_fraction=0.0, seed=config.seed, class_names=index.class_names, root=config.root,
+                         verify=verify)
             index.splits[split] = extra["train"].subset(np.arange(len(extra["train"])), split)
             index.skipped.extend(s._replace(split=split) for s in extra.skipped)
+    enforce(index, policy=config.policy)
     check_splits(index, selected=config.classes is not None, source=config.train)
     if config.samples_per_class:
         index.splits["train"] = _sample(index["train"], config.samples_per_class, seed=config.seed,
@@ -137,7 +142,8 @@ def check_splits(index, *, selected: bool, source: str) -> None:
     if selected:
         return  # classes outside data.classes are dropped on purpose
     for split in ("val", "test"):
-        extra = sorted({s.detail for s in index.skipped if s.split == split and s.reason == UNKNOWN_CLASS})
+        extra = sorted({unknown_class(s.detail) for s in index.skipped
+                        if s.split == split and s.reason == UNKNOWN_CLASS})
         if extra:
             raise ValueError(
                 f"The {split} split has classes the training split does not have: {extra}; a model trained on "
@@ -146,14 +152,11 @@ def check_splits(index, *, selected: bool, source: str) -> None:
             )
 
 
-def _near_names(details: list[str], class_names: list[str]) -> str:
+def _near_names(names: list[str], class_names: list[str]) -> str:
     """" Did you mean ...?" for folder names that differ from a training class only by case or spaces."""
-    import ast
-
     known = {name.strip().lower(): name for name in class_names}
     pairs = []
-    for detail in details:  # "class 'Bees '"
-        name = ast.literal_eval(detail.removeprefix("class "))
+    for name in names:
         if name.strip().lower() in known:
             pairs.append(f"{name!r} -> {known[name.strip().lower()]!r}")
     return f" Differing only by case or spaces: {', '.join(pairs)}." if pairs else ""

@@ -17,6 +17,7 @@ Semantics, chosen so that a distributed epoch equals a single-device epoch with 
   (:func:`synchronized_batchnorm`): their batch statistics are those of the global batch, computed in two
   passes as on one device, and every replica's moving averages stay identical.
 - The learning rate applies to the global batch as written; nothing rescales it with the replica count.
+- ``train.clip_norm`` clips the global norm of the summed (global-batch) gradient, as on one device.
 """
 
 from __future__ import annotations
@@ -127,10 +128,12 @@ def _global_moments(layer, inputs, mask):
 class DistributedSteps:
     """The compiled train and validation steps of one model and optimizer under ``strategy``."""
 
-    def __init__(self, strategy, model, optimizer, *, loss_weights: Sequence[float], label_smoothing: float):
+    def __init__(self, strategy, model, optimizer, *, loss_weights: Sequence[float], label_smoothing: float,
+                 clip_norm: float | None = None):
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
         self.loss_weights = [float(w) for w in loss_weights]
         self.label_smoothing = float(label_smoothing)
+        self.clip_norm = clip_norm
         self.train_step = self._make_train_step()
         self.eval_step = self._make_eval_step()
 
@@ -169,6 +172,8 @@ class DistributedSteps:
                     loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
                 scaled = optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled, model.trainable_variables)
+            if self.clip_norm is not None:
+                gradients = self._clip_global_norm(gradients, context)
             optimizer.apply(gradients, model.trainable_variables)
             correct = tf.reduce_sum(self._correct(labels, logits) * weights)
             return loss, count, correct, tf.reduce_sum(weights)
@@ -179,6 +184,22 @@ class DistributedSteps:
             return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in results]
 
         return train_step
+
+    def _clip_global_norm(self, gradients, context):
+        """This replica's gradients scaled so that their sum over replicas has at most ``clip_norm`` global norm.
+
+        Keras's ``global_clipnorm`` clips before the optimizer all-reduces, so each replica would clip its own
+        share and the update would differ from one device's; here every replica computes the norm of the summed
+        gradient (one more all-reduce of the gradients) and applies the same factor. Gradients are still
+        multiplied by the loss scale (mixed_float16), which the norm is divided by."""
+        import tensorflow as tf
+
+        present = [g for g in gradients if g is not None]
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, present)
+        scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
+        norm = tf.linalg.global_norm(total) / scale
+        factor = tf.minimum(1.0, self.clip_norm / norm)  # norm 0: factor 1; non-finite: the step is skipped
+        return [None if g is None else g * tf.cast(factor, g.dtype) for g in gradients]
 
     def _make_eval_step(self):
         import tensorflow as tf

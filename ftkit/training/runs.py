@@ -50,17 +50,28 @@ class ResumeState:
     rng: dict[str, list] = dataclasses.field(default_factory=dict)
 
 
+# Recipe keys added after runs were made, and their values that mean "off" (as before they existed).
+_LATER_KEYS = {("train", "early_stopping"): (None,), ("train", "clip_norm"): (None,),
+               ("train", "gradient_accumulation_steps"): (None, 1), ("data", "policy"): ("skip",)}
+
+
 def recipe_digest(recipe_dict: dict[str, Any]) -> str:
     """A digest of what determines the training.
 
     Left out: the ``train.verbose`` display flag; ``train.strategy``, since a distributed run computes the same
     global-batch steps as a single-device one, so a run may resume under another strategy; and
     ``train.final_model``, which picks the weights saved after training, not how they are trained (and is
-    absent from the recipes of runs started before it existed).
+    absent from the recipes of runs started before it existed). Keys added later count only when set (off,
+    they train as the runs started before them did, which still resume).
     """
     data = json.loads(json.dumps(recipe_dict, sort_keys=True))
+    train = data.get("train", {})
     for key in ("verbose", "strategy", "final_model"):
-        data.get("train", {}).pop(key, None)
+        train.pop(key, None)
+    for (section, key), off in _LATER_KEYS.items():
+        values = data.get(section, {})
+        if key in values and values[key] in off:
+            del values[key]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
