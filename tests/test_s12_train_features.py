@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from _training_helpers import QUIET, TINY_PLAIN, mnist_recipe, register_tiny
+from test_distributed import _MIRRORED, _env
 
 from ftkit.recipe import RecipeError, load_recipe
 from ftkit.schedule import lr_at, stalled_epochs
-
-TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -229,28 +226,6 @@ def test_two_accumulated_batches_of_4_make_the_step_of_one_batch_of_8(mnist, tmp
 
 # -- distributed -----------------------------------------------------------------------------------------
 
-_MIRRORED = r"""
-import json, sys
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import numpy as np
-from _training_helpers import register_tiny
-import ftkit
-register_tiny()
-job = json.loads(sys.argv[1])
-out = {}
-try:
-    ftkit.train(job["accumulate"], out=f"{job['tmp']}/refused", strategy="mirrored", log=lambda *a: None)
-except ValueError as exc:
-    out["refused"] = str(exc)
-for name, strategy in (("two", "mirrored"), ("one", "default")):
-    result = ftkit.train(job["recipe"], out=f"{job['tmp']}/{name}", strategy=strategy, log=lambda *a: None)
-    np.savez(f"{job['tmp']}/{name}.npz", *result.model.get_weights())
-    out[name] = result.history
-print("RESULT " + json.dumps(out))
-"""
-
 
 @pytest.mark.slow
 def test_mirrored_clips_the_global_gradient_stops_early_and_refuses_accumulation(mnist, tmp_path):
@@ -261,19 +236,19 @@ def test_mirrored_clips_the_global_gradient_stops_early_and_refuses_accumulation
              "early_stopping": {"patience": 1, "min_delta": 100.0}}
     recipe = mnist_recipe(mnist, backbone=TINY_PLAIN, phases=phases, train=train)
     accumulate = mnist_recipe(mnist, train={"gradient_accumulation_steps": 2})
-    job = {"tmp": str(tmp_path), "recipe": recipe, "accumulate": accumulate}
-    env = {**{k: v for k, v in os.environ.items() if k != "TF_CONFIG"}, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": str(TESTS)}
+    job = {"tmp": str(tmp_path), "runs": [["two", recipe, "mirrored"], ["one", recipe, "default"]],
+           "refused": [["refused", accumulate]]}
     proc = subprocess.run([sys.executable, "-c", _MIRRORED, json.dumps(job)], capture_output=True, text=True,
-                          timeout=240, env=env, cwd=tmp_path)
+                          timeout=240, env=_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    history = {name: out[name]["history"] for name in ("two", "one")}
     assert out["refused"] == ("train.gradient_accumulation_steps needs train.strategy default (one device); a "
                               "distributed strategy (2 replica(s) here) takes a larger data.batch_size instead, the "
                               "global batch over all replicas. Received: train.gradient_accumulation_steps=2")
     assert not (tmp_path / "refused").exists()
-    assert [row["phase"] for row in out["two"]] == [row["phase"] for row in out["one"]] == [0, 0, 1, 1]
-    assert [row["loss"] for row in out["two"]] == pytest.approx([row["loss"] for row in out["one"]], rel=1e-5)
+    assert [row["phase"] for row in history["two"]] == [row["phase"] for row in history["one"]] == [0, 0, 1, 1]
+    assert [row["loss"] for row in history["two"]] == pytest.approx([row["loss"] for row in history["one"]], rel=1e-5)
     two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
     for key in one.files:
         np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
