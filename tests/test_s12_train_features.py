@@ -148,6 +148,8 @@ def test_early_stopping_and_accumulation_resume_at_the_same_epoch_and_batch(mnis
     assert ("gradient accumulation: an update every 2 batches, carried across epochs (3 per epoch); the batches still "
             "accumulated when the phase ends make no update (the last 1 of its 9, or fewer if early stopping ends it "
             "sooner), since the next phase starts a fresh optimizer") in lines
+    assert ("gradient clipping: each update's gradient is scaled down to a global norm of 1 where it is larger "
+            "(train.clip_norm)") in lines
     # The second phase starts a fresh optimizer and learning-rate curve (cosine over its planned 9 batches),
     # which counts batches, not the updates of accumulated gradients (as Keras's schedules do).
     phase = plan_run(load_recipe(_es_recipe(mnist))).phases[1]

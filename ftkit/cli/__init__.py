@@ -8,6 +8,7 @@ happen inside those callables, so ``ftkit --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import codecs
 import difflib
 import importlib
 import os
@@ -54,15 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ESCAPE = "ftkit.escape"
+
+
+def _escape_unencodable(error: UnicodeEncodeError) -> tuple[str, int]:
+    """An encoding error handler: a surrogate escape of an undecodable byte (U+DC80..U+DCFF, os.fsdecode's)
+    becomes ``\\xNN``, the byte; any other character the stream cannot encode, its ``\\uNNNN`` escape."""
+    text = error.object[error.start:error.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else c.encode("ascii", "backslashreplace").decode() for c in text), error.end
+
+
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (CPU features, "failed call to cuInit" without a GPU) is noise to a
     # CLI user; set TF_CPP_MIN_LOG_LEVEL yourself to see it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # A file name that is not UTF-8 (os.fsdecode's surrogate escapes) printed to a UTF-8 terminal would raise
-    # mid-output; its undecodable bytes are printed escaped instead.
+    # mid-output; its undecodable bytes are printed as \xNN instead, as the doctor and the reports show them.
+    codecs.register_error(_ESCAPE, _escape_unencodable)
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
+            stream.reconfigure(errors=_ESCAPE)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:

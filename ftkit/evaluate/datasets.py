@@ -52,8 +52,10 @@ def _open_folder(path: Path, class_names: Sequence[str], *, split: str | None, a
         if split is not None:
             raise ValueError(f"DATA is a folder of class folders, with no split folders to choose from. "
                              f"Received: data={os.fspath(path)!r}, split={split!r}")
-        return image_io.scan_split(path, class_names, allow_missing_classes=allow_missing_classes,
-                                   only_model_classes=only_model_classes)
+        files = image_io.scan_split(path, class_names, allow_missing_classes=allow_missing_classes,
+                                    only_model_classes=only_model_classes)
+        files.split_note = "split: none (DATA has no split folders: all of it is evaluated)"
+        return files
     chosen, note = choose_split([name for name in sources.SPLITS if name in folders], split, path)
     files = image_io.scan_split(folders[chosen or "train"], class_names, allow_missing_classes=allow_missing_classes,
                                 only_model_classes=only_model_classes)

@@ -153,6 +153,20 @@ def default_report_dir(run_dir: str | Path, data: image_io.LabelledFiles, *, che
     raise FileExistsError(f"No free report folder name for {name!r} in {reports}. Received: data={source!r}")
 
 
+def _is_training_source(run_dir, data) -> bool:
+    """Whether ``data`` is the path the run at ``run_dir`` trained from (its ``recipe.yaml``'s ``data.train``,
+    relative paths read from the working folder, as training read them)."""
+    import yaml
+
+    if run_dir is None or not isinstance(data, str | Path):
+        return False
+    try:
+        trained = yaml.safe_load((Path(run_dir) / "recipe.yaml").read_text())["data"]["train"]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return False
+    return Path(trained).resolve() == Path(data).resolve()
+
+
 def _empty_folder(folder: Path) -> bool:
     return folder.is_dir() and not any(folder.iterdir())
 
@@ -192,6 +206,12 @@ def evaluate_run(
     # at once rather than after TensorFlow's start-up (seconds).
     index = _as_labelled(data, read_run_meta(meta_path)["class_names"], split=split,
                          allow_missing_classes=allow_missing_classes, only_model_classes=only_model_classes)
+    if not index.split and _is_training_source(run_dir, data):
+        index.warnings.append(
+            f"DATA is this run's own training source (its recipe's data.train) and has no split folders: the "
+            f"{len(index.paths)} images evaluated include those the model was trained on, so these scores are not "
+            f"held-out scores. The run's held-out split is scored in {Path(run_dir) / REPORT_DIR} at the end of "
+            f"training; evaluate a folder the model has not seen for another.")
     if out_dir is None:
         out_dir = default_report_dir(run_dir, index, checkpoint=checkpoint)
     return evaluate_model(

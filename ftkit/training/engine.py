@@ -859,6 +859,9 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
         log(line)
     if plan.data.sample_weights is not None:
         log(class_weight_line(recipe.train.class_weight, plan.data))
+    if recipe.train.clip_norm is not None:
+        log(f"gradient clipping: each update's gradient is scaled down to a global norm of {recipe.train.clip_norm:g} "
+            f"where it is larger (train.clip_norm)")
     if trainer.monitor != recipe.train.monitor:
         log(f"no val split: checkpoints/best.keras is chosen on the training {trainer.monitor}, not "
             f"{recipe.train.monitor} (set data.val_fraction above 0 or data.val for validation data)")
