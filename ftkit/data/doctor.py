@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ftkit.data import decode
-from ftkit.data.sources import UNKNOWN_CLASS, DataIndex, scan_unchecked, unknown_class
+from ftkit.data.sources import UNKNOWN_CLASS, DataIndex, classes_not_in_source, scan_unchecked, unknown_class
 
 _TEXT_LIMIT = 20  # rows per section on the terminal; the JSON always has them all
 
@@ -207,6 +207,8 @@ def check(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction
     problems = [p._asdict() for p in index.problems]
     if class_names is None:
         problems += _classes_training_lacks(index)
+    else:
+        problems = _classes_source_lacks(index, problems, class_names)
     if across:
         problems.append({"severity": "warning", "kind": "leakage",
                          "message": f"{len(across)} group(s) of byte-identical images in more than one split "
@@ -236,6 +238,21 @@ def _classes_training_lacks(index: DataIndex) -> list[dict]:
                         "message": f"the {split} split has classes the training split does not have: {named}; "
                                    f"`ftkit train` refuses them unless data.classes lists the classes to use"})
     return out
+
+
+def _classes_source_lacks(index: DataIndex, problems: list[dict], class_names: Sequence[str]) -> list[dict]:
+    """``problems`` with an error for selected classes that have no image in any split (a typo: training refuses
+    it in data.classes) in place of their "no training image" warnings. A selected class with images in val or
+    test only keeps its warning: a saved run's classes checked against evaluation data may lack some there."""
+    why = classes_not_in_source(index, splits=tuple(index.splits))
+    if not why:
+        return problems
+    counts = sum((s.counts(index.num_classes) for s in index.splits.values()), np.zeros(index.num_classes, np.int64))
+    absent = {f"class {name!r} has no training image"
+              for name, n in zip(index.class_names, counts, strict=True) if not n}
+    return [{"severity": "error", "kind": "class not in source",
+             "message": f"class_names: {why} Received: class_names={list(class_names)!r}"},
+            *(p for p in problems if p["message"] not in absent)]
 
 
 def _array_notes(split: str, data, *, channels: int, min_side: int) -> tuple[list[dict], list[dict]]:

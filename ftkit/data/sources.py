@@ -49,6 +49,8 @@ def unknown_class(detail: str) -> str:
     """The class named by an :data:`UNKNOWN_CLASS` skip record's detail (``class 'name'``, a repr)."""
     quoted = re.match(r"""class ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""", detail)
     return str(ast.literal_eval(quoted.group(1))) if quoted else detail
+
+
 NO_LABEL = "no label"
 NO_PATH = "no path"
 UNKNOWN_SPLIT = "unknown split"
@@ -237,7 +239,9 @@ def scan(source: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction:
 
     ``class_names`` fixes the classes and their order (a saved run's); by default they are the training
     classes, sorted. ``verify``: ``"header"`` (default; reads headers), ``"full"`` (decodes every image,
-    the default under ``policy="strict"``), ``"none"``. ``max_pixels`` is the decompression-bomb guard
+    the default under ``policy="strict"``), ``"none"``. ``"header"`` and ``"full"`` carve the same splits: a file
+    whose header reads but whose pixels do not is drawn like the others, then skipped in the split it was drawn
+    into (where training, reading headers only, meets it mid-epoch). ``max_pixels`` is the decompression-bomb guard
     (``None``: no limit). ``policy="skip"`` skips bad files and records them in ``skipped``;
     ``"strict"`` raises :class:`DataError` listing every bad file. Data that cannot be trained on (no
     image, a single class) raises :class:`DataError` under either policy.
@@ -329,6 +333,46 @@ def _check_args(*, val_fraction, test_fraction, policy, verify, max_pixels) -> N
     if val_fraction + test_fraction >= 1.0:
         raise ValueError("val_fraction + test_fraction must be below 1. "
                          f"Received: val_fraction={val_fraction!r}, test_fraction={test_fraction!r}")
+
+
+def source_classes(index: DataIndex) -> list[str]:
+    """The classes the source's training data has, whatever ``class_names`` selected: the selected classes with
+    a training image, and those of files left out as :data:`UNKNOWN_CLASS` (MNIST: its ten digits), sorted."""
+    if index.kind == "mnist":
+        return list(MNIST_CLASS_NAMES)
+    train = index.splits.get("train")
+    counts = train.counts(index.num_classes) if train is not None else np.zeros(index.num_classes, np.int64)
+    found = {name for name, count in zip(index.class_names, counts, strict=True) if count}
+    found |= {unknown_class(s.detail) for s in index.skipped if s.split == "train" and s.reason == UNKNOWN_CLASS}
+    return sorted(found)
+
+
+def classes_not_in_source(index: DataIndex, *, splits: Sequence[str] = ("train",)) -> str:
+    """Why some selected classes (``class_names`` given to :func:`scan`) name no class of the source: each one
+    without an image in ``splits``, with the closest class the source has (a typo), and the source's classes.
+    ``""`` when every selected class has an image there, or when the source has no class at all (nothing to
+    choose from: "no usable training image" says more). Training refuses such a selection, which would
+    otherwise build an output for a class without images and silently drop the files of the class meant."""
+    import difflib
+
+    counts = sum((index.splits[s].counts(index.num_classes) for s in splits if s in index.splits),
+                 np.zeros(index.num_classes, np.int64))
+    missing = [name for name, count in zip(index.class_names, counts, strict=True) if not count]
+    known = source_classes(index)
+    if not missing or not known:
+        return ""
+    unused = [name for name in known if name not in index.class_names] or known
+    lowered = {name.lower(): name for name in unused}
+    close = {name: lowered[match[0]] for name in missing
+             if (match := difflib.get_close_matches(name.lower(), list(lowered), n=1))}
+    where = "training image" if tuple(splits) == ("train",) else "image"
+    text = (f"{missing[0]!r} is not a class of {index.source} (no {where})." if len(missing) == 1 else
+            f"{', '.join(map(repr, missing))} are not classes of {index.source} (no {where}).")
+    if len(close) == 1 and len(missing) == 1:
+        text += f" Did you mean {close[missing[0]]!r}?"
+    elif close:
+        text += " Did you mean " + ", ".join(f"{match!r} for {name!r}" for name, match in close.items()) + "?"
+    return text + f" The source's classes: {', '.join(known)}."
 
 
 def enforce(index: DataIndex, *, policy: str) -> None:
@@ -550,6 +594,9 @@ class _Rows:
     pillow: array.array = dataclasses.field(default_factory=lambda: array.array("b"))
     codecs: array.array = dataclasses.field(default_factory=lambda: array.array("b"))
     lines: array.array = dataclasses.field(default_factory=lambda: array.array("i"))  # a CSV's rows only
+    # Files whose header reads but whose pixels do not (verify="full"): {path: (reason, detail)}. They stay rows
+    # until the splits are carved, so that every verify level carves the same splits (see _drop_undecodable).
+    undecodable: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
 
 def _inspect(entries: Entries, skipped: list[Skipped], *, verify: str, max_pixels: int | None,
@@ -567,10 +614,13 @@ def _inspect(entries: Entries, skipped: list[Skipped], *, verify: str, max_pixel
                     header = decode.inspect(path, verify=verify, max_pixels=max_pixels,
                                             count_frames=on_file is not None)
                 except decode.BadImage as bad:
-                    where = lines.where(split, i) if lines else ""
-                    skipped.append(Skipped(path, bad.reason, bad.detail + where, split))
-                    continue
-                if on_file is not None:
+                    header = _header_only(path, verify=verify, max_pixels=max_pixels)
+                    if header is None:
+                        where = lines.where(split, i) if lines else ""
+                        skipped.append(Skipped(path, bad.reason, bad.detail + where, split))
+                        continue
+                    acc.undecodable.setdefault(path, (bad.reason, bad.detail))
+                if on_file is not None and path not in acc.undecodable:
                     on_file(split, path, header)
                 acc.paths.append(path)
                 acc.classes.append(class_name)
@@ -581,6 +631,17 @@ def _inspect(entries: Entries, skipped: list[Skipped], *, verify: str, max_pixel
                 if lines:
                     acc.lines.append(lines.numbers[split][i])
     return rows
+
+
+def _header_only(path: str, *, verify: str, max_pixels: int | None) -> decode.Header | None:
+    """The header of a file that ``verify="full"`` found bad, when its header alone reads (a truncated JPEG):
+    such a file is a candidate for the splits as under ``verify="header"``, found bad within its split."""
+    if verify != "full":
+        return None
+    try:
+        return decode.inspect(path, verify="header", max_pixels=max_pixels)
+    except decode.BadImage:
+        return None
 
 
 def _codec(header: decode.Header | None) -> int:
@@ -612,11 +673,30 @@ def _build_index(rows: dict[str, _Rows], skipped: list[Skipped], folders: list[t
         splits[split] = Split(split, labels[keep], paths[keep], sizes.reshape(-1, 2)[keep], pillow[keep],
                               codecs=codecs[keep], lines=lines, lines_file=lines_file)
     splits, notes = carve_splits(splits, fractions=fractions, seed=seed)
+    splits = _drop_undecodable(splits, rows, skipped)
     index = DataIndex(names, splits, skipped, notes, source, kind, max_pixels)
-    present = {split: set(acc.classes) for split, acc in rows.items()}
+    present = {split: {c for p, c in zip(acc.paths, acc.classes, strict=True) if p not in acc.undecodable}
+               for split, acc in rows.items()}
     empty = [folder for split, name, folder in folders if name not in present.get(split, ())]
     index.problems.extend(_problems(index, empty))
     return index
+
+
+def _drop_undecodable(splits: dict[str, Split], rows: dict[str, _Rows], skipped: list[Skipped]) -> dict[str, Split]:
+    """``splits`` less the files whose pixels did not decode, each recorded as skipped in the split it was
+    drawn into: where training (headers only) meets it mid-epoch, so the doctor and ``policy="strict"`` (which
+    decode everything first) report the same split membership as training uses."""
+    bad = {path: why for acc in rows.values() for path, why in acc.undecodable.items()}
+    if not bad:
+        return splits
+    out = {}
+    for name, data in splits.items():
+        drop = np.fromiter((path in bad for path in data.paths), bool, len(data))
+        for path in dict.fromkeys(data.paths[drop]):
+            reason, detail = bad[path]
+            skipped.append(Skipped(path, reason, detail + data.where(path), name))
+        out[name] = data.subset(np.flatnonzero(~drop), name) if drop.any() else data
+    return out
 
 
 def carve_splits(splits: dict[str, Split], *, fractions: dict[str, float],
@@ -742,7 +822,8 @@ def _problems(index: DataIndex, empty: list[str]) -> list[Problem]:
     problems = [Problem("warning", "empty class", f"class folder {folder} has no usable image") for folder in empty]
     train = index.splits.get("train")
     if train is None or len(train) == 0:
-        return [*problems, Problem("error", "no images", f"no usable training image in {index.source}")]
+        return [*problems, Problem("error", "no images",
+                                   f"no usable training image in {index.source}{_flat_folder_hint(index)}")]
     counts = train.counts(index.num_classes)
     present = [n for n, c in zip(index.class_names, counts, strict=True) if c]
     if len(present) < 2:
@@ -762,6 +843,23 @@ def _problems(index: DataIndex, empty: list[str]) -> list[Problem]:
                                     f"the {split} split has no image of {', '.join(repr(n) for n in missing)}: "
                                     f"its {split} scores say nothing about {'it' if len(missing) == 1 else 'them'}"))
     return problems
+
+
+def _flat_folder_hint(index: DataIndex) -> str:
+    """For a folder with images at its top level and none in class folders (a class folder given as the root):
+    where images belong, and the parent folder to use instead."""
+    if index.kind != "folder":
+        return ""
+    root = os.path.normpath(index.source)
+    extensions = {ext for exts in decode.EXTENSIONS.values() for ext in exts}
+    images = sum(s.reason == OUTSIDE_CLASS and s.split == "train" and os.path.normpath(os.path.dirname(s.path)) == root
+                 and os.path.splitext(s.path)[1].lower() in extensions for s in index.skipped)
+    if not images:
+        return ""
+    parent = os.path.dirname(os.path.abspath(root))
+    return (f": images must sit in class subfolders (ROOT/<class>/<image>), and this folder has {images} image(s) "
+            f"at its top level. If it is one class of a data set, use its parent folder: "
+            f"`ftkit data check {parent}` (data.train: {parent})")
 
 
 # --- MNIST ----------------------------------------------------------------------------------------------

@@ -98,14 +98,16 @@ def epoch_order(labels: np.ndarray, *, seed: int, epoch: int, oversample: bool =
 def load_data(config: DataConfig, *, image_shape: tuple[int, int, int], class_weight=None) -> TrainingData:
     """Scan the recipe's data, select classes and samples, and check it can be trained on."""
     from ftkit.data import scan
-    from ftkit.data.sources import enforce
+    from ftkit.data.sources import enforce, scan_unchecked
 
     # Under data.policy: strict every image is decoded now, and every source's bad files are listed together
     # (enforce, below) rather than those of the first source that has one.
     verify = "full" if config.policy == "strict" else None
-    index = scan(config.train, val_fraction=0.0 if config.val else config.val_fraction,
-                 test_fraction=0.0 if config.test else config.test_fraction, seed=config.seed,
-                 class_names=config.classes, root=config.root, verify=verify)
+    index = scan_unchecked(config.train, val_fraction=0.0 if config.val else config.val_fraction,
+                           test_fraction=0.0 if config.test else config.test_fraction, seed=config.seed,
+                           class_names=config.classes, root=config.root, verify=verify)
+    check_classes(index, config.classes)
+    enforce(index, policy="skip")  # unusable training data stops here, before the other sources are read
     for split, path in (("val", config.val), ("test", config.test)):
         if path:
             extra = scan(path, val_fraction=0.0, seed=config.seed, class_names=index.class_names, root=config.root,
@@ -129,6 +131,17 @@ def load_data(config: DataConfig, *, image_shape: tuple[int, int, int], class_we
                         resize=config.resize, batch_size=config.batch_size, seed=config.seed,
                         oversample=config.oversample,
                         sample_weights=class_weights(class_weight, index["train"].labels, index.class_names))
+
+
+def check_classes(index, classes) -> None:
+    """Refuse a data.classes entry that names no class of the training source (a typo): it would get an output
+    with no image to learn from while the class meant is dropped. Checked before the data's own problems, which
+    such a typo turns into a misleading "a single class"."""
+    from ftkit.data.sources import classes_not_in_source
+
+    why = classes_not_in_source(index) if classes is not None else ""
+    if why:
+        raise ValueError(f"data.classes: {why} Received: data.classes={list(classes)!r}")
 
 
 def check_splits(index, *, selected: bool, source: str) -> None:
