@@ -4,13 +4,15 @@ Sections: ``data``, ``augment``, ``backbone``, ``head``, ``schedule``, ``train``
 owns the schema of its section (``HeadConfig`` in ``ftkit.head``, ``ScheduleConfig`` in ``ftkit.schedule``,
 ``AugmentConfig`` in ``ftkit.augment``); this module composes them, loads YAML safely, applies
 ``--set section.key=value`` overrides, shrinks a recipe for ``--smoke``, and turns pydantic's errors into
-messages that name the place (``schedule.phases[1].lr``), what was received and what is allowed.
+messages that name the place (``schedule.phases[1].lr``), what was received and what is allowed. Its
+reference of every key (docs/RECIPES.md) is generated from the same schema: ``python -m ftkit.recipe --reference``.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -31,7 +33,7 @@ from pydantic import (
 
 from ftkit.augment.config import AugmentConfig
 from ftkit.head import HeadConfig
-from ftkit.schedule import ScheduleConfig
+from ftkit.schedule import TRAIN_FORMS, ScheduleConfig
 
 SECTIONS = ("data", "augment", "backbone", "head", "schedule", "train", "evaluate")
 SMOKE_STEPS = 2
@@ -239,11 +241,14 @@ def _kind(value: Any) -> str:
 
 def _allowed_at(loc: list, value: Any) -> str:
     """The allowed forms of the value at ``loc`` in words, from the schema where it is a plain field."""
-    annotation = _annotation_at([part for part in loc if not isinstance(part, int)])
+    path = [part for part in loc if not isinstance(part, int)]
+    annotation = _annotation_at(path)
     if annotation is not None and loc and isinstance(loc[-1], int):
         annotation = _item_annotation(annotation, loc[-1])
-    if annotation is not None:
-        return _join(_forms(annotation))
+        if annotation is not None:
+            return _join(_forms(annotation))
+    elif annotation is not None:
+        return _join(_field_forms(path, annotation))
     return {bool: "true or false", int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 
 
@@ -352,7 +357,35 @@ def _split(item: str) -> tuple[str, Any]:
     try:
         return key.strip(), yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"--set {key}: the value is not a YAML scalar ({exc}). Received: {text!r}") from exc
+        raise RecipeError(f"--set {key}: the value is not valid YAML ({_yaml_reason(exc)}). {_spelling(key.strip())} "
+                          f"Received: {text!r}") from exc
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """The parser's reason in one line (PyYAML's own text spans several, with a caret under the value)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        column = f" at column {exc.problem_mark.column + 1}" if exc.problem_mark else ""
+        return ", ".join(filter(None, [exc.context, f"{exc.problem}{column}"]))
+    return str(exc).splitlines()[0]
+
+
+# Examples for keys whose default (null) shows no spelling of a value.
+_EXAMPLES: dict[str, Any] = {"data.image_size": [32, 32], "data.classes": ["cat", "dog"],
+                             "train.class_weight": {"cat": 1.0, "dog": 2.0}, "train.early_stopping": {"patience": 3}}
+
+
+def _spelling(key: str) -> str:
+    """How a list, a mapping or a string with YAML's signs is written on the command line, with an example for
+    ``key`` where the schema gives one (its default, or :data:`_EXAMPLES`)."""
+    text = ("Write lists as [a, b] and mappings as {key: value}, quote strings that hold ':', '#' or brackets, "
+            "and quote the whole --set argument for the shell")
+    path = [part for part in parse_key(key) if not isinstance(part, int)]
+    field = _field_at(path)
+    default = None if field is None or field.is_required() else field.get_default(call_default_factory=True)
+    example = _EXAMPLES.get(".".join(path), default)
+    if example in (None, [], {}) or isinstance(example, BaseModel):
+        return text + "."
+    return f"{text}: --set '{key}={_flow(example, quote=json.dumps)}'."
 
 
 # -- smoke ----------------------------------------------------------------------------------------------
@@ -423,8 +456,10 @@ def _line(error: dict[str, Any], loc: list, data: Any = None) -> str:
     if error["type"] == "extra_forbidden":
         key = str(loc[-1])
         allowed = _allowed_keys(loc[:-1])
+        elsewhere = _key_paths().get(key, [])
         close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        # A key that exists elsewhere was most likely written in the wrong section (batch_size at the top level).
+        hint = f" Did you mean {_join(elsewhere)}?" if elsewhere else f" Did you mean {close[0]!r}?" if close else ""
         parent = _place(loc[:-1]) or "the top level"
         return f"- unknown key {key!r} in {parent}.{hint} Allowed keys: {allowed}. Received: {where}"
     if error["type"] == "missing" and loc and isinstance(loc[-1], int):  # a position of a fixed-length list
@@ -436,7 +471,12 @@ def _line(error: dict[str, Any], loc: list, data: Any = None) -> str:
     message = _message(error)
     if "Received:" in message:  # our own validators already say what they received
         return f"- {where or 'the recipe'}: {message}"
-    if error["type"] in _TYPE_ERRORS and _annotation_at(loc) is not None:
+    if error["type"] in _CONTAINER_ERRORS and _annotation_at(loc) is not None:
+        # pydantic names the Python type ("a valid tuple"); a recipe writes lists, so say what the key takes
+        message = f"must be {_allowed_at(loc, error['input'])}"
+        length = error.get("ctx", {}).get("actual_length")
+        message += "" if length is None else f"; it has {length} items"
+    elif error["type"] in _TYPE_ERRORS and _annotation_at(loc) is not None:
         allowed = _allowed_at(loc, error["input"])
         message += "" if allowed == "a string" else f"; allowed: {allowed}"  # pydantic's "valid string" says it
     ending = "" if message.endswith((".", "?")) else "."
@@ -472,8 +512,9 @@ def _union_line(base: list, members: list[tuple[dict, list, int]], data: Any) ->
     return f"- {where}: must be {allowed}. Received: {where}={received!r}"
 
 
+_CONTAINER_ERRORS = frozenset({"list_type", "tuple_type", "dict_type", "too_long", "too_short"})
 _TYPE_ERRORS = frozenset({"int_from_float", "int_parsing", "int_type", "float_parsing", "float_type",
-                          "bool_parsing", "bool_type", "string_type", "list_type", "tuple_type", "dict_type"})
+                          "bool_parsing", "bool_type", "string_type"})
 
 
 def _class_names_line(loc: list, received: Any, what: str) -> str:
@@ -556,25 +597,54 @@ def _forms(annotation: Any) -> list[str]:
     if origin is Literal:
         return [repr(value) for value in args]
     if origin is Annotated:
-        bounds = [f"{symbol} {getattr(meta, name)}" for meta in annotation.__metadata__
+        # :g so that 0 and 0.0 read alike: typing's cache can hand back an earlier, equal Annotated[float, Gt(0)]
+        # for Annotated[float, Gt(0.0)], so which of the two a bound holds depends on what was built first
+        bounds = [f"{symbol} {getattr(meta, name):g}" for meta in annotation.__metadata__
                   for name, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
                   if getattr(meta, name, None) is not None]
         return [form if form == "null" else f"{form} {' and '.join(bounds)}".strip() for form in _forms(args[0])]
     if annotation is type(None):
         return ["null"]
+    if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length: [height, width], [min, max]
+        if all(arg == args[0] for arg in args):
+            return [f"a list of {len(args)} {_plural(args[0])}"]
+        return [f"a list of {len(args)} items ({', '.join(_join(_forms(arg)) for arg in args)})"]
     if origin in (list, tuple):
         return [f"a list of {_plural(args[0]) if args else 'values'}"]
     if origin is dict:
         return [f"a mapping of {_plural(args[0])} to {_plural(args[1])}"]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [f"a mapping with keys {sorted(annotation.model_fields)}"]
-    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Any: "any value"}
     return [words.get(annotation, getattr(annotation, "__name__", str(annotation)))]
 
 
+_PLURALS = {"an integer": "integers", "a number": "numbers", "a string": "strings", "true or false": "true/false values",
+            "a mapping": "mappings", "a list": "lists", "any value": "values"}
+
+
 def _plural(annotation: Any) -> str:
-    words = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
-    return words.get(annotation, "values")
+    """The items of a list or mapping of ``annotation``, in words: ``integers > 0``, ``items from 'val', 'test'``."""
+    forms = _forms(annotation)
+    if all(form.startswith(("'", '"')) or form[:1].isdigit() for form in forms):  # literals
+        return f"items from {', '.join(forms)}"
+    plural = []
+    for form in forms:
+        singular = next((word for word in _PLURALS if form.startswith(word)), None)
+        plural.append(form if singular is None else _PLURALS[singular] + form[len(singular):])
+    return " or ".join(plural)
+
+
+# What a list-valued key's items stand for, shown after its form ("a list of 2 integers > 0 ([height, width])").
+_SHAPES = {"data.image_size": "[height, width]", "random_resized_crop.scale": "[min, max]",
+           "random_resized_crop.ratio": "[min, max]", "random_erasing.scale": "[min, max]",
+           "random_erasing.ratio": "[min, max]", "grid_mask.ratio_factor": "[min, max]"}
+
+
+def _field_forms(path: list[str], annotation: Any) -> list[str]:
+    """:func:`_forms` of the field at ``path``, with what its items stand for where :data:`_SHAPES` says."""
+    shape = _SHAPES.get(".".join(path))
+    return [f"{form} ({shape})" if shape and form.startswith("a list") else form for form in _forms(annotation)]
 
 
 def _join(forms: list[str]) -> str:
@@ -604,6 +674,42 @@ def _schema_at(loc: list) -> tuple[Any, Any, bool]:
     return model, annotation, True
 
 
+def _field_at(path: list[str]) -> Any:
+    """The pydantic ``FieldInfo`` at ``path`` (names only, no list indices), or ``None``."""
+    model, field = Recipe, None
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+    return field
+
+
+@functools.cache
+def _key_paths() -> dict[str, list[str]]:
+    """Every key name of the schema -> the full paths where it is a key (``batch_size`` -> ``data.batch_size``);
+    a list of models is written with ``[i]`` (``schedule.phases[i].lr``)."""
+    paths: dict[str, list[str]] = {}
+    for path, _ in _schema_fields(Recipe):
+        paths.setdefault(path.rsplit(".", 1)[-1], []).append(path)
+    return paths
+
+
+def _schema_fields(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted path, FieldInfo)`` of every field of ``model`` and of the models nested in it, depth first."""
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        yield path, field
+        nested = _model_in(field.annotation)
+        if nested is not None and nested.model_fields:
+            yield from _schema_fields(nested, f"{path}[i]." if _is_list(field.annotation) else f"{path}.")
+
+
+def _is_list(annotation: Any) -> bool:
+    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return any(get_origin(option) is list for option in options)
+
+
 def _model_in(annotation: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
@@ -617,3 +723,221 @@ def _model_in(annotation: Any) -> Any:
 def dump_recipe(recipe: Recipe, path: str | Path, *, header: str = "") -> None:
     text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
     Path(path).write_text((header + "\n" if header else "") + text)
+
+
+# -- reference ------------------------------------------------------------------------------------------
+
+# One line per key, for docs/RECIPES.md. A field's own pydantic ``description`` wins; a test checks that every
+# key of the schema has one here or there, and that nothing here names a key the schema lacks.
+_MEANINGS: dict[str, str] = {
+    "data.train": "a folder of class folders (with or without train/val/test split folders), a CSV of "
+                  "path,label[,split], or an MNIST folder",
+    "data.val": "a separate validation source (folder or CSV); default: the data's own val split, or one "
+                "carved from train",
+    "data.test": "a separate test source (folder or CSV); default: the data's own test split, or one carved "
+                 "from train",
+    "data.root": "the folder a CSV's relative paths start from (default: the CSV's own folder)",
+    "data.val_fraction": "held out from train (stratified, seeded) when there is no val split and data.val is "
+                         "not given; 0: no validation",
+    "data.test_fraction": "likewise for test, when there is no test split",
+    "data.image_size": "the size images are resized to (default: the backbone's input size)",
+    "data.channels": "1 (grayscale, the luma) or 3 (RGB); default: the backbone's",
+    "data.resize": "stretch to the size, centre-crop to its aspect first, or pad (letterbox)",
+    "data.batch_size": "images per step, all replicas together",
+    "data.classes": "keep only these classes, in this order",
+    "data.samples_per_class": "train on a labelled sample of the training split, this many per class",
+    "data.max_samples_per_class": "cap the training split at this many per class (a class with fewer is kept "
+                                  "whole; smoke runs)",
+    "data.eval_samples_per_class": "cap val and test the same way (smoke runs)",
+    "data.oversample": "resample the training split to balanced classes each epoch",
+    "data.seed": "seed of the carved splits and of the samples",
+    "data.policy": "skip: bad files are left out and reported; strict: every image is decoded first and any "
+                   "bad file or warning stops the run",
+    "augment.backend": "which back end runs augmentation: keras (ops), albumentations, or none",
+    "augment.seed": "the same seed gives the same augmented batches, each epoch different",
+    "augment.ops": "keras back end: ops run in order, each {op_name: {params}} (see the ops below)",
+    "augment.albumentations": "albumentations back end: its own serialised dict (A.to_dict(pipeline)), as YAML",
+    "augment.mixup": "MixUp (Zhang et al. 2018), off when null",
+    "augment.mixup.alpha": "the mixing weight is drawn from Beta(alpha, alpha)",
+    "augment.cutmix": "CutMix (Yun et al. 2019), off when null",
+    "augment.cutmix.alpha": "the pasted box's area fraction is 1 - Beta(alpha, alpha)",
+    "augment.mix_prob": "the probability that a batch is mixed",
+    "augment.switch_prob": "with both mixup and cutmix set, the probability that a mixed batch uses CutMix",
+    "augment.parallel_reproducible": "refuse the ops that reproduce only in order (rand_augment, aug_mix, "
+                                     "grid_mask)",
+    "augment.crop_in_graph": "albumentations back end: a leading RandomResizedCrop runs in the graph; false "
+                             "keeps it in albumentations, per image",
+    "backbone.name": "a registered backbone (ftkit.list_backbones() names them)",
+    "backbone.weights": "null, a named set (imagenet), a weights file, or a hashed URL",
+    "backbone.init_from": "a run folder whose backbone weights initialise this one",
+    "backbone.init_match": "exact: the same architecture, every weight copied; by_name: the layers whose "
+                           "names and shapes agree",
+    "head.pooling": "how the backbone's feature map becomes a vector",
+    "head.dropout": "dropout rate before each dense layer of the head (0: none)",
+    "head.hidden": "widths of dense layers before the classifier",
+    "head.hidden_activation": "activation of those dense layers",
+    "head.label_smoothing": "label smoothing of the cross-entropy loss",
+    "head.aux_loss_weight": "weight of auxiliary classifiers' losses (GoogLeNet paper, Sec. 5)",
+    "schedule.preset": "a named schedule (see Presets below); null when phases are written out",
+    "schedule.epochs": "preset: epochs of each phase (the head phase's; the later ones' too unless "
+                       "unfrozen_epochs is set)",
+    "schedule.unfrozen_epochs": "preset: epochs of the unfrozen phases (default: epochs)",
+    "schedule.lr": "preset: the head phase's learning rate",
+    "schedule.unfrozen_lr": "preset: the unfrozen phases' rate (default: lr / 10)",
+    "schedule.lr_schedule": "preset: the learning-rate curve of every phase",
+    "schedule.warmup_epochs": "preset: linear warm-up at the start of every phase, in epochs",
+    "schedule.lr_decay": "preset: per-group multiplier of the unfrozen phases, compounding towards the stem",
+    "schedule.train_bn": "preset: BatchNorm layers of frozen groups keep training",
+    "schedule.phases": "explicit phases, run in order (without a preset)",
+    "schedule.phases[i].name": "shown in logs and history (default: phase<i>)",
+    "schedule.phases[i].epochs": "epochs of this phase",
+    "schedule.phases[i].train": "the layer groups that train in this phase (the rest are frozen)",
+    "schedule.phases[i].lr": "learning rate (global, per step)",
+    "schedule.phases[i].lr_schedule": "the learning-rate curve over the phase",
+    "schedule.phases[i].warmup_epochs": "linear warm-up at the start of the phase, in epochs",
+    "schedule.phases[i].step_gamma": "'step': the factor applied every step_epochs",
+    "schedule.phases[i].train_bn": "BatchNorm layers of frozen groups keep training (and run in training mode)",
+    "schedule.phases[i].lr_multipliers": "explicit rate multiplier per layer group (wins over lr_decay)",
+    "train.seed": "seed of weights initialisation and training",
+    "train.optimizer": "the optimizer",
+    "train.momentum": "sgd only",
+    "train.weight_decay": "adamw only",
+    "train.precision": "Keras dtype policy",
+    "train.jit_compile": "compile the train step with XLA",
+    "train.class_weight": "per-class loss weights by class name; auto: balanced, from training counts",
+    "train.feature_cache": "head-only phases without augmentation train on cached backbone features",
+    "train.steps_per_epoch": "cap on steps per epoch (smoke runs); default: one pass over the data",
+    "train.validation_steps": "cap on validation steps per epoch; default: the whole split",
+    "train.monitor": "the metric that picks the best epoch and that early stopping watches",
+    "train.final_model": "the epoch that becomes model.keras and is evaluated: the last, or the best monitor "
+                         "value",
+    "train.deterministic": "enable_op_determinism: bit-reproducible runs and resumes, slower on GPU",
+    "train.strategy": "tf.distribute strategy; auto: multi_worker for a cluster, mirrored with several GPUs, "
+                      "else default",
+    "train.verbose": "Keras's progress output",
+    "train.early_stopping": "end a phase once train.monitor has stalled; off when null",
+    "train.early_stopping.patience": "epochs of the phase without an improvement before it ends",
+    "train.early_stopping.min_delta": "an improvement beats the phase's best by more than this",
+    "train.clip_norm": "rescale each update's gradient to this global norm when larger",
+    "train.gradient_accumulation_steps": "average the gradients of this many batches per update",
+    "evaluate.enabled": "score the final model and write a report per split after training",
+    "evaluate.splits": "the splits evaluated (a split the data lacks is logged and skipped)",
+    "evaluate.top_k": "the k of the top-k accuracies in the report",
+}
+
+_SECTION_NOTES: dict[str, str] = {
+    "schedule": """\
+### Presets
+
+- `freeze`: one phase, the head only (`train: head`), `schedule.epochs` epochs at `schedule.lr`.
+- `freeze_unfreeze`: that head phase, then one phase that trains everything (`train: all`) for
+  `unfrozen_epochs` at `unfrozen_lr`, with `lr_decay`.
+- `gradual`: the head phase, then one phase per backbone layer group, each unfreezing one more group from the
+  top (`train: 1`, `2`, ...), for `unfrozen_epochs` at `unfrozen_lr`, with `lr_decay`.
+
+### Phases
+
+`schedule.phases` writes the phases out instead, each a mapping with the keys below.
+
+A schedule takes a preset or explicit phases, not both. To switch a recipe with explicit phases to a preset
+from the command line, empty the list: `--set 'schedule.phases=[]' --set schedule.preset=freeze_unfreeze`; the
+other way: `--set schedule.preset=null --set 'schedule.phases=[{train: head, epochs: 2}, {train: all, lr: 1.0e-4}]'`.
+A preset's phases are not a list to index: set its own keys (`--set schedule.unfrozen_lr=1e-4`).
+""",
+}
+
+_TYPE_WORDS: dict[str, str] = {
+    "augment.ops": "a list of {op_name: {params}}",
+    "augment.albumentations": "a mapping (albumentations' format) or null",
+    "schedule.phases": "a list of phases",
+    "schedule.phases[i].train": TRAIN_FORMS,
+}
+
+
+def recipe_reference() -> str:
+    """docs/RECIPES.md: every section and key of the recipe schema with its allowed values, default and meaning.
+
+    Generated from the schema (``python -m ftkit.recipe --reference``) so it cannot drift from it.
+    """
+    from ftkit.augment.config import OPS
+
+    out = ["# Recipe reference", "",
+           "<!-- Generated by `python -m ftkit.recipe --reference > docs/RECIPES.md` from the schema in "
+           "ftkit/recipe.py; a test fails when this file is out of date. -->", "",
+           "A recipe is YAML with one section per pipeline stage. `data`, `backbone` and `schedule` are required; "
+           "the other sections and every key with a default may be left out. Any key can be overridden on the "
+           "command line with `--set section.key=value` (the value is read as YAML; quote the whole argument "
+           "when it holds brackets or spaces: `--set 'data.image_size=[32, 32]'`). Learning rates are written "
+           "`1.0e-3` or `0.001` (YAML 1.1 reads `1e-3` as a string; ftkit accepts it too).", ""]
+    for section, field in Recipe.model_fields.items():
+        model = _model_in(field.annotation)
+        needed = "required" if field.is_required() else "optional"
+        out += [f"## `{section}` ({needed})", ""]
+        out += _reference_table(model, f"{section}.", skip=("phases",))
+        if section in _SECTION_NOTES:
+            out += ["", _SECTION_NOTES[section].rstrip()]
+        if section == "schedule":
+            out += ["", *_reference_table(ScheduleConfig.model_fields["phases"].annotation.__args__[0],
+                                          "schedule.phases[i].")]
+        if section == "augment":
+            out += ["", "### Ops (`augment.ops`, keras back end)", "",
+                    "Each item is `{op_name: {params}}` (or the bare name for the defaults); the params:", ""]
+            for name, op in OPS.items():
+                out += [f"#### `{name}`", "", " ".join(op.__doc__.split("\n\n")[0].split()), "",
+                        *_reference_table(op, f"{name}.", meanings=False), ""]
+            out.pop()
+        out.append("")
+    return "\n".join(out)
+
+
+def _reference_table(model: Any, prefix: str, *, skip: tuple[str, ...] = (), meanings: bool = True) -> list[str]:
+    """A Markdown table of ``model``'s fields (and of the models nested in them) under ``prefix``."""
+    head = ["| key | allowed | default | meaning |", "| --- | --- | --- | --- |"]
+    rows = []
+    for path, field in _schema_fields(model, prefix):
+        if any(path.startswith(f"{prefix}{name}[") for name in skip):
+            continue
+        meaning = field.description or _MEANINGS.get(path, "") if meanings else ""
+        default = "required" if field.is_required() else f"`{_flow(field.get_default(call_default_factory=True))}`"
+        key = path.removeprefix(prefix)
+        rows.append(f"| `{key}` | {_cell(_type_words(path, field))} | {default} | {_cell(meaning)} |")
+    if not meanings:
+        head, rows = ["| param | allowed | default |", "| --- | --- | --- |"], [row.rsplit(" | ", 1)[0] + " |"
+                                                                              for row in rows]
+    return head + rows
+
+
+def _type_words(path: str, field: Any) -> str:
+    if path in _TYPE_WORDS:
+        return _TYPE_WORDS[path]
+    annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return _join(_field_forms(path.split("."), annotation)) if "[i]" not in path else _join(_forms(annotation))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _flow(value: Any, *, quote: Any = repr) -> str:
+    """``value`` in YAML's flow style, as written in a recipe or after ``--set`` (``[32, 32]``, ``{patience: 3}``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return quote(value)
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_flow(item, quote=quote) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_flow(item, quote=quote)}" for key, item in value.items()) + "}"
+    return repr(value)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--reference"]:
+        sys.exit(f"usage: python -m ftkit.recipe --reference > docs/RECIPES.md. Received: {sys.argv[1:]}")
+    print(recipe_reference(), end="")
