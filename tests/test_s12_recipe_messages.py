@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftkit.recipe import _MEANINGS, Recipe, RecipeError, _schema_fields, load_recipe, recipe_reference
+from ftkit.recipe import Recipe, RecipeError, _schema_fields, load_recipe
+from ftkit.recipe_reference import _MEANINGS, recipe_reference
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"  # schedule: preset freeze_unfreeze
@@ -77,7 +78,7 @@ def test_a_key_in_the_wrong_place_names_where_it_belongs():
 
 def test_the_reference_is_the_schema_s_own():
     assert REFERENCE.read_text() == recipe_reference(), (
-        "docs/RECIPES.md is out of date: python -m ftkit.recipe --reference > docs/RECIPES.md")
+        "docs/RECIPES.md is out of date: python -m ftkit.recipe_reference > docs/RECIPES.md")
 
 
 def test_every_key_has_a_meaning_and_none_is_stale():
