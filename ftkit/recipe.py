@@ -5,7 +5,7 @@ owns the schema of its section (``HeadConfig`` in ``ftkit.head``, ``ScheduleConf
 ``AugmentConfig`` in ``ftkit.augment``); this module composes them, loads YAML safely, applies
 ``--set section.key=value`` overrides, shrinks a recipe for ``--smoke``, and turns pydantic's errors into
 messages that name the place (``schedule.phases[1].lr``), what was received and what is allowed. Its
-reference of every key (docs/RECIPES.md) is generated from the same schema: ``python -m ftkit.recipe --reference``.
+reference of every key (docs/RECIPES.md) is generated from the same schema: ``python -m ftkit.recipe_reference`` (:mod:`ftkit.recipe_reference`).
 """
 
 from __future__ import annotations
