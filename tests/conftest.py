@@ -11,15 +11,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def _printable(text):
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if isinstance(text, str) else text
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_logreport(report):
     """Captured output with file names that are not UTF-8 (the tests of such names log them) made escaped text:
     pytest-xdist sends each report to the controller as UTF-8, and a lone surrogate there crashes the worker."""
-    report.sections = [(title, _printable(content)) for title, content in report.sections]
+    from ftkit.data.sources import printable
+
+    report.sections = [(title, printable(content) if isinstance(content, str) else content)
+                       for title, content in report.sections]
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from ftkit.data import decode
-from ftkit.data.sources import UNKNOWN_CLASS, DataIndex, classes_not_in_source, scan_unchecked, unknown_class
+from ftkit.data.sources import (
+    UNKNOWN_CLASS,
+    DataIndex,
+    classes_not_in_source,
+    printable,
+    scan_unchecked,
+    unknown_class,
+)
 
 _TEXT_LIMIT = 20  # rows per section on the terminal; the JSON always has them all
 
@@ -122,7 +129,7 @@ class DoctorReport:
         lines += ["", f"Verdict: {verdict}"]
         # A file name that is not UTF-8 (os.fsdecode's surrogate escapes) would make a UTF-8 terminal refuse the
         # whole report; shown instead with its undecodable bytes as \xNN. The JSON keeps the name exactly.
-        return "\n".join(lines).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return printable("\n".join(lines))
 
 
 def _count_table(class_names: list[str], counts: dict[str, dict[str, int]]) -> list[str]:

@@ -45,6 +45,13 @@ OUTSIDE_CLASS = "not in a class folder"
 UNKNOWN_CLASS = "class not in the training classes"
 
 
+def printable(text: str) -> str:
+    """``text`` for a reader: a file name that is not UTF-8 (os.fsdecode's surrogate escapes) shows its
+    undecodable bytes as ``\\xNN``, where writing it as UTF-8 would fail. Files meant to be read back
+    (``predictions.csv``) keep the exact bytes instead (``errors="surrogateescape"``); JSON escapes them."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def unknown_class(detail: str) -> str:
     """The class named by an :data:`UNKNOWN_CLASS` skip record's detail (``class 'name'``, a repr)."""
     quoted = re.match(r"""class ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""", detail)

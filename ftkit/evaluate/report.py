@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ftkit.data.sources import printable
 from ftkit.evaluate import gallery, plots
 from ftkit.evaluate.images import count_by_reason, describe
 
@@ -195,12 +196,6 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
-
-def printable(text: str) -> str:
-    """``text`` for a reader: a file name that is not UTF-8 (os.fsdecode's surrogate escapes) shows its
-    undecodable bytes as ``\\xNN``, where writing it as UTF-8 would fail. ``predictions.csv`` keeps the exact
-    bytes instead (written and read with ``errors="surrogateescape"``), and ``report.json`` escapes them."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def html_page(title: str, body: str) -> str:
