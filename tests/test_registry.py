@@ -512,6 +512,43 @@ def test_the_listing_cache_follows_edits_and_upgrades_of_a_plugin(plugin_path, t
     assert list(json.loads(cache.read_text())["backbones"]) == ["dist-a:net_a"]
 
 
+def _write_package_plugin(root: Path, *, width: int, editable: bool) -> Path:
+    """A plugin package whose entry point (``fake_plugin_pkg.api:net``) takes its layer width from another
+    module of the package (``blocks.py``), installed editable (PEP 660's direct_url.json) or not."""
+    package = root / "fake_plugin_pkg"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "blocks.py").write_text(f"WIDTH = {width}\n")
+    (package / "api.py").write_text(GOOD_BUILDER.format(fn="net").replace("Conv2D(4,", "Conv2D(WIDTH,")
+                                    + "from fake_plugin_pkg.blocks import WIDTH\n")
+    info = root / "dist_pkg-1.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dist-pkg\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[ftkit.backbones]\nnet = fake_plugin_pkg.api:net\n")
+    if editable:
+        (info / "direct_url.json").write_text(json.dumps({"url": root.as_uri(), "dir_info": {"editable": True}}))
+    return package / "blocks.py"
+
+
+@pytest.mark.parametrize("editable", [True, False])
+def test_an_edit_anywhere_in_an_editable_plugin_package_is_seen_by_the_listing(plugin_path, tmp_path, editable):
+    """An editable install's version stays the same while its source changes, in any of its files; a regular
+    install's files change only with its version, so only the module the entry point names is watched."""
+    blocks = _write_package_plugin(plugin_path, width=4, editable=editable)
+    cache = tmp_path / "cache.json"
+
+    def counted():
+        for name in [m for m in sys.modules if m.startswith("fake_plugin_pkg")]:
+            del sys.modules[name]
+        return _registry_for(plugin_path, cache=cache).parameters("net")
+
+    assert counted() == (3 * 9 * 4 + 4) + (4 * 3 + 3)
+    blocks.write_text("WIDTH = 6\n")  # a new mtime and size in a module the entry point does not name
+    assert counted() == ((3 * 9 * 6 + 6) + (6 * 3 + 3) if editable else (3 * 9 * 4 + 4) + (4 * 3 + 3))
+    assert json.loads(cache.read_text())["backbones"]["dist-pkg:net"]["fingerprint"].startswith(
+        "1.0 fake_plugin_pkg.api:net tree-" if editable else "1.0 fake_plugin_pkg.api:net ")
+
+
 def test_listing_reports_a_builder_that_returns_no_model_and_caches_that(plugin_path, tmp_path):
     _write_plugin(plugin_path, "fake_plugin_none", GOOD_BUILDER.format(fn="net") + "def nothing(**kwargs):\n    return None\n",
                   {"nothing": "fake_plugin_none:nothing", "net": "fake_plugin_none:net"}, "dist-none", "0.3")

@@ -4,12 +4,15 @@ Reading a plugin's metadata means importing its module, and most plugins import 
 at the top; counting parameters means building the model. Both are done once per installed version and cached
 in ``$XDG_CACHE_HOME/ftkit/backbones.json`` (``~/.cache/ftkit/...``), so a repeated listing imports neither
 the plugin nor TensorFlow. A record is valid while its fingerprint matches: the distribution's version, the
-entry point's value, the mtime and size of the module file it names (an editable install changes its source
-without changing its version), and ftkit's own version and metadata rules.
+entry point's value, the mtime and size of the module file it names, and ftkit's own version and metadata rules.
+An editable install (``pip install -e``: its ``direct_url.json`` says so) changes its source without changing its
+version, in any file of the package, so its fingerprint covers every ``.py`` file of the entry point's top-level
+package (:func:`tree_fingerprint`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
 import json
@@ -56,6 +59,43 @@ def module_file(module: str) -> str | None:
     if spec is None or not spec.has_location or not spec.origin:
         return None
     return spec.origin
+
+
+def tree_fingerprint(module: str) -> str | None:
+    """A digest of the path, mtime and size of every ``.py`` file of ``module``'s top-level package (the
+    module's own file when the top level is a single module), or None when it cannot be found.
+
+    For editable installs: a builder's layers often live in another module of the package than the one the
+    entry point names (``plugin.api:build`` importing ``plugin/blocks.py``), and an edit there changes the
+    model. A walk of a package's files costs ~1 ms per hundred files, paid once per listing."""
+    top = module_file(module.split(".")[0])
+    if top is None:
+        return None
+    if Path(top).name != "__init__.py":
+        return file_fingerprint(top)
+    root = Path(top).parent
+    digest = hashlib.blake2b(digest_size=8)
+    try:
+        for folder, subfolders, files in os.walk(root):
+            subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
+            for name in sorted(f for f in files if f.endswith(".py")):
+                stat = os.stat(os.path.join(folder, name))
+                relative = os.path.relpath(os.path.join(folder, name), root)
+                digest.update(f"{relative}\0{stat.st_mtime_ns}\0{stat.st_size}\n".encode("utf-8", "surrogateescape"))
+    except OSError:
+        return None
+    return f"tree-{digest.hexdigest()}"
+
+
+def is_editable(dist) -> bool:
+    """Whether an ``importlib.metadata.Distribution`` is an editable install (PEP 660's ``direct_url.json``,
+    ``{"dir_info": {"editable": true}}``, which pip writes for ``pip install -e``)."""
+    try:
+        text = dist.read_text("direct_url.json") if dist is not None else None
+        info = json.loads(text) if text else {}
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and isinstance(info.get("dir_info"), dict) and info["dir_info"].get("editable") is True
 
 
 def _rules_fingerprint() -> str:

@@ -14,7 +14,8 @@ Precedence, documented and never silent:
 - an in-process registration of a name that already exists raises, unless ``override=True``, which warns.
 
 What ``ftkit models list`` shows of an installed backbone (family, input size, parameter count, or why it
-cannot be used) is cached per distribution, version, entry point and module file (see ``_cache.py``): reading
+cannot be used) is cached per distribution, version, entry point and module file (for an editable install, every
+file of its package; see ``_cache.py``): reading
 it imports the plugin, which usually imports TensorFlow, and counting builds the model.
 """
 
@@ -32,7 +33,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ftkit.backbones._cache import ListingCache, default_cache_path, file_fingerprint, module_file
+from ftkit.backbones._cache import (
+    ListingCache,
+    default_cache_path,
+    file_fingerprint,
+    is_editable,
+    module_file,
+    tree_fingerprint,
+)
 from ftkit.backbones._metadata import BUILDER_ARGS, METADATA_ATTR, BackboneInfo, info_from_builder
 
 ENTRY_POINT_GROUP = "ftkit.backbones"
@@ -78,6 +86,7 @@ class _Entry:
     builder: Callable[..., Any] | None = None
     info: BackboneInfo | None = None
     error: str | None = None
+    editable: bool = False  # an editable install (pip install -e): its source changes without a new version
 
     @property
     def qualified_name(self) -> str:
@@ -225,7 +234,8 @@ class BackboneRegistry:
                         continue
                     seen.add(key)
                     entries.setdefault(ep.name, []).append(
-                        _Entry(ep.name, dist_name, getattr(dist, "version", None), ep.value, ep.load)
+                        _Entry(ep.name, dist_name, getattr(dist, "version", None), ep.value, ep.load,
+                               editable=is_editable(dist))
                     )
                 self._entries = {name: _by_distribution(found) for name, found in entries.items()}
             return self._entries
@@ -471,11 +481,13 @@ class BackboneRegistry:
 
     @staticmethod
     def _cache_key(entry: _Entry) -> tuple[str | None, str]:
-        """``("distribution:name", "version target file-mtime-size")``; no key (never cached) for in-process
+        """``("distribution:name", "version target file-mtime-size")`` (for an editable install, a digest of its
+        package's files in place of the module file's mtime and size); no key (never cached) for in-process
         registrations, entries without a version and modules whose file cannot be found."""
         if entry.distribution == RUNTIME or not entry.version:
             return None, ""
-        fingerprint = file_fingerprint(module_file(entry.target.partition(":")[0].strip()))
+        module = entry.target.partition(":")[0].strip()
+        fingerprint = tree_fingerprint(module) if entry.editable else file_fingerprint(module_file(module))
         if fingerprint is None:
             return None, ""
         return (f"{canonical_distribution_name(entry.distribution)}:{entry.name}",
