@@ -254,7 +254,7 @@ def test_with_ftkit_data_pipeline(shared_data, tmp_path):
 
 
 def test_preview_png_has_the_grid_size(shared_data, tmp_path):
-    from ftkit.augment.preview import LABEL_STRIP
+    from ftkit.augment.preview import LABEL_STRIP, tile_scale
     from ftkit.cli import main
 
     recipe = tmp_path / "recipe.yaml"
@@ -266,10 +266,11 @@ def test_preview_png_has_the_grid_size(shared_data, tmp_path):
     }))
     out = tmp_path / "grid.png"
     assert main(["augment", "preview", str(recipe), "--out", str(out), "--samples", "3", "--variants", "4"]) == 0
+    k = tile_scale((40, 48))  # 40x48 images are drawn enlarged, each pixel a k x k block
     with Image.open(out) as png:
-        assert png.format == "PNG" and png.size == ((1 + 4) * 48, LABEL_STRIP + 3 * 40)
+        assert png.format == "PNG" and png.size == ((1 + 4) * 48 * k, LABEL_STRIP + 3 * 40 * k)
         pixels = np.asarray(png.convert("RGB"))
-    tiles = [pixels[LABEL_STRIP:LABEL_STRIP + 40, c * 48:(c + 1) * 48].astype(int) for c in range(5)]
+    tiles = [pixels[LABEL_STRIP:LABEL_STRIP + 40 * k, c * 48 * k:(c + 1) * 48 * k].astype(int) for c in range(5)]
     assert all(np.abs(tiles[0] - t).mean() > 1 for t in tiles[1:])  # each variant differs from the original
 
 

@@ -13,6 +13,16 @@ import yaml
 from _image_fixtures import BLUE, GREEN, RED, SIZE, WHITE, _encode, _exif_rotated_jpeg, _half_transparent_png  # noqa: E402,F401
 from PIL import Image
 
+from ftkit.augment.preview import (
+    LABEL_STRIP,
+    augment_samples,
+    grid_figure,
+    preview,
+    read_recipe_sections,
+    sample_images,
+    tile_scale,
+    training_index,
+)
 from ftkit.cli import main
 
 
@@ -67,13 +77,25 @@ def _preview(tmp_path: Path, recipe: Path, *, samples: int, variants: int = 1) -
                  "--variants", str(variants)])
 
 
+def _pixels(png: Path) -> np.ndarray:
+    with Image.open(png) as image:
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+def _tiles(png: Path, *, rows: int, size: int = SIZE) -> np.ndarray:
+    """``[rows, columns, size, size, 3]``: the grid's tiles at one value per image pixel (the top-left pixel of
+    each ``tile_scale`` block), wherever the column labels are drawn (a strip above the tiles)."""
+    pixels = _pixels(png)
+    k = tile_scale((size, size))
+    strip = pixels.shape[0] - rows * size * k
+    assert strip >= 0 and pixels.shape[1] % (size * k) == 0
+    blocks = pixels[strip:].reshape(rows, size, k, -1, size, k, 3)
+    return blocks[:, :, 0, :, :, 0].transpose(0, 2, 1, 3, 4)
+
+
 def _originals(tmp_path: Path, *, rows: int, size: int = SIZE) -> list[np.ndarray]:
-    """The first column's tiles (int arrays), wherever the column labels are drawn (a strip above the tiles)."""
-    with Image.open(tmp_path / "grid.png") as png:
-        pixels = np.asarray(png.convert("RGB")).astype(int)
-    strip = pixels.shape[0] - rows * size
-    assert strip >= 0
-    return [pixels[strip + r * size: strip + (r + 1) * size, :size] for r in range(rows)]
+    """The first column's tiles (int arrays)."""
+    return list(_tiles(tmp_path / "grid.png", rows=rows, size=size)[:, 0])
 
 
 def _close(pixels: np.ndarray, color, tol: int = 40) -> bool:
@@ -101,14 +123,14 @@ def test_column_labels_do_not_cover_the_tiles(tmp_path):
     data = _write(tmp_path / "data", {"a/red.png": _encode(Image.new("RGB", (SIZE, SIZE), RED), "PNG"),
                                       "b/blue.png": _encode(Image.new("RGB", (SIZE, SIZE), BLUE), "PNG")})
     assert _preview(tmp_path, _recipe(tmp_path, data), samples=2, variants=2) == 0
-    with Image.open(tmp_path / "grid.png") as png:
-        pixels = np.asarray(png.convert("RGB")).astype(int)
-    strip = pixels.shape[0] - 2 * SIZE
+    pixels = _pixels(tmp_path / "grid.png")
+    tile = SIZE * tile_scale((SIZE, SIZE))
+    strip = pixels.shape[0] - 2 * tile
     assert strip > 0, "the labels need a strip of their own"
-    assert pixels.shape[1] == 3 * SIZE
+    assert pixels.shape[1] == 3 * tile
     tiles = pixels[strip:]
     # Every pixel of every tile is the image's: no label drawn over any of them.
-    assert (tiles[:SIZE] == RED).all() and (tiles[SIZE:] == BLUE).all()
+    assert (tiles[:tile] == RED).all() and (tiles[tile:] == BLUE).all()
 
 
 def test_bad_files_are_skipped_and_reported_not_raised(tmp_path, caplog):
@@ -189,11 +211,68 @@ def test_resize_policy_applies_to_originals_and_variants(tmp_path):
     spec["augment"] = {"backend": "keras", "ops": [{"flip": {"mode": "horizontal"}}]}
     recipe.write_text(yaml.safe_dump(spec))
     assert _preview(tmp_path, recipe, samples=1, variants=2) == 0
-    with Image.open(tmp_path / "grid.png") as png:
-        pixels = np.asarray(png.convert("RGB")).astype(int)
-    tiles = pixels[pixels.shape[0] - SIZE:]
     quarter = SIZE // 4
-    for col in range(3):  # the original and both variants: black bars above and below a red band
-        tile = tiles[:, col * SIZE:(col + 1) * SIZE]
+    for col, tile in enumerate(_tiles(tmp_path / "grid.png", rows=1)[0]):
+        # the original and both variants: black bars above and below a red band
         assert (tile[: quarter - 1] == 0).all() and (tile[-quarter + 1:] == 0).all(), f"column {col}"
         assert _close(tile[quarter + 1: -quarter - 1], RED, 2), f"column {col}"
+
+
+def _random_digits_npz(tmp_path: Path, *, count: int = 20, size: int = 28) -> Path:
+    """MNIST-shaped noise: neighbouring pixels differ, so any smoothing or misplaced block shows."""
+    digits = np.random.default_rng(0).integers(0, 256, (count, size, size), dtype=np.uint8)
+    npz = tmp_path / "mnist.npz"
+    np.savez(npz, x_train=digits, y_train=np.arange(count, dtype=np.uint8) % 10, x_test=digits[:2],
+             y_test=np.zeros(2, np.uint8))
+    return npz
+
+
+def test_small_images_are_enlarged_in_whole_blocks_of_the_augmented_pixels(tmp_path):
+    recipe = _recipe(tmp_path, _random_digits_npz(tmp_path), size=28)
+    spec = yaml.safe_load(recipe.read_text())
+    spec["augment"] = {"backend": "keras", "seed": 3, "ops": [{"random_resized_crop": {"scale": [0.5, 1.0]}},
+                                                             {"flip": {"mode": "horizontal"}}]}
+    recipe.write_text(yaml.safe_dump(spec))
+    grid = preview(recipe, out=tmp_path / "grid.png", samples=2, variants=3)
+    k = grid.scale
+    assert (grid.image_size, k) == ((28, 28), tile_scale((28, 28))) and 28 * k >= 128
+    pixels = _pixels(grid.path)
+    assert pixels.shape == (LABEL_STRIP + 2 * 28 * k, 4 * 28 * k, 3)
+    blocks = pixels[LABEL_STRIP:].reshape(2, 28, k, 4, 28, k, 3)
+    assert (blocks == blocks[:, :, :1, :, :, :1]).all(), "every k x k block is one colour (nearest neighbour)"
+
+    data, config, source = read_recipe_sections(recipe)
+    originals, augmented = augment_samples(config, sample_images(training_index(data, source), count=2),
+                                           image_size=(28, 28), variants=3)
+    expected = np.concatenate([originals[:, None], augmented], axis=1)  # [rows, 1 + variants, 28, 28, 3]
+    assert not np.array_equal(expected[:, 1:], np.repeat(expected[:, :1], 3, axis=1))  # the ops changed something
+    np.testing.assert_array_equal(_tiles(grid.path, rows=2, size=28), expected)
+
+
+def test_large_images_stay_one_to_one(tmp_path, capsys):
+    data = _write(tmp_path / "data", {"a/red.png": _encode(Image.new("RGB", (SIZE, SIZE), RED), "PNG")})
+    assert _preview(tmp_path, _recipe(tmp_path, data, size=224), samples=1, variants=2) == 0
+    assert tile_scale((224, 224)) == 1
+    with Image.open(tmp_path / "grid.png") as png:
+        assert png.size == (3 * 224, LABEL_STRIP + 224)
+    assert "(224x224 images, 1:1)" in capsys.readouterr().out
+
+
+def test_the_cli_says_how_much_small_images_are_enlarged(tmp_path, capsys):
+    assert _preview(tmp_path, _recipe(tmp_path, _random_digits_npz(tmp_path), size=28), samples=1) == 0
+    k = tile_scale((28, 28))
+    out = capsys.readouterr().out
+    assert f"(28x28 images, enlarged x{k} (each pixel a {k}x{k} block): {28 * k}x{28 * k} px tiles)" in out
+
+
+def test_column_labels_are_whole_and_inside_their_column_at_28_pixels():
+    variants = 5
+    figure = grid_figure(np.zeros((2, 28, 28, 3), np.uint8), np.zeros((2, variants, 28, 28, 3), np.uint8))
+    figure.draw_without_rendering()
+    width, height = figure.bbox.width, figure.bbox.height
+    tile = 28 * tile_scale((28, 28))
+    assert [text.get_text() for text in figure.texts] == ["original"] + [f"augmented {v}" for v in range(1, 6)]
+    for col, text in enumerate(figure.texts):
+        box = text.get_window_extent()
+        assert col * tile <= box.x0 and box.x1 <= (col + 1) * tile and box.x1 <= width, text.get_text()
+        assert box.y0 >= height - LABEL_STRIP, f"{text.get_text()!r} reaches into the tiles"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from ftkit.augment.preview import LABEL_STRIP
+from ftkit.augment.preview import LABEL_STRIP, tile_scale
 from ftkit.cli import main
 
 SIZE, SAMPLES, VARIANTS = 32, 2, 3
@@ -26,9 +26,11 @@ def recipe(shared_data, tmp_path):
 
 
 def _tiles(png):
+    """``[rows, columns, SIZE, SIZE, 3]``: one value per image pixel (each drawn as a k x k block)."""
+    k = tile_scale((SIZE, SIZE))
     grid = np.asarray(Image.open(png).convert("RGB"))[LABEL_STRIP:]
-    assert grid.shape == (SAMPLES * SIZE, (1 + VARIANTS) * SIZE, 3)
-    return grid.reshape(SAMPLES, SIZE, 1 + VARIANTS, SIZE, 3).transpose(0, 2, 1, 3, 4)
+    assert grid.shape == (SAMPLES * SIZE * k, (1 + VARIANTS) * SIZE * k, 3)
+    return grid.reshape(SAMPLES, SIZE, k, 1 + VARIANTS, SIZE, k, 3)[:, :, 0, :, :, 0].transpose(0, 2, 1, 3, 4)
 
 
 def _preview(recipe, out, *overrides):

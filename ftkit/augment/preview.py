@@ -1,7 +1,9 @@
 """``ftkit augment preview``: a PNG grid of training images and augmented variants, to check a policy
 before hours of training. Row = one sample image: the original (resized as ``data.resize`` says) first,
-then ``variants`` augmented versions; each tile is ``image_size`` pixels, below a strip that labels the
-columns, so the PNG is (LABEL_STRIP + rows*H) x ((1+variants)*W).
+then ``variants`` augmented versions, below a strip that labels the columns. Images smaller than
+``MIN_TILE`` pixels on their shorter side (MNIST's 28x28, CIFAR's 32x32) are enlarged by the integer factor
+``k = tile_scale(image_size)``, nearest neighbour: each image pixel is a k x k block of one colour, so what is
+shown is exactly what training is fed. The PNG is (LABEL_STRIP + rows*H*k) x ((1+variants)*W*k).
 
 The samples are what training is fed: rows of the training split as ``ftkit train`` scans it (class folders,
 a ``path,label`` CSV, MNIST IDX or ``mnist.npz``), decoded by :mod:`ftkit.data.decode` under the training
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,7 +25,11 @@ from ftkit.data import DataIndex, Skipped, decode
 
 log = logging.getLogger("ftkit.augment")
 
+_DPI = 100  # with a figure of the grid's size in pixels / _DPI, one figure pixel per PNG pixel
 LABEL_STRIP = 14  # pixels above the tiles for the column labels (7-point text at 100 dpi)
+# Tiles at least this many pixels on their shorter side: an "augmented 12" label at 7 points fits, and a
+# 28x28 digit's strokes, crops and rotations can be judged by eye.
+MIN_TILE = 128
 _LISTED_SKIPS = 20  # skipped files named one per line; `ftkit data check` lists them all
 
 
@@ -161,10 +167,39 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(images), 0, 255).astype(np.uint8)
 
 
+class Grid(NamedTuple):
+    """What :func:`preview` wrote: the PNG, the images' ``(H, W)`` and the factor each pixel was enlarged by."""
+
+    path: Path
+    image_size: tuple[int, int]
+    scale: int
+
+
+def tile_scale(image_size: tuple[int, int]) -> int:
+    """The smallest integer factor that makes the shorter side at least ``MIN_TILE`` pixels; 1 when it already is.
+
+    Integer, because nearest-neighbour enlargement by a fraction repeats some rows and columns and not others,
+    which bends a thin stroke; the smallest such factor keeps the PNG small (4 rows of 1 + 5 MNIST images at
+    x5: 840x574). Larger images stay 1:1: shrinking them would drop the very pixels the preview is there to show.
+    """
+    return max(1, -(-MIN_TILE // min(image_size)))
+
+
 def save_grid(originals: np.ndarray, augmented: np.ndarray, out: str | Path) -> Path:
-    """Tiles at one image pixel per PNG pixel, originals in the first column, labels in a strip above."""
+    """Write :func:`grid_figure` to ``out`` (PNG), one figure pixel per PNG pixel."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid_figure(originals, augmented).savefig(out, dpi=_DPI, format="png")
+    return out
+
+
+def grid_figure(originals: np.ndarray, augmented: np.ndarray):
+    """A matplotlib ``Figure``: the tiles enlarged by :func:`tile_scale` (nearest neighbour), originals in the
+    first column, column labels in a strip above."""
     from matplotlib.figure import Figure
 
+    scale = tile_scale(originals.shape[1:3])
+    originals, augmented = (images.repeat(scale, axis=-3).repeat(scale, axis=-2) for images in (originals, augmented))
     rows, variants, height, width = augmented.shape[:4]
     cols = 1 + variants
     grid = np.full((LABEL_STRIP + rows * height, cols * width, 3), 255, np.uint8)
@@ -172,20 +207,17 @@ def save_grid(originals: np.ndarray, augmented: np.ndarray, out: str | Path) -> 
         for col in range(cols):
             top, left = LABEL_STRIP + row * height, col * width
             grid[top:top + height, left:left + width] = originals[row] if col == 0 else augmented[row, col - 1]
-    dpi = 100
-    figure = Figure(figsize=(grid.shape[1] / dpi, grid.shape[0] / dpi), dpi=dpi)
+    figure = Figure(figsize=(grid.shape[1] / _DPI, grid.shape[0] / _DPI), dpi=_DPI)
     figure.figimage(grid, origin="upper")  # placed pixel for pixel, no resampling
     for col in range(cols):
         figure.text((col * width + 2) / grid.shape[1], 1 - 1 / grid.shape[0], _column_label(col, width=width),
                     fontsize=7, va="top", ha="left")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=dpi, format="png")
-    return out
+    return figure
 
 
 def _column_label(col: int, *, width: int) -> str:
-    """The longest label that fits a tile ``width`` pixels wide at 7 points (~6 pixels a character)."""
+    """The longest label that fits a tile ``width`` pixels wide at 7 points (~6 pixels a character): the whole
+    one at ``MIN_TILE`` pixels and up to 20 characters."""
     labels = ("original", "orig") if col == 0 else (f"augmented {col}", f"aug {col}", str(col))
     return next((label for label in labels if 6 * len(label) + 4 <= width), labels[-1])
 
@@ -193,9 +225,10 @@ def _column_label(col: int, *, width: int) -> str:
 def preview(
     recipe: str | Path, *, out: str | Path, samples: int = 4, variants: int = 5,
     image_size: tuple[int, int] | None = None, overrides: list[str] | dict[str, Any] | None = None,
-) -> Path:
+) -> Grid:
     """Write the preview grid for ``recipe`` (with ``overrides``, as ``ftkit train --set`` takes them); the size
-    is ``image_size``, else ``data.image_size``, else 224.
+    is ``image_size``, else ``data.image_size``, else 224; images under ``MIN_TILE`` pixels are shown enlarged
+    by ``tile_scale(size)`` (the returned ``scale``).
 
     Bad files met in the training split are logged (``ftkit.augment`` logger, one warning each); when none
     of its files decodes, raises ``ValueError``.
@@ -217,4 +250,4 @@ def preview(
                     "variant in the grid equals its original")
     originals, augmented = augment_samples(config, picked, image_size=size, variants=variants,
                                            resize=data.get("resize", "stretch"))
-    return save_grid(originals, augmented, out)
+    return Grid(save_grid(originals, augmented, out), size, tile_scale(size))

@@ -25,14 +25,18 @@ def register(subparsers) -> None:
     preview.add_argument("--samples", type=int, default=4, help="rows: training images to show (default 4)")
     preview.add_argument("--variants", type=int, default=5, help="augmented versions per image (default 5)")
     preview.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                         help="tile size (default: the recipe's data.image_size, else 224 224)")
+                         help="image size (default: the recipe's data.image_size, else 224 224); small images "
+                              "(MNIST's 28x28) are drawn enlarged, each pixel a square block")
     preview.set_defaults(func=_preview)
 
 
 def _preview(args: argparse.Namespace) -> int:
     from ftkit.augment.preview import preview
 
-    out = preview(args.recipe, out=args.out, samples=args.samples, variants=args.variants,
-                  image_size=tuple(args.image_size) if args.image_size else None, overrides=args.overrides)
-    print(f"wrote {out}")
+    grid = preview(args.recipe, out=args.out, samples=args.samples, variants=args.variants,
+                   image_size=tuple(args.image_size) if args.image_size else None, overrides=args.overrides)
+    (height, width), scale = grid.image_size, grid.scale
+    shown = (f"enlarged x{scale} (each pixel a {scale}x{scale} block): {height * scale}x{width * scale} px tiles"
+             if scale > 1 else "1:1")
+    print(f"wrote {grid.path} ({height}x{width} images, {shown})")
     return 0
