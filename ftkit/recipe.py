@@ -96,6 +96,19 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = Field(0.0, ge=0.0)
 
 
+class EMAConfig(_Section):
+    """``train.ema``: an exponential moving average of the trainable weights, the one evaluated and saved (Keras's
+    optimizer ``use_ema``; timm's ModelEmaV3)."""
+
+    # 0.99 (Keras's default): the average spans about 1 / (1 - 0.99) = 100 steps, so in a phase of a few hundred
+    # to a few thousand steps it soon forgets the phase's starting weights (their share is 0.99^n after n steps:
+    # 5% after 300). Keras's average has no warm-up (timm's decays are ~0.9998 with one, over ImageNet-long
+    # runs): 0.999 would leave 74% of a 300-step phase's average at the weights the phase began with.
+    momentum: float = Field(0.99, gt=0.0, lt=1.0, description=(
+        "the average's decay per batch: average = momentum * average + (1 - momentum) * weights; it spans about "
+        "1 / (1 - momentum) batches"))
+
+
 class TrainConfig(_Section):
     seed: int = 0
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -122,6 +135,18 @@ class TrainConfig(_Section):
     # Average the gradients of this many batches per update (Keras's gradient_accumulation_steps); the
     # learning-rate schedule counts batches, as Keras's does. 1 or null: an update per batch.
     gradient_accumulation_steps: PositiveInt | None = None
+    ema: EMAConfig | None = Field(None, description=(
+        "evaluate and save an exponential moving average of the trainable weights (BatchNorm's moving statistics "
+        "are not averaged): per-epoch validation, the best epoch, model.keras and its evaluation use the average, "
+        "the training loss the raw weights; each phase starts its own average; off when null"))
+
+    @field_validator("ema", mode="before")
+    @classmethod
+    def _an_ema_mapping(cls, value):
+        if value is not None and not isinstance(value, dict | EMAConfig):
+            raise ValueError(f"must be a mapping such as {{momentum: 0.99}} ({{}} for the default), or null (off). "
+                             f"Received: ema={value!r}")
+        return value
 
     @field_validator("early_stopping", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""Audit fixes of the fine-tuning engine: lr-find's default folder, the summary saying what its epoch table was
+"""The fine-tuning engine where a user met defects: lr-find's default folder, the summary saying what its epoch table was
 computed on, and ``train.final_model: best`` giving every worker of a multi-worker run the same model."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from _training_helpers import QUIET, mnist_recipe, register_tiny
+from _training_helpers import QUIET, TINY, mnist_recipe, register_tiny
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,6 +39,28 @@ def test_lr_find_writes_into_a_new_runs_folder_not_the_current_one(mnist, tmp_pa
     assert main(["lr-find", str(recipe), "--steps", "6", "--out", str(chosen)]) == 0
     assert sorted(p.name for p in chosen.iterdir()) == ["lr_find.csv", "lr_find.png"]
     assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+def test_lr_find_says_it_runs_steps_over_a_range_of_rates_not_the_phases_epochs(mnist, tmp_path):
+    """lr-find prepares the recipe's first phase as training does, whose audit line ("2 epoch(s)", the phase's
+    rates) described a training it does not run."""
+    from ftkit.training.lr_find import lr_find
+
+    recipe = mnist_recipe(mnist, phases=[{"train": "head", "epochs": 2, "lr": 0.01},
+                                         {"train": "all", "epochs": 1, "lr": 0.001}],
+                          train={"gradient_accumulation_steps": 5})
+    lines = []
+    result = lr_find(recipe, out=tmp_path, steps=6, start_lr=1e-3, end_lr=1.0, log=lines.append)
+    assert len(result.lrs) == 6
+    # tiny_bn_test's head: a Dense layer from 8 features to 3 classes (27 weights); the backbone's 384 frozen
+    assert lines[:3] == [
+        f"lr_find: output folder {tmp_path.resolve()}",
+        "feature cache: computing backbone features once (inference mode, no augmentation)",
+        "lr_find: phase 1/2 'phase0' | trainable 27 params, frozen 384 | BatchNorm: 0 training, 2 inference mode | "
+        "feature cache: on | 6 steps, the learning rate growing exponentially from 0.001 to 1 (instead of the "
+        "phase's epochs and learning-rate schedule; fewer if the loss diverges)"]
+    assert lines[3].startswith("lr_find: suggested learning rate ")
+    assert len(lines) == 4  # neither the training audit line nor its gradient accumulation line
 
 
 @pytest.mark.slow
@@ -197,3 +219,28 @@ def test_truncating_the_history_never_leaves_it_missing_or_half_written(tmp_path
     folder.truncate_history(2)
     assert folder.read_history() == rows[:2]
     assert (tmp_path / "history.csv").read_bytes() == before[:before.index(b"\r\n2,")] + b"\r\n"
+
+
+def test_the_summary_gives_the_split_sizes_left_after_a_file_fails_to_decode(shared_data, tmp_path):
+    """A val JPEG cut in half reads its header (the scan keeps it: "val 7" at the start) and fails when the first
+    epoch's validation decodes it: the summary gives the 6 images validated and scored, and says why."""
+    from ftkit.training import train
+
+    root = tmp_path / "data"
+    for split, n in (("train", 4), ("val", 3)):
+        for name in ("ants", "bees"):
+            (root / split / name).mkdir(parents=True)
+            for source in sorted((shared_data / "hymenoptera" / split / name).iterdir())[:n]:
+                (root / split / name / source.name).write_bytes(source.read_bytes())
+    whole = next(iter(sorted((root / "val" / "ants").iterdir()))).read_bytes()
+    (root / "val" / "ants" / "zz_cut.jpg").write_bytes(whole[: len(whole) // 2])
+    recipe = {"data": {"train": str(root), "image_size": [16, 16], "batch_size": 4},
+              "backbone": {"name": TINY}, "schedule": {"phases": [{"train": "all", "epochs": 1, "lr": 0.01}]},
+              "train": {"verbose": 0}, "evaluate": {"splits": ["val"]}}
+    lines = []
+    result = train(recipe, out=tmp_path / "run", log=lines.append)
+    assert lines[1] == f"data: 2 classes from {root}; images: train 8, val 7"
+    summary = lines[-1].splitlines()
+    assert "data: images after decoding: train 8, val 6 (1 skipped while decoding)" in summary
+    assert result.reports["val"]["n_samples"] == 6
+    assert any(line.startswith("val: accuracy ") and " on 6 images, report " in line for line in summary)

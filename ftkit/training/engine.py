@@ -10,7 +10,9 @@ Discriminative learning rates scale each variable's learning rate inside the opt
 Each epoch is one ``fit`` call on a dataset whose order is a pure function of ``(seed, epoch)``; after
 it, the model and its optimizer state go to ``checkpoints/last.keras`` and the position in the schedule to
 ``state.json``, so ``--resume`` continues mid-phase with the same batches, optimizer state and
-learning-rate position as an uninterrupted run.
+learning-rate position as an uninterrupted run. With ``train.ema`` the optimizer keeps a moving average of the
+weights (Keras's ``use_ema``), swapped into the model for validation and from each epoch's end to the next's
+start (:func:`epoch_ema_swap`), so checkpoints, the best epoch and ``model.keras`` hold the average.
 
 Under a distributed strategy (``train.strategy``, :mod:`ftkit.distribute`) the same schedule runs with the
 custom step of :mod:`ftkit.training.replicas` instead of ``fit`` (same global-batch semantics); only the
@@ -160,11 +162,19 @@ def _count(weights) -> int:
 
 def audit_line(phase: Phase, total: int, audit: dict[str, Any], *, cached: str | None) -> str:
     rates = ", ".join(f"{g} {phase.lr * m:.3g}" for g, m in phase.multipliers.items())
-    cache = "on" if cached is None else f"off ({cached})"
-    return (f"phase {phase.index + 1}/{total} {phase.name!r}: {phase.epochs} epoch(s) | trainable "
-            f"{audit['trainable']:,} params, frozen {audit['frozen']:,} | BatchNorm: {audit['bn_training']} "
-            f"training, {audit['bn_inference']} inference mode | lr ({phase.lr_schedule}): {rates} | "
-            f"feature cache: {cache}")
+    return (f"phase {phase.index + 1}/{total} {phase.name!r}: {phase.epochs} epoch(s) | {frozen_text(audit)} | "
+            f"lr ({phase.lr_schedule}): {rates} | {cache_text(cached)}")
+
+
+def frozen_text(audit: dict[str, Any]) -> str:
+    """The audit's counts (:func:`apply_phase`): what trains, what is frozen, the BatchNorm modes."""
+    return (f"trainable {audit['trainable']:,} params, frozen {audit['frozen']:,} | BatchNorm: {audit['bn_training']} "
+            f"training, {audit['bn_inference']} inference mode")
+
+
+def cache_text(cached: str | None) -> str:
+    """``cached``: why the phase does not train on cached features, or None when it does."""
+    return "feature cache: on" if cached is None else f"feature cache: off ({cached})"
 
 
 # -- optimizer and learning rate --------------------------------------------------------------------------
@@ -273,11 +283,53 @@ def make_optimizer(recipe: Recipe, phase: Phase, *, steps_per_epoch: int, multip
         kwargs["global_clipnorm"] = cfg.clip_norm
     if (cfg.gradient_accumulation_steps or 1) > 1:  # Keras takes 2 or more, or None
         kwargs["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
+    if cfg.ema is not None:
+        kwargs.update(use_ema=True, ema_momentum=cfg.ema.momentum)
     if any(m != 1.0 for m in multiplier_by_id.values()):
         optimizer = _scaled_optimizer_class(cls)(learning_rate=lr, **kwargs)
         optimizer.set_multipliers(multiplier_by_id)
-        return optimizer
-    return cls(learning_rate=lr, **kwargs)
+    else:
+        optimizer = cls(learning_rate=lr, **kwargs)
+    if cfg.ema is not None:
+        # Keras's fit ends by overwriting the trainable weights with their average (finalize_variable_values).
+        # The engine calls fit once per epoch, so training would restart from the average at every epoch; the
+        # average is swapped in at each epoch's end instead, and out before the next (epoch_ema_swap). Shadowed on
+        # the instance (as replicas.synchronized_batchnorm does): a checkpoint's optimizer stays Keras's own class.
+        object.__setattr__(optimizer, "finalize_variable_values", _keep_raw_weights)
+    return optimizer
+
+
+def _keep_raw_weights(var_list) -> None:
+    """``finalize_variable_values`` of an optimizer with ``train.ema``: the raw weights stay (see make_optimizer)."""
+
+
+def epoch_ema_swap(*, ema_in_model: bool):
+    """Keras's ``SwapEMAWeights(swap_on_epoch=True)`` for a phase's optimizer with ``train.ema``: the average
+    is in the model for validation (``on_test_begin``) and from each epoch's end (checkpoints, the best epoch,
+    ``model.keras``) to the next epoch's start, when the raw weights come back to train on. Meanwhile the
+    optimizer's average variables hold the raw weights, so a checkpoint holds both and a resume continues
+    exactly: ``ema_in_model`` says where the phase starts (True when it resumes from a checkpoint).
+
+    Two changes to Keras's callback. It ends a fit's last epoch by overwriting the average with the model's
+    (then average) weights, for ``finalize_variable_values``; the engine fits once per epoch and trains on,
+    so the raw weights must survive. And it swaps under TensorFlow by additions (a = a + b; b = a - b;
+    a = a - b), which round both in float32 at every swap; a copy through host memory is exact."""
+    import keras
+
+    class EpochEMASwap(keras.callbacks.SwapEMAWeights):
+        def __init__(self):
+            super().__init__(swap_on_epoch=True)
+            self._ema_weights_in_model = ema_in_model
+
+        def on_epoch_end(self, epoch, logs=None):
+            if not self._ema_weights_in_model:
+                self._swap_variables()
+                self._ema_weights_in_model = True
+
+        def _swap_variables(self):
+            self._apply_to_ema_optimizers(self._backend_swap_variables, self._backend_swap_variables)
+
+    return EpochEMASwap()
 
 
 def batches_seen(optimizer) -> int:
@@ -359,6 +411,8 @@ class Trainer:
         # train.final_model: best on a worker that writes no best.keras (see _restores_best): the best epoch's
         # weights, kept in memory (one host copy of the model's weights)
         self.best_weights: list | None = None
+        self.ema_swap = None  # the phase's epoch_ema_swap with train.ema
+        self.cache_reason: str | None = None  # why the phase does not train on cached features (None: it does)
 
     # - model -
     def build(self, *, log=None):
@@ -402,8 +456,9 @@ class Trainer:
             model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
                           jit_compile=self.recipe.train.jit_compile)
 
-    def prepare_phase(self, phase: Phase, *, resume_from: Path | None = None):
-        """Freeze/unfreeze for ``phase``, pick the cached or image path, compile a fresh optimizer."""
+    def prepare_phase(self, phase: Phase, *, resume_from: Path | None = None, announce: bool = True):
+        """Freeze/unfreeze for ``phase``, pick the cached or image path, compile a fresh optimizer; log the
+        phase's audit line when ``announce`` (lr-find logs its own: it runs steps, not the phase's epochs)."""
         from ftkit.head import head_model
 
         audit = apply_phase(self.assembled, phase)
@@ -436,6 +491,8 @@ class Trainer:
                     trainer.get_layer(layer.name).set_weights(layer.get_weights())
                 set_seed_states(trainer, self.resume_rng.get("trainer", []))
         self.trainer, self.cached = trainer, reason is None
+        self.cache_reason = reason
+        self.ema_swap = epoch_ema_swap(ema_in_model=resume_from is not None) if self.recipe.train.ema else None
         if self.distributed:
             if self.recipe.train.jit_compile and phase.index == 0:
                 self.log("jit_compile: off under a distributed strategy (its custom step all-reduces between the "
@@ -445,6 +502,8 @@ class Trainer:
             self.steps = replicas.DistributedSteps(self.strategy, trainer, trainer.optimizer, loss_weights=weights,
                                                    label_smoothing=self.recipe.head.label_smoothing,
                                                    clip_norm=self.recipe.train.clip_norm)
+        if not announce:
+            return audit
         self.log(audit_line(phase, len(self.plan.phases), audit, cached=reason))
         accumulation = self.recipe.train.gradient_accumulation_steps or 1
         if (phase.epochs * steps) % accumulation:
@@ -532,6 +591,8 @@ class Trainer:
                 callback_list.on_epoch_begin(global_epoch)
                 logs = self.steps.train_epoch(train, steps=self.steps_per_epoch(), callbacks=callback_list)
                 if val is not None:
+                    if self.ema_swap is not None:  # as Keras's evaluate does; on_epoch_end leaves it there
+                        self.ema_swap.on_test_begin()
                     logs.update(self.steps.evaluate(val, steps=self.validation_steps()))
                 callback_list.on_epoch_end(global_epoch, logs)
                 callback_list.on_train_end(logs)
@@ -555,7 +616,9 @@ class Trainer:
     def run_epoch(self, phase: Phase, global_epoch: int) -> dict[str, Any]:
         if self.chief and self.tensorboard is None:
             self.tensorboard = _run_tensorboard(self.folder.root / runs.TENSORBOARD)
-        callbacks = [*([self.tensorboard] if self.tensorboard else []), *self.user_callbacks]
+        # The average goes in first at the epoch's end: the callbacks after it see the weights checkpointed.
+        callbacks = [*([self.ema_swap] if self.ema_swap else []), *([self.tensorboard] if self.tensorboard else []),
+                     *self.user_callbacks]
         start = time.perf_counter()
         if self.distributed:
             logs = self._fit_distributed(phase, global_epoch, callbacks)
@@ -862,6 +925,8 @@ def _train(plan: Plan, folder: runs.RunFolder, *, state: runs.ResumeState | None
     if recipe.train.clip_norm is not None:
         log(f"gradient clipping: each update's gradient is scaled down to a global norm of {recipe.train.clip_norm:g} "
             f"where it is larger (train.clip_norm)")
+    if recipe.train.ema is not None:
+        log(ema_line(recipe.train))
     if trainer.monitor != recipe.train.monitor:
         log(f"no val split: checkpoints/best.keras is chosen on the training {trainer.monitor}, not "
             f"{recipe.train.monitor} (set data.val_fraction above 0 or data.val for validation data)")
@@ -969,6 +1034,19 @@ def data_lines(index, *, since: int = 0) -> list[str]:
     if not since:
         lines += [f"data {p.severity}: {p.message}" for p in index.problems]
     return lines
+
+
+def ema_line(train) -> str:
+    """What ``train.ema`` does to the run, said once at its start."""
+    momentum = train.ema.momentum
+    accumulation = train.gradient_accumulation_steps or 1
+    # Keras updates the average at every batch, the batches that only accumulate a gradient included.
+    per_batch = (f"; with train.gradient_accumulation_steps={accumulation} it moves at every batch, as Keras's does, "
+                 f"so each update's weights enter it {accumulation} times") if accumulation > 1 else ""
+    return (f"weight average (train.ema, momentum {momentum:g}, about the last {1 / (1 - momentum):.0f} batches): "
+            f"val_loss, val_acc, checkpoints, the best epoch and {runs.INFERENCE_MODEL} are of the exponential moving "
+            f"average of the trainable weights (BatchNorm's moving statistics are not averaged), which each phase "
+            f"starts afresh; loss and acc are of the raw weights being trained{per_batch}")
 
 
 def class_weight_line(spec, data: TrainingData) -> str:
@@ -1099,6 +1177,20 @@ def coverage_lines(trainer: Trainer, *, evaluated: Sequence[str] = ()) -> list[s
     return lines
 
 
+def decoded_counts_lines(trainer: Trainer) -> list[str]:
+    """The split sizes once files found bad while decoding (after the run's first data line counted them) are left
+    out: the sizes the epochs trained and validated on, and the final evaluation scores."""
+    index = trainer.plan.data.index
+    if len(index.skipped) == trainer.skipped_at_start:
+        return []
+    sizes = []
+    for split, rows in index.splits.items():
+        usable = int(index.usable_counts(split).sum())
+        lost = f" ({len(rows) - usable} skipped while decoding)" if usable < len(rows) else ""
+        sizes.append(f"{split} {usable}{lost}")
+    return [f"data: images after decoding: {', '.join(sizes)}"]
+
+
 def early_stopping_lines(trainer: Trainer, history: list[dict]) -> list[str]:
     """One line per phase that ``train.early_stopping`` ended before its epochs were done."""
     lines = []
@@ -1122,6 +1214,10 @@ def summary_text(trainer: Trainer, state: runs.ResumeState, history: list[dict],
                  _cell(row, "val_loss", 9, ".4f"), _cell(row, "val_accuracy", 8, ".4f"), _cell(row, "seconds", 7, ".1f")]
         lines.append(f"{int(row['epoch']) + 1:>5} {row['phase_name'][:10]:<10} " + " ".join(cells))
     lines += coverage_lines(trainer, evaluated=list(reports)) + early_stopping_lines(trainer, history)
+    lines += decoded_counts_lines(trainer)
+    if recipe.train.ema is not None:
+        lines.append(f"note: val_loss, val_acc, the best epoch and the model below are of the weights' moving average "
+                     f"(train.ema, momentum {recipe.train.ema.momentum:g}); loss and acc of the raw weights")
     if state.best is not None:
         what = trainer.monitor if trainer.monitor == recipe.train.monitor else f"{trainer.monitor} (training; no val split)"
         lines.append(f"best {what}: {state.best:.4f} at epoch {state.best_epoch + 1} (checkpoints/best.keras)")

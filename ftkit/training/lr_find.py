@@ -83,7 +83,7 @@ def lr_find(recipe, *, overrides=None, out: str | Path | None = None, start_lr: 
     import keras
 
     from ftkit.recipe import load_recipe
-    from ftkit.training.engine import Trainer, default_run_dir, plan_run
+    from ftkit.training.engine import Trainer, cache_text, default_run_dir, frozen_text, plan_run
     from ftkit.training.runs import RunFolder
 
     if not 0 < start_lr < end_lr:
@@ -96,7 +96,12 @@ def lr_find(recipe, *, overrides=None, out: str | Path | None = None, start_lr: 
     log(f"lr_find: output folder {out_dir.resolve()}")
     trainer = Trainer(plan, RunFolder(out_dir), log=log)
     trainer.build()
-    trainer.prepare_phase(plan.phases[0])
+    phase = plan.phases[0]
+    audit = trainer.prepare_phase(phase, announce=False)  # its line speaks of the phase's epochs and rates
+    log(f"lr_find: phase 1/{len(plan.phases)} {phase.name!r} | {frozen_text(audit)} | "
+        f"{cache_text(trainer.cache_reason)} | {steps} steps, the learning rate growing exponentially from "
+        f"{start_lr:.3g} to {end_lr:.3g} (instead of the phase's epochs and learning-rate schedule; fewer if the "
+        f"loss diverges)")
     model = trainer.trainer
     factor = (end_lr / start_lr) ** (1.0 / (steps - 1))
     recorder = _make_recorder(start_lr, factor, steps)

@@ -52,7 +52,8 @@ class ResumeState:
 
 # Recipe keys added after runs were made, and their values that mean "off" (as before they existed).
 _LATER_KEYS = {("train", "early_stopping"): (None,), ("train", "clip_norm"): (None,),
-               ("train", "gradient_accumulation_steps"): (None, 1), ("data", "policy"): ("skip",)}
+               ("train", "gradient_accumulation_steps"): (None, 1), ("train", "ema"): (None,),
+               ("data", "policy"): ("skip",)}
 
 
 def recipe_digest(recipe_dict: dict[str, Any]) -> str:
