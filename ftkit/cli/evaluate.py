@@ -31,19 +31,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a trained model on labelled data and write a report bundle",
         description="Predict every image of DATA (in its order, no shuffling), compute metrics with scikit-learn "
         "and write report.json/.md/.html, confusion-matrix and reliability PNGs and predictions.csv. DATA is any "
-        "source `ftkit train` reads; of one with splits, one split is evaluated (--split).",
+        "source `ftkit train` reads; of one with splits, one split is evaluated (--split). Without DATA, the run's "
+        "own data as its recipe.yaml names it, split as training split it: a val or test carved from a folder "
+        "without split folders is carved again and checked to be the same files (ftkit_run.json).",
     )
     p.add_argument("model", metavar="MODEL_OR_RUN", help="run folder (model.keras + ftkit_run.json) or a .keras file in one")
-    p.add_argument("data", metavar="DATA",
+    p.add_argument("data", metavar="DATA", nargs="?",
                    help="a folder with one subfolder per class, a tree of split folders (train/ val/ test/), a CSV of "
-                        "path,label[,split], or MNIST (its IDX files' folder or mnist.npz)")
+                        "path,label[,split], or MNIST (its IDX files' folder or mnist.npz); default: the run's own "
+                        "data and splits")
     p.add_argument("--split", metavar="NAME",
-                   help="the split of DATA to evaluate when it has splits: train, val or test (default: test, else "
-                        "val, else all of DATA)")
+                   help="the split to evaluate: train, val or test. Of DATA with splits (default: test, else val, "
+                        "else all of DATA); without DATA, or with DATA the run's training source, the run's own split "
+                        "(default: test, else val), carved again where training carved it")
     p.add_argument("--out", metavar="DIR",
                    help="output folder (default: RUN/report/<name of DATA>, e.g. RUN/report/catsdogs-test for "
                         "catsdogs/test; beside the report/val and report/test that training wrote)")
-    p.add_argument("--top-k", type=_positive_int, nargs="+", default=[5], metavar="K", help="top-k accuracies (default: 5)")
+    p.add_argument("--top-k", type=_positive_int, nargs="+", metavar="K",
+                   help="top-k accuracies (default: top-5, for data with more than 5 classes)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--allow-missing-classes", action="store_true",
                    help="accept DATA lacking some of the model's classes (they get support 0)")
@@ -99,8 +104,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     for note in report["notes"]:  # e.g. a top-k with k >= the number of classes, left undefined
         print(f"note: {note}", file=sys.stderr)
-    top_k = ", ".join(f"top-{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in report["top_k_accuracy"].items())
-    print(f"{report['n_samples']} images, accuracy {report['accuracy']:.4f}, balanced {report['balanced_accuracy']:.4f}, {top_k}")
+    top_k = "".join(f", top-{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in report["top_k_accuracy"].items())
+    print(f"{report['n_samples']} images, accuracy {report['accuracy']:.4f}, "
+          f"balanced {report['balanced_accuracy']:.4f}{top_k}")
     for skipped in report["skipped"]:
         # Rows of classes the model does not know are counted per class in a warning above (MNIST's would be
         # thousands of lines); report.json lists each.

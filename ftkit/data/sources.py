@@ -216,7 +216,8 @@ class DataIndex:
         return np.bincount(data.labels[keep], minlength=self.num_classes)
 
     def summary(self) -> dict:
-        """The run-record view: counts per split and class, and every skipped file with its reason."""
+        """The run-record view: counts per split and class, every skipped file with its reason, and each split's
+        file list as a count and a digest (:func:`file_list`), which tells whether a split can still be rebuilt."""
         return {
             "source": self.source,
             "kind": self.kind,
@@ -226,7 +227,50 @@ class DataIndex:
             "skipped": len(self.skipped),
             "skipped_files": [s._asdict() for s in self.skipped],
             "problems": [p._asdict() for p in self.problems],
+            "file_lists": {name: file_list(data, self.class_names, base=self.source)
+                           for name, data in self.splits.items()},
         }
+
+
+def file_list(split: Split, class_names: Sequence[str], *, base: str | os.PathLike) -> dict:
+    """``{"files": n, "blake2b": hex}``: how many rows ``split`` has and a digest of its rows, ``path<TAB>class``
+    sorted, so the same files with the same labels give the same digest whatever their order.
+
+    Paths are taken relative to ``base`` (the source: a folder, or a CSV's folder), so a data folder moved whole
+    keeps its digests; in-memory rows are named as :meth:`Split.ids` names them (``train[1234]``). Rows found
+    bad only when decoded are still rows here: the digest is of what a scan draws, which a later scan of the same
+    files draws again (``ftkit evaluate RUN`` compares them to tell a changed folder)."""
+    from hashlib import blake2b  # hashlib loads OpenSSL; see _copy_groups
+
+    if split.paths is None:
+        names = split.ids()
+    else:
+        root = os.path.abspath(base if os.path.isdir(base) else os.path.dirname(os.path.abspath(base)))
+        prefix = os.path.join(root, "")
+        names = [path[len(prefix):] if path.startswith(prefix) else path
+                 for path in map(os.path.abspath, split.paths)]
+    labels = [os.fsencode(name) for name in class_names]
+    rows = sorted(os.fsencode(name) + b"\t" + labels[label] for name, label in zip(names, split.labels.tolist(),
+                                                                                    strict=True))
+    return {"files": len(rows), "blake2b": blake2b(b"\n".join(rows), digest_size=16).hexdigest()}
+
+
+def own_splits(source: str | os.PathLike, *, root: str | os.PathLike | None = None) -> list[str]:
+    """The splits ``source`` holds itself, in :data:`SPLITS` order: its split folders (``train`` alone for a
+    folder of class folders), its CSV split values, MNIST's ``train`` and ``test``. :func:`scan` carves the
+    others it is given a fraction for. Files are listed, not read."""
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".npz":
+        held = {"train", "test"}  # _mnist_arrays refuses an .npz without both
+    elif is_mnist_folder(path):
+        held = {split for split, prefix in _MNIST_FILES.items()
+                if all(any((path / f"{prefix}-{kind}-idx{d}-ubyte{gz}").is_file() for gz in ("", ".gz"))
+                       for kind, d in (("images", 3), ("labels", 1)))}
+    elif path.is_file():
+        held = set(_csv_entries(path, Path(root) if root else path.parent)[0])
+    else:
+        held = set(split_folders(path)) or {"train"}
+    return [name for name in SPLITS if name in held]
 
 
 # A hook the doctor uses to see each file's header as it is read: ``on_file(split, path, header)``.

@@ -1,6 +1,7 @@
 """Evaluation: metrics (scikit-learn), the report bundle (json/md/html/png/csv), predict and compare.
 
-For the training engine: ``evaluate_run(run_dir, data, out_dir)`` evaluates a finished run folder;
+For the training engine: ``evaluate_run(run_dir, data, out_dir)`` evaluates a finished run folder (without
+``data``, on the run's own split, as training carved it: :mod:`ftkit.evaluate.run_data`);
 ``evaluate_model(LoadedModel(...), data, out_dir)`` evaluates an in-memory inference model (raw 0..255 images
 in, probabilities out) with the run's class names; ``evaluate_predictions(...)`` scores predictions already
 made (``predict_batches(model, batches)`` predicts in-memory batches without Keras' progress bar). Each

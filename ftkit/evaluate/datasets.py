@@ -50,8 +50,9 @@ def _open_folder(path: Path, class_names: Sequence[str], *, split: str | None, a
         folders = {}  # the run's own classes are named like splits: these are class folders
     if not folders:
         if split is not None:
-            raise ValueError(f"DATA is a folder of class folders, with no split folders to choose from. "
-                             f"Received: data={os.fspath(path)!r}, split={split!r}")
+            raise ValueError(f"DATA is a folder of class folders, with no split folders to choose from (a val or "
+                             f"test split a run carved from its training folder is evaluated with DATA left out, "
+                             f"or DATA that folder). Received: data={os.fspath(path)!r}, split={split!r}")
         files = image_io.scan_split(path, class_names, allow_missing_classes=allow_missing_classes,
                                     only_model_classes=only_model_classes)
         files.split_note = "split: none (DATA has no split folders: all of it is evaluated)"

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ftkit.data import sources
 from ftkit.data.sources import SPLIT_FOLDERS
 from ftkit.evaluate import images as image_io
 from ftkit.evaluate.datasets import open_data
 from ftkit.evaluate.metrics import compute_metrics
 from ftkit.evaluate.predict import DEFAULT_BATCH_SIZE, predict_files, predict_images
 from ftkit.evaluate.report import FILES, write_bundle
+from ftkit.evaluate.run_data import open_run_data
 from ftkit.evaluate.runs import REPORT_DIR, LoadedModel, load_model, read_run_meta, resolve_paths
-
-DEFAULT_TOP_K = (5,)
 
 
 def evaluate_predictions(
@@ -27,7 +27,7 @@ def evaluate_predictions(
     class_names: Sequence[str],
     out_dir: str | Path,
     *,
-    top_k: Sequence[int] = DEFAULT_TOP_K,
+    top_k: Sequence[int] | None = None,
     skipped: Sequence[dict] = (),
     warnings: Sequence[str] = (),
     model: str = "",
@@ -39,6 +39,8 @@ def evaluate_predictions(
 ) -> dict:
     """Score predictions already made (``probs[i]`` for ``paths[i]``) and write the bundle to ``out_dir``.
 
+    ``top_k``: the k of the top-k accuracies; ``None``: :data:`ftkit.evaluate.metrics.DEFAULT_TOP_K` where it is
+    defined (k below the number of classes), so two-class data gets no undefined top-5 and no note about it.
     ``skipped``: files left out, ``{"path", "reason", "detail"}``; ``warnings``: about the data as a whole;
     ``images``: in-memory data's uint8 images, row for row (``paths`` are then identifiers), for the gallery;
     ``split``, ``split_note``: the split chosen from a data set with splits, and the line saying why;
@@ -80,7 +82,7 @@ def evaluate_model(
     data,
     out_dir: str | Path,
     *,
-    top_k: Sequence[int] = DEFAULT_TOP_K,
+    top_k: Sequence[int] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     allow_missing_classes: bool = False,
     split: str | None = None,
@@ -162,9 +164,20 @@ def _is_training_source(run_dir, data) -> bool:
         return False
     try:
         trained = yaml.safe_load((Path(run_dir) / "recipe.yaml").read_text())["data"]["train"]
+        return Path(trained).resolve() == Path(data).resolve()
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
         return False
-    return Path(trained).resolve() == Path(data).resolve()
+
+
+def _run_split_of(run_dir, data, split: str | None) -> bool:
+    """Whether ``ftkit evaluate RUN DATA --split NAME`` asks for a split the run carved from DATA, its training
+    source, which DATA itself does not hold: that split is then rebuilt as training made it."""
+    if split is None or not _is_training_source(run_dir, data):
+        return False
+    try:
+        return sources.SPLIT_FOLDERS.get(split.lower()) not in sources.own_splits(data)
+    except (OSError, ValueError):
+        return False  # open_data names what is wrong with DATA
 
 
 def _empty_folder(folder: Path) -> bool:
@@ -180,10 +193,10 @@ def _holds_evaluation_of(folder: Path, source: str) -> bool:
 
 def evaluate_run(
     model_or_run: str | Path,
-    data,
+    data=None,
     out_dir: str | Path | None = None,
     *,
-    top_k: Sequence[int] = DEFAULT_TOP_K,
+    top_k: Sequence[int] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     allow_missing_classes: bool = False,
     split: str | None = None,
@@ -194,7 +207,10 @@ def evaluate_run(
     ``checkpoint="best"`` or ``"last"``, that training checkpoint of a run folder (:func:`load_model`).
 
     ``data``: any source ``ftkit train`` reads, or a ``LabelledFiles`` index. Of data with splits, ``split`` is
-    evaluated (default: test, else val, else all of it; the report's ``split_note`` says which). A class of
+    evaluated (default: test, else val, else all of it; the report's ``split_note`` says which). ``None``: the
+    run's own data, as its ``recipe.yaml`` names it, split as training split it (a carved val or test rebuilt
+    and checked against ``ftkit_run.json``: :mod:`ftkit.evaluate.run_data`); ``split`` defaults to test, else
+    val. The same happens for ``data`` naming the run's training source with a ``split`` training carved from it. A class of
     ``data`` the run does not know is an error, unless ``only_model_classes`` leaves its rows out (each listed in
     the report's ``skipped``, counted per class in its ``unknown_classes``; kept rows keep their ids). ``out_dir``
     defaults to ``RUN/report/<data name>/`` (:func:`default_report_dir`; for a checkpoint file, in the run
@@ -202,16 +218,24 @@ def evaluate_run(
     it went).
     """
     _, meta_path, run_dir = resolve_paths(model_or_run, checkpoint)
+    meta = read_run_meta(meta_path)
     # The data is checked against the run's classes before the model loads, so a mistake in DATA is reported
     # at once rather than after TensorFlow's start-up (seconds).
-    index = _as_labelled(data, read_run_meta(meta_path)["class_names"], split=split,
-                         allow_missing_classes=allow_missing_classes, only_model_classes=only_model_classes)
-    if not index.split and _is_training_source(run_dir, data):
+    if data is None:
+        index = open_run_data(run_dir, meta, split=split)
+    elif _run_split_of(run_dir, data, split):
+        index = open_run_data(run_dir, meta, split=split,
+                              why=f"--split {split}; DATA is the run's training source, which has no {split} split")
+    else:
+        index = _as_labelled(data, meta["class_names"], split=split, allow_missing_classes=allow_missing_classes,
+                             only_model_classes=only_model_classes)
+    if data is not None and not index.split and _is_training_source(run_dir, data):
         index.warnings.append(
             f"DATA is this run's own training source (its recipe's data.train) and has no split folders: the "
             f"{len(index.paths)} images evaluated include those the model was trained on, so these scores are not "
-            f"held-out scores. The run's held-out split is scored in {Path(run_dir) / REPORT_DIR} at the end of "
-            f"training; evaluate a folder the model has not seen for another.")
+            f"held-out scores. Leave DATA out (or pass --split val or test) to evaluate the run's held-out split "
+            f"again, as training carved it; its report from the end of training is in "
+            f"{Path(run_dir) / REPORT_DIR}.")
     if out_dir is None:
         out_dir = default_report_dir(run_dir, index, checkpoint=checkpoint)
     return evaluate_model(

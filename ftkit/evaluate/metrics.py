@@ -15,6 +15,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 ECE_BINS = 15
+DEFAULT_TOP_K = (5,)  # reported by default where defined: for data with more than 5 classes
 PROB_SUM_TOLERANCE = 1e-3
 
 
@@ -86,8 +87,10 @@ def expected_calibration_error(y_true, probs, *, n_bins: int = ECE_BINS) -> tupl
     return float(ece), bins
 
 
-def _top_k(y_true, probs, k_values: Sequence[int], notes: list[str]) -> dict[str, float | None]:
+def _top_k(y_true, probs, k_values: Sequence[int] | None, notes: list[str]) -> dict[str, float | None]:
     n_classes = probs.shape[1]
+    if k_values is None:  # the default, not asked for: only where it means something, with no note otherwise
+        k_values = [k for k in DEFAULT_TOP_K if k < n_classes]
     result = {}
     for k in k_values:
         if k < 1:
@@ -176,8 +179,11 @@ def most_confused_pairs(confusion: np.ndarray, class_names: Sequence[str], *, li
     ]
 
 
-def compute_metrics(y_true, probs, class_names: Sequence[str], *, top_k: Sequence[int] = (5,)) -> dict:
-    """All evaluation metrics as a JSON-ready dict (``None`` where undefined, with a note saying why)."""
+def compute_metrics(y_true, probs, class_names: Sequence[str], *, top_k: Sequence[int] | None = None) -> dict:
+    """All evaluation metrics as a JSON-ready dict (``None`` where undefined, with a note saying why).
+
+    ``top_k``: the k of the top-k accuracies, each reported (a k at or above the number of classes as undefined,
+    with a note); ``None``: those of :data:`DEFAULT_TOP_K` below the number of classes."""
     class_names = list(class_names)
     y_true, probs = check_inputs(y_true, probs, class_names)
     labels = np.arange(len(class_names))

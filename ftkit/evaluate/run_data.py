@@ -1,0 +1,210 @@
+"""The run's own data for ``ftkit evaluate RUN`` (no DATA): its recipe's sources, split as training split them.
+
+Training carves a split its data lacks (stratified, seeded: ``data.val_fraction``, ``data.test_fraction``) and
+caps val and test (``data.eval_samples_per_class``). Evaluating that split again means carving it again, so the
+saved recipe goes through training's own data loading (:func:`ftkit.training.inputs.load_data`), never a second
+copy of the split code, and the result is checked against the file lists ``ftkit_run.json`` recorded
+(:func:`ftkit.data.sources.file_list`: a count and a digest per split). A source changed since training (a file
+added, removed or moved to another class) cannot give the same carve back and is refused. A run recorded before
+file lists were is evaluated with a warning that its split could not be checked, its counts compared.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ftkit.data import sources
+from ftkit.evaluate import images as image_io
+
+EVALUATED_SPLITS = ("test", "val")  # the default without DATA: the first one the run has
+
+
+class SplitChangedError(ValueError):
+    """The run's carved split cannot be rebuilt: its source's files changed since training."""
+
+
+def open_run_data(run_dir: str | Path, meta: dict, *, split: str | None = None,
+                  why: str = "") -> image_io.LabelledFiles:
+    """The labelled rows of the run's own ``split`` (``None``: test, else val), as its training had them.
+
+    ``meta``: the run's ``ftkit_run.json``; ``why``: how the split came to be asked for, for the split note
+    (default: ``--split NAME`` or the default rule)."""
+    recipe = _saved_recipe(Path(run_dir))
+    config = recipe.data
+    _check_exists(config.train, "train", run_dir)
+    carved = _carved(config)
+    index = _load(config, meta, run_dir)
+    name, available = _choose(index, split, run_dir)
+    where = getattr(config, name, None) if name != "train" else None
+    # A carved split is checked with the splits drawn beside it: a file added to the training part changes the draw.
+    group = [s for s in sources.SPLITS if s in index.splits and (s in carved or s == "train")] if carved else []
+    compared = group if name in group else [name]
+    lists = {s: sources.file_list(index[s], index.class_names, base=index.source) for s in compared}
+    check, warnings = _verify(meta.get("data") or {}, lists, index, compared, name=name, carved=name in group,
+                              config=config, run_dir=run_dir)
+    rows = index[name]
+    found = [index.class_names[i] for i in np.unique(rows.labels)]
+    source = os.path.abspath(where or config.train)
+    image_io.check_classes(found, meta["class_names"], allow_missing=True, source=source)
+    to_run = np.array([list(meta["class_names"]).index(c) if c in meta["class_names"] else -1
+                       for c in index.class_names])
+    origin = _origin(config, name, carved=name in group, where=where)
+    reason = why or (f"--split {split}" if split is not None else
+                     f"the default without DATA: test, else val; the run has {', '.join(available)}; --split NAME for "
+                     f"another")
+    return image_io.LabelledFiles(
+        paths=rows.ids(), labels=to_run[rows.labels].astype(np.int64), class_names=list(meta["class_names"]),
+        skipped=[image_io.skipped_file(s.path, s.reason, s.detail) for s in index.skipped if s.split == name],
+        source=f"{source} (the run's {name} split)", warnings=warnings, images=rows.images, split=name,
+        split_note=f"split: {name} ({reason}): the run's own {name} split, {origin}; {len(rows)} images, {check}",
+        report_name=_report_name(source, name))
+
+
+def _report_name(source: str, split: str) -> str:
+    """``pets-val`` for the val split of ``pets/``; ``hymenoptera-train-val`` for that of ``hymenoptera/train/``
+    (named with its parent, as :func:`ftkit.evaluate.evaluation.default_report_dir` names a split folder)."""
+    path = Path(source)
+    name = path.stem or "data"
+    if name.lower() in sources.SPLIT_FOLDERS:
+        name = f"{path.parent.name or 'data'}-{name}"
+    return f"{name}-{split}"
+
+
+def _saved_recipe(run_dir: Path):
+    from ftkit.recipe import RecipeError, load_recipe
+    from ftkit.training.runs import RECIPE_FILE
+
+    path = run_dir / RECIPE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"Without DATA, `ftkit evaluate RUN` evaluates the run's own data as its "
+                                f"{RECIPE_FILE} names it, and the run folder has none: pass DATA. "
+                                f"Received: run={str(run_dir)!r}")
+    try:
+        return load_recipe(path)
+    except RecipeError as error:
+        raise ValueError(f"The run's {RECIPE_FILE} no longer reads as a recipe, so its data cannot be rebuilt: "
+                         f"pass DATA.\n{error}\nReceived: run={str(run_dir)!r}") from None
+
+
+def _check_exists(path: str, key: str, run_dir) -> None:
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            f"The run's data.{key} is not there, so its own data cannot be rebuilt (relative paths are read from "
+            f"the working folder, as training read them: run `ftkit evaluate` from the folder training ran in), or "
+            f"pass DATA. Received: run={str(run_dir)!r}, data.{key}={path!r}")
+
+
+def _carved(config) -> list[str]:
+    """The splits training carved from ``data.train``: asked for with a fraction, given by no other source."""
+    fractions = {"val": 0.0 if config.val else config.val_fraction,
+                 "test": 0.0 if config.test else config.test_fraction}
+    held = sources.own_splits(config.train, root=config.root)
+    return [name for name, fraction in fractions.items() if fraction > 0 and name not in held]
+
+
+def _load(config, meta: dict, run_dir):
+    """The run's index, by the function training loads its data with (same recipe, same seed, same caps)."""
+    from ftkit.training.inputs import load_data
+
+    for key in ("val", "test"):
+        if getattr(config, key):
+            _check_exists(getattr(config, key), key, run_dir)
+    shape = (*meta["image_size"], int(meta.get("channels", 3)))
+    return load_data(config, image_shape=shape).index
+
+
+def _choose(index, split: str | None, run_dir) -> tuple[str, list[str]]:
+    available = [name for name in sources.SPLITS if name in index.splits and len(index.splits[name])]
+    listed = ", ".join(available)
+    if split is not None:
+        name = sources.SPLIT_FOLDERS.get(split.lower())
+        if name is None:
+            raise ValueError(f"--split must name a split: {sources.SPLIT_NAMES_TEXT}. Received: split={split!r}")
+        if name not in available:
+            raise ValueError(f"The run has no {name} split: it has {listed} (its recipe gives no data.{name} and "
+                             f"data.{name}_fraction 0, or its data has no {name} split). Received: "
+                             f"run={str(run_dir)!r}, split={split!r}")
+        return name, available
+    name = next((s for s in EVALUATED_SPLITS if s in available), None)
+    if name is None:
+        raise ValueError(f"The run has no test or val split to evaluate (data.val_fraction and data.test_fraction "
+                         f"0, no data.val or data.test): pass --split train for its training images, or DATA. "
+                         f"Received: run={str(run_dir)!r}")
+    return name, available
+
+
+def _origin(config, name: str, *, carved: bool, where: str | None) -> str:
+    if carved and name == "train":
+        origin = f"what training kept of {config.train} after carving (data.seed {config.seed})"
+    elif carved:
+        origin = (f"carved by training from {config.train} (data.{name}_fraction {getattr(config, f'{name}_fraction')}"
+                  f", data.seed {config.seed})")
+    elif where:
+        origin = f"data.{name} {where}"
+    else:
+        origin = f"the {name} split of {config.train}"
+    cap = config.eval_samples_per_class if name != "train" else config.samples_per_class or config.max_samples_per_class
+    if cap:
+        key = "eval_samples_per_class" if name != "train" else ("samples_per_class" if config.samples_per_class
+                                                                  else "max_samples_per_class")
+        origin += f", at most {cap} per class (data.{key}, data.seed {config.seed})"
+    return origin
+
+
+def _verify(recorded: dict, lists: dict, index, compared: Sequence[str], *, name: str, carved: bool, config,
+            run_dir) -> tuple[str, list[str]]:
+    """``(what the check found, warnings)``; raises :class:`SplitChangedError` where a carved split differs."""
+    then = recorded.get("file_lists")
+    if isinstance(then, dict):
+        changed = [s for s in compared if then.get(s) != lists[s]]
+        if not changed:
+            return "the same files as training's (checked against ftkit_run.json)", []
+        counts = {s: (then.get(s) or {}).get("files") for s in compared}, {s: lists[s]["files"] for s in compared}
+        return _changed(name, carved, config, run_dir, *counts, what="file lists")
+    counts = recorded.get("counts")
+    why = f"ftkit_run.json records no file lists (a run from before they were recorded), so the {name} split "
+    if not isinstance(counts, dict):
+        return "not checked", [why + "was rebuilt from the recipe but could not be checked to be the one training "
+                                     "used, and no per-class counts are recorded to compare"]
+    # Recorded counts leave out the files training found bad while decoding; the rebuilt rows still hold them.
+    gone = {(s["split"], s["path"]) for s in recorded.get("skipped_files", []) if isinstance(s, dict)}
+    now = {s: _usable_counts(index, s, gone) for s in compared}
+    before = {s: counts.get(s) for s in compared}
+    if before != now:
+        return _changed(name, carved, config, run_dir, before, now, what="per-class counts")
+    return "not checked (no file lists recorded)", [
+        why + "could not be checked to be the one training used; its per-class counts are the recorded ones "
+              f"({_text(now)})"]
+
+
+def _usable_counts(index, split: str, gone: set) -> dict[str, int]:
+    rows = index[split]
+    keep = [(split, os.fspath(p)) not in gone for p in rows.paths] if rows.paths is not None else [True] * len(rows)
+    counts = np.bincount(rows.labels[np.asarray(keep, bool)], minlength=len(index.class_names))
+    return dict(zip(index.class_names, counts.tolist(), strict=True))
+
+
+def _text(counts: dict) -> str:
+    def total(value):
+        return sum(value.values()) if isinstance(value, dict) else value
+
+    return ", ".join(f"{s} {'none' if v is None else total(v)}" + (f" {v}" if isinstance(v, dict) else "")
+                     for s, v in counts.items())
+
+
+def _changed(name: str, carved: bool, config, run_dir, before: dict, now: dict, *, what: str):
+    if not carved:
+        return "not the files training evaluated", [
+            f"the run's {name} split changed since training ({what}: recorded {_text(before)}; now {_text(now)}): "
+            f"it is evaluated as it is now"]
+    raise SplitChangedError(
+        f"The run's {name} split can no longer be reproduced: training carved it from {config.train} "
+        f"(data.val_fraction {config.val_fraction}, data.test_fraction {config.test_fraction}, data.seed "
+        f"{config.seed}), and the files there changed since (added, removed or moved to another class), so the same "
+        f"draw gives other images. {what.capitalize()}: recorded {_text(before)}; now {_text(now)}. To evaluate "
+        f"held-out images, pass DATA with split folders (train/, val/, test/) or a CSV of path,label,split naming "
+        f"them. Received: run={str(run_dir)!r}, data.train={config.train!r}")
