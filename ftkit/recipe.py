@@ -168,7 +168,9 @@ class TrainConfig(_Section):
 class EvaluateConfig(_Section):
     enabled: bool = True
     splits: list[Literal["val", "test"]] = Field(default_factory=lambda: ["val", "test"])
-    top_k: list[PositiveInt] = Field(default_factory=lambda: [5])
+    # null: top-5 where the data has more than 5 classes (ftkit.evaluate.metrics.DEFAULT_TOP_K), so a 2-class run
+    # does not report an always-1 top-5; a k written here is reported, undefined with a note where k >= classes.
+    top_k: list[PositiveInt] | None = None
 
 
 class Recipe(_Section):
@@ -396,7 +398,8 @@ def _yaml_reason(exc: yaml.YAMLError) -> str:
 
 # Examples for keys whose default (null) shows no spelling of a value.
 _EXAMPLES: dict[str, Any] = {"data.image_size": [32, 32], "data.classes": ["cat", "dog"],
-                             "train.class_weight": {"cat": 1.0, "dog": 2.0}, "train.early_stopping": {"patience": 3}}
+                             "train.class_weight": {"cat": 1.0, "dog": 2.0}, "train.early_stopping": {"patience": 3},
+                             "train.ema": {"momentum": 0.99}, "evaluate.top_k": [1, 5]}
 
 
 def _spelling(key: str) -> str:

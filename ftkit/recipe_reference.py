@@ -103,7 +103,7 @@ _MEANINGS: dict[str, str] = {
     "train.gradient_accumulation_steps": "average the gradients of this many batches per update",
     "evaluate.enabled": "score the final model and write a report per split after training",
     "evaluate.splits": "the splits evaluated (a split the data lacks is logged and skipped)",
-    "evaluate.top_k": "the k of the top-k accuracies in the report",
+    "evaluate.top_k": "the k of the top-k accuracies in the report; null: top-5 where the data has more than 5 classes",
 }
 
 _SECTION_NOTES: dict[str, str] = {

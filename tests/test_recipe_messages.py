@@ -30,7 +30,7 @@ def _error(source, *overrides: str) -> str:
     ("data.image_size=[32, 32, 3]", "- data.image_size: must be a list of 2 integers > 0 ([height, width]) or null; "
                                     "it has 3 items. Received: data.image_size=[32, 32, 3]"),
     ("head.hidden=64", "- head.hidden: must be a list of integers > 0. Received: head.hidden=64"),
-    ("evaluate.top_k=5", "- evaluate.top_k: must be a list of integers > 0. Received: evaluate.top_k=5"),
+    ("evaluate.top_k=5", "- evaluate.top_k: must be a list of integers > 0 or null. Received: evaluate.top_k=5"),
     ("evaluate.splits=val",
      "- evaluate.splits: must be a list of items from 'val', 'test'. Received: evaluate.splits='val'"),
     ("data.classes=cats", "- data.classes: must be a list of strings or null. Received: data.classes='cats'"),
@@ -48,8 +48,9 @@ def test_a_value_that_is_not_yaml_says_so_with_a_valid_spelling():
         "--set 'data.image_size=[32, 32]'. Received: '[32'")
     # the spelling shown is one that loads
     assert load_recipe(QUICKSTART, overrides=["data.image_size=[32, 32]"]).data.image_size == (32, 32)
-    # a key with a default shows the default's spelling; a required string key shows none
-    assert message_ending(_error(QUICKSTART, "evaluate.top_k=[5")) == "--set 'evaluate.top_k=[5]'. Received: '[5'"
+    # a key with a default shows the default's spelling, a null one an example; a required string key shows none
+    assert message_ending(_error(QUICKSTART, "evaluate.splits=[val")) == "--set 'evaluate.splits=[\"val\", \"test\"]'. Received: '[val'"
+    assert message_ending(_error(QUICKSTART, "evaluate.top_k=[5")) == "--set 'evaluate.top_k=[1, 5]'. Received: '[5'"
     assert message_ending(_error(QUICKSTART, "data.train=a: b: c")) == "for the shell. Received: 'a: b: c'"
 
 

@@ -244,3 +244,21 @@ def test_the_summary_gives_the_split_sizes_left_after_a_file_fails_to_decode(sha
     assert "data: images after decoding: train 8, val 6 (1 skipped while decoding)" in summary
     assert result.reports["val"]["n_samples"] == 6
     assert any(line.startswith("val: accuracy ") and " on 6 images, report " in line for line in summary)
+
+
+def test_evaluate_top_k_unset_hashes_as_the_old_default_so_earlier_runs_resume():
+    """``evaluate.top_k`` now defaults to null (top-5 only where there are more than 5 classes); a run whose saved
+    recipe wrote the old default ``[5]`` must still resume with a recipe that leaves it unset."""
+    import copy
+    from pathlib import Path
+
+    from ftkit.recipe import load_recipe
+    from ftkit.training import runs
+
+    unset = load_recipe(Path(__file__).parents[1] / "recipes" / "quickstart.yaml").to_dict()
+    assert unset["evaluate"]["top_k"] is None
+    old = copy.deepcopy(unset)
+    old["evaluate"]["top_k"] = [5]
+    other = copy.deepcopy(unset)
+    other["evaluate"]["top_k"] = [1, 5]
+    assert runs.recipe_digest(unset) == runs.recipe_digest(old) != runs.recipe_digest(other)

@@ -54,6 +54,8 @@ class ResumeState:
 _LATER_KEYS = {("train", "early_stopping"): (None,), ("train", "clip_norm"): (None,),
                ("train", "gradient_accumulation_steps"): (None, 1), ("train", "ema"): (None,),
                ("data", "policy"): ("skip",)}
+# Keys whose default changed: hashed as the old default when unset, so runs recorded before still resume.
+_OLD_DEFAULTS = {("evaluate", "top_k"): [5]}
 
 
 def recipe_digest(recipe_dict: dict[str, Any]) -> str:
@@ -63,7 +65,8 @@ def recipe_digest(recipe_dict: dict[str, Any]) -> str:
     global-batch steps as a single-device one, so a run may resume under another strategy; and
     ``train.final_model``, which picks the weights saved after training, not how they are trained (and is
     absent from the recipes of runs started before it existed). Keys added later count only when set (off,
-    they train as the runs started before them did, which still resume).
+    they train as the runs started before them did, which still resume); a key whose default changed counts as
+    its old default when unset.
     """
     data = json.loads(json.dumps(recipe_dict, sort_keys=True))
     train = data.get("train", {})
@@ -73,6 +76,10 @@ def recipe_digest(recipe_dict: dict[str, Any]) -> str:
         values = data.get(section, {})
         if key in values and values[key] in off:
             del values[key]
+    for (section, key), default in _OLD_DEFAULTS.items():
+        values = data.get(section, {})
+        if key in values and values[key] is None:
+            values[key] = default
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
