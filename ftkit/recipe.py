@@ -171,6 +171,18 @@ class EvaluateConfig(_Section):
     # null: top-5 where the data has more than 5 classes (ftkit.evaluate.metrics.DEFAULT_TOP_K), so a 2-class run
     # does not report an always-1 top-5; a k written here is reported, undefined with a note where k >= classes.
     top_k: list[PositiveInt] | None = None
+    # "flip": each image's probabilities averaged with its mirror image's (ftkit.evaluate.runs.TTA_MODES)
+    tta: Literal["flip"] | None = None
+
+    @field_validator("tta", mode="before")
+    @classmethod
+    def _tta(cls, value):
+        # pydantic's own message for an optional literal leaves null out of what is allowed
+        if value is not None and value != "flip":
+            hint = " Did you mean 'flip'?" if isinstance(value, str) and value.strip().lower() == "flip" else ""
+            raise ValueError(f"must be 'flip' (each image's class probabilities averaged with its mirror image's) "
+                             f"or null (no test-time augmentation).{hint} Received: evaluate.tta={value!r}")
+        return value
 
 
 class Recipe(_Section):

@@ -104,6 +104,9 @@ _MEANINGS: dict[str, str] = {
     "evaluate.enabled": "score the final model and write a report per split after training",
     "evaluate.splits": "the splits evaluated (a split the data lacks is logged and skipped)",
     "evaluate.top_k": "the k of the top-k accuracies in the report; null: top-5 where the data has more than 5 classes",
+    "evaluate.tta": "test-time augmentation of the final evaluation: 'flip' scores the mean of the class probabilities "
+                    "of each image and its mirror image (twice the evaluation time; for images whose mirror image is "
+                    "the same class, not digits or text); null: none",
 }
 
 _SECTION_NOTES: dict[str, str] = {

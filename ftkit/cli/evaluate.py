@@ -25,6 +25,13 @@ def _checkpoint_flag(parser: argparse.ArgumentParser) -> None:
                              "instead of its final model.keras")
 
 
+def _tta_flag(parser: argparse.ArgumentParser) -> None:
+    from ftkit.evaluate.runs import TTA_HELP, TTA_MODES
+
+    parser.add_argument("--tta", choices=list(TTA_MODES),
+                        help=f"test-time augmentation (default: none): {TTA_HELP}")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
@@ -55,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--only-model-classes", action="store_true",
                    help="evaluate only the images of DATA whose class the model knows (a run trained on digits 5-9 "
                         "on MNIST's 5-9); the others are left out and counted per class in the output and report")
+    _tta_flag(p)
     _checkpoint_flag(p)
     p.set_defaults(func=_evaluate)
 
@@ -70,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=_positive_int, default=3, metavar="K", help="classes shown per image (default: 3)")
     p.add_argument("--csv", metavar="FILE", help="also write every probability to this CSV file")
     p.add_argument("--batch-size", type=_positive_int, default=32)
+    _tta_flag(p)
     _checkpoint_flag(p)
     p.set_defaults(func=_predict)
 
@@ -92,14 +101,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ftkit.data.sources import UNKNOWN_CLASS
     from ftkit.evaluate import evaluate_run
     from ftkit.evaluate.images import describe
+    from ftkit.evaluate.runs import describe_tta
 
     report = evaluate_run(
         args.model, args.data, args.out, top_k=args.top_k, batch_size=args.batch_size,
         allow_missing_classes=args.allow_missing_classes, split=args.split, checkpoint=args.checkpoint,
-        only_model_classes=args.only_model_classes,
+        only_model_classes=args.only_model_classes, tta=args.tta,
     )
     if report["split_note"]:
         print(report["split_note"])
+    if report["tta"]:
+        print(describe_tta(report["tta"]))
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     for note in report["notes"]:  # e.g. a top-k with k >= the number of classes, left undefined
@@ -119,10 +131,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from ftkit.evaluate.images import count_by_reason, describe
     from ftkit.evaluate.predict import check_csv_target, predict_paths, top_k, write_predict_csv
+    from ftkit.evaluate.runs import describe_tta
 
     if args.csv:
         check_csv_target(args.csv)
-    result = predict_paths(args.model, args.paths, batch_size=args.batch_size, checkpoint=args.checkpoint)
+    result = predict_paths(args.model, args.paths, batch_size=args.batch_size, checkpoint=args.checkpoint,
+                           tta=args.tta)
     for folder in result.empty_folders:
         print(f"no files found in {folder} (every file below it is tried, whatever its extension; hidden files and "
               f"folders are skipped)", file=sys.stderr)
@@ -137,7 +151,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.csv:
         write_predict_csv(result, args.csv, k=args.top_k)
     print(f"{len(result.paths)} predicted, {len(result.failures)} unreadable, {count_by_reason(result.skipped)} "
-          f"skipped", file=sys.stderr)
+          f"skipped" + (f"; {describe_tta(result.tta)}" if result.tta else ""), file=sys.stderr)
     return 0 if result.paths else 1
 
 

@@ -32,7 +32,7 @@ from ftkit.evaluate.report import (
     read_predictions_csv,
     resolve_row_path,
 )
-from ftkit.evaluate.runs import REPORT_DIR
+from ftkit.evaluate.runs import REPORT_DIR, describe_tta
 
 # Below this many discordant pairs the chi-square approximation is poor; use the exact binomial test.
 EXACT_MCNEMAR_BELOW = 25
@@ -51,6 +51,9 @@ class EvaluatedRun:
     predicted: list[str]
     confidence: np.ndarray
     class_names: list[str]
+    # The test-time augmentation its report.json records (None: none); tta_known is false without a report.json.
+    tta: str | None = None
+    tta_known: bool = False
 
 
 def find_predictions(run_or_report: str | Path, *, split: str = "test") -> Path:
@@ -84,7 +87,29 @@ def load_evaluated(run_or_report: str | Path, *, split: str = "test") -> Evaluat
     paths = [resolve_row_path(path, working_dir) for path in paths]
     if len(set(paths)) != len(paths):
         raise ValueError(f"{source} lists some paths more than once. Received: {len(paths)} rows, {len(set(paths))} paths")
-    return EvaluatedRun(str(run_or_report), source, paths, true, predicted, probs.max(axis=1), class_names)
+    tta_known, tta = _recorded_tta(source)
+    return EvaluatedRun(str(run_or_report), source, paths, true, predicted, probs.max(axis=1), class_names,
+                        tta=tta, tta_known=tta_known)
+
+
+def _recorded_tta(predictions: Path) -> tuple[bool, str | None]:
+    """``(known, tta)`` from the report.json beside ``predictions``; a report written before ``tta`` was recorded
+    had none. A predictions.csv without its report.json says nothing of it."""
+    try:
+        report = json.loads((predictions.parent / FILES["json"]).read_text())
+    except (OSError, ValueError):
+        return False, None
+    return (True, report.get("tta")) if isinstance(report, dict) else (False, None)
+
+
+def _notes(a: EvaluatedRun, b: EvaluatedRun) -> list[str]:
+    """Differences between the two evaluations that are not differences between the models."""
+    notes = []
+    if a.tta_known and b.tta_known and a.tta != b.tta:
+        notes.append(f"The evaluations differ in test-time augmentation: A {describe_tta(a.tta)}, B "
+                     f"{describe_tta(b.tta)} (report.json's tta), so part of the difference is the augmentation, "
+                     f"not the models; evaluate both alike (`ftkit evaluate ... --tta`) to compare the models.")
+    return notes
 
 
 def _examples(items) -> list[str]:
@@ -196,8 +221,9 @@ def compare_runs(run_a: str | Path, run_b: str | Path, *, out_dir: str | Path | 
         return sorted(rows, key=lambda r: -(r["confidence_b"] if r["true"] == r["predicted_a"] else r["confidence_a"]))
 
     result = {
-        "a": {"run": a.name, "predictions": str(a.source), "accuracy": float(a_correct.mean())},
-        "b": {"run": b.name, "predictions": str(b.source), "accuracy": float(b_correct.mean())},
+        "a": {"run": a.name, "predictions": str(a.source), "accuracy": float(a_correct.mean()), "tta": a.tta},
+        "b": {"run": b.name, "predictions": str(b.source), "accuracy": float(b_correct.mean()), "tta": b.tta},
+        "notes": _notes(a, b),
         "class_names": class_names,
         "n_samples": len(a.paths),
         "accuracy_delta": float(b_correct.mean() - a_correct.mean()),
@@ -253,6 +279,8 @@ def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
 def render_markdown(result: dict) -> str:
     parts = ["# Run comparison"]
+    if result.get("notes"):
+        parts += ["## Notes", "\n".join(f"- {note}" for note in result["notes"])]
     for title, header, rows in _tables(result):
         parts += [f"## {title}", md_table(header, rows)]
     for key, title in (("a_right_b_wrong", "A right, B wrong"), ("a_wrong_b_right", "A wrong, B right")):
@@ -310,8 +338,9 @@ def write_comparison(result: dict, out_dir: str | Path) -> None:
     (out_dir / COMPARE_FILES["json"]).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     (out_dir / COMPARE_FILES["markdown"]).write_text(printable(render_markdown(result)), encoding="utf-8")
     tables = "".join(f"<h2>{html.escape(title)}</h2>{html_table(header, rows)}" for title, header, rows in _tables(result))
+    notes = "".join(f'<li class="note">{html.escape(note)}</li>' for note in result.get("notes", ()))
     body = (
-        f"<h1>Run comparison</h1>{tables}"
+        "<h1>Run comparison</h1>" + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "") + tables +
         f"<h2>A right, B wrong ({len(result['a_right_b_wrong'])})</h2>"
         f"{_disagreement_gallery(result['a_right_b_wrong'], result['a']['predictions'])}"
         f"<h2>A wrong, B right ({len(result['a_wrong_b_right'])})</h2>"

@@ -17,7 +17,7 @@ from ftkit.evaluate.metrics import compute_metrics
 from ftkit.evaluate.predict import DEFAULT_BATCH_SIZE, predict_files, predict_images
 from ftkit.evaluate.report import FILES, write_bundle
 from ftkit.evaluate.run_data import open_run_data
-from ftkit.evaluate.runs import REPORT_DIR, LoadedModel, load_model, read_run_meta, resolve_paths
+from ftkit.evaluate.runs import REPORT_DIR, LoadedModel, check_tta, load_model, read_run_meta, resolve_paths
 
 
 def evaluate_predictions(
@@ -36,6 +36,7 @@ def evaluate_predictions(
     split: str = "",
     split_note: str = "",
     unknown_classes: Mapping[str, int] | None = None,
+    tta: str | None = None,
 ) -> dict:
     """Score predictions already made (``probs[i]`` for ``paths[i]``) and write the bundle to ``out_dir``.
 
@@ -44,11 +45,13 @@ def evaluate_predictions(
     ``skipped``: files left out, ``{"path", "reason", "detail"}``; ``warnings``: about the data as a whole;
     ``images``: in-memory data's uint8 images, row for row (``paths`` are then identifiers), for the gallery;
     ``split``, ``split_note``: the split chosen from a data set with splits, and the line saying why;
-    ``unknown_classes``: rows left out per class the model does not know (``only_model_classes``)."""
+    ``unknown_classes``: rows left out per class the model does not know (``only_model_classes``); ``tta``: the
+    test-time augmentation ``probs`` were averaged over (``"flip"``), recorded in the report."""
     from ftkit import __version__
 
+    check_tta(tta)
     report = compute_metrics(y_true, probs, class_names, top_k=top_k)
-    report.update(model=model, data=data, split=split or None, split_note=split_note, skipped=list(skipped),
+    report.update(model=model, data=data, split=split or None, split_note=split_note, tta=tta, skipped=list(skipped),
                   unknown_classes=dict(unknown_classes or {}), warnings=list(warnings), ftkit_version=__version__)
     return write_bundle(out_dir, report, paths=list(paths), y_true=np.asarray(y_true), probs=np.asarray(probs),
                         images=images)
@@ -87,6 +90,7 @@ def evaluate_model(
     allow_missing_classes: bool = False,
     split: str | None = None,
     only_model_classes: bool = False,
+    tta: str | None = None,
 ) -> dict:
     """Predict every image of ``data`` with ``loaded`` (model + run metadata), score, write ``out_dir``.
 
@@ -94,10 +98,13 @@ def evaluate_model(
     chooses a split of one that has them) or a ``LabelledFiles`` index. Unreadable files are skipped and listed
     in the report, and empty class folders left out with a warning. ``only_model_classes``: rows of classes the
     model does not know are left out (listed as skipped, counted per class in ``unknown_classes``), not an error.
+    ``tta="flip"``: each image's probabilities are the mean of the model's for the image and its mirror image
+    (:func:`ftkit.evaluate.predict.predict_batch`; twice the inference time), and the report says so.
     """
+    check_tta(tta)
     index = _as_labelled(data, loaded.class_names, split=split, allow_missing_classes=allow_missing_classes,
                          only_model_classes=only_model_classes)
-    paths, y_true, probs, failures = _predict(loaded, index, batch_size=batch_size)
+    paths, y_true, probs, failures = _predict(loaded, index, batch_size=batch_size, tta=tta)
     return evaluate_predictions(
         paths,
         y_true,
@@ -113,14 +120,15 @@ def evaluate_model(
         split=index.split,
         split_note=index.split_note,
         unknown_classes=index.unknown_classes,
+        tta=tta,
     )
 
 
-def _predict(loaded: LoadedModel, index: image_io.LabelledFiles, *, batch_size: int):
+def _predict(loaded: LoadedModel, index: image_io.LabelledFiles, *, batch_size: int, tta: str | None):
     """``(paths, y_true, probs, failures)`` of the rows that could be read, in the index's order."""
     if index.images is not None:  # in memory: nothing can fail to decode
-        return index.paths, index.labels, predict_images(loaded, index.images, batch_size=batch_size), []
-    result = predict_files(loaded, index.paths, batch_size=batch_size)
+        return index.paths, index.labels, predict_images(loaded, index.images, batch_size=batch_size, tta=tta), []
+    result = predict_files(loaded, index.paths, batch_size=batch_size, tta=tta)
     if not result.paths:
         raise ValueError(
             f"None of the {len(index.paths)} evaluation files could be read; first error: "
@@ -202,6 +210,7 @@ def evaluate_run(
     split: str | None = None,
     checkpoint: str | None = None,
     only_model_classes: bool = False,
+    tta: str | None = None,
 ) -> dict:
     """``ftkit evaluate``: load a run folder (or ``.keras`` with its ``ftkit_run.json``) and evaluate it; with
     ``checkpoint="best"`` or ``"last"``, that training checkpoint of a run folder (:func:`load_model`).
@@ -214,9 +223,10 @@ def evaluate_run(
     ``data`` the run does not know is an error, unless ``only_model_classes`` leaves its rows out (each listed in
     the report's ``skipped``, counted per class in its ``unknown_classes``; kept rows keep their ids). ``out_dir``
     defaults to ``RUN/report/<data name>/`` (:func:`default_report_dir`; for a checkpoint file, in the run
-    folder holding its metadata). Returns the report dict (what ``report.json`` holds; ``out_dir`` says where
-    it went).
+    folder holding its metadata). ``tta``: see :func:`evaluate_model`. Returns the report dict (what
+    ``report.json`` holds; ``out_dir`` says where it went).
     """
+    check_tta(tta)  # before the data is read and the model loads
     _, meta_path, run_dir = resolve_paths(model_or_run, checkpoint)
     meta = read_run_meta(meta_path)
     # The data is checked against the run's classes before the model loads, so a mistake in DATA is reported
@@ -240,5 +250,5 @@ def evaluate_run(
         out_dir = default_report_dir(run_dir, index, checkpoint=checkpoint)
     return evaluate_model(
         load_model(model_or_run, checkpoint=checkpoint), index, out_dir, top_k=top_k, batch_size=batch_size,
-        allow_missing_classes=allow_missing_classes,
+        allow_missing_classes=allow_missing_classes, tta=tta,
     )

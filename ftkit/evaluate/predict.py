@@ -12,7 +12,7 @@ import numpy as np
 
 from ftkit.evaluate import images as image_io
 from ftkit.evaluate.metrics import PROB_SUM_TOLERANCE
-from ftkit.evaluate.runs import INFERENCE_MODEL, LoadedModel, load_model
+from ftkit.evaluate.runs import INFERENCE_MODEL, LoadedModel, check_tta, load_model
 
 DEFAULT_BATCH_SIZE = 32
 HIDDEN, SYSTEM_FILE = "hidden", "system file"
@@ -32,6 +32,7 @@ class Predictions:
     # and the folders asked for in which no file was found.
     skipped: list[dict] = field(default_factory=list)
     empty_folders: list[str] = field(default_factory=list)
+    tta: str | None = None  # the test-time augmentation ``probs`` were averaged over (:data:`ftkit.evaluate.runs.TTA_MODES`)
 
     def rows(self):
         """``(path, probabilities or None, failure or None)`` per file asked for, in the order given."""
@@ -75,26 +76,44 @@ def _check_output(probs: np.ndarray, loaded: LoadedModel) -> None:
         )
 
 
-def predict_batches(model, batches: Iterable) -> np.ndarray:
+def predict_batch(model, batch, *, tta: str | None = None) -> np.ndarray:
+    """``model``'s output for one batch of images (``[batch, height, width, channels]``) as float64: where
+    evaluation, training's final evaluation and prediction all run the model. ``tta="flip"``: the mean of the
+    outputs for the batch and for its mirror image (the width axis reversed), averaged as probabilities, which is
+    what inference models return (averaging logits would weigh the views otherwise)."""
+    check_tta(tta)
+    probs = np.asarray(model.predict_on_batch(batch), dtype=np.float64)
+    if tta == "flip":
+        import keras
+
+        mirrored = np.asarray(model.predict_on_batch(keras.ops.flip(batch, axis=2)), dtype=np.float64)
+        probs = (probs + mirrored) / 2
+    return probs
+
+
+def predict_batches(model, batches: Iterable, *, tta: str | None = None) -> np.ndarray:
     """``model``'s outputs for each batch of ``batches`` (arrays, or a ``tf.data.Dataset`` of image batches), in
-    order, as float64. Quiet, as the prediction of files is: ``Model.predict``'s progress bar redraws its line
-    with terminal escapes, which fill a log file (``ftkit train > log``) with noise."""
-    outputs = [np.asarray(model.predict_on_batch(batch), dtype=np.float64) for batch in batches]
+    order, as float64 (``tta``: :func:`predict_batch`). Quiet, as the prediction of files is: ``Model.predict``'s
+    progress bar redraws its line with terminal escapes, which fill a log file (``ftkit train > log``) with
+    noise."""
+    check_tta(tta)
+    outputs = [predict_batch(model, batch, tta=tta) for batch in batches]
     return np.concatenate(outputs) if outputs else np.zeros((0, 0))
 
 
 def predict_files(
-    loaded: LoadedModel, paths: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE
+    loaded: LoadedModel, paths: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE, tta: str | None = None
 ) -> Predictions:
     """Predict every readable file of ``paths`` in order, decoded as training decodes (the training pipeline,
-    which decodes the next batches while the model runs)."""
+    which decodes the next batches while the model runs); ``tta``: :func:`predict_batch`."""
+    check_tta(tta)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size!r}")
     decoded = image_io.TrainingDecode(paths, image_size=loaded.image_size, channels=loaded.channels,
                                       resize=loaded.resize, batch_size=batch_size)
     outputs = []
     for batch in decoded:
-        probs = np.asarray(loaded.model.predict_on_batch(batch), dtype=np.float64)
+        probs = predict_batch(loaded.model, batch, tta=tta)
         _check_output(probs, loaded)
         outputs.append(probs)
     kept, failures = decoded.outcome()
@@ -102,17 +121,20 @@ def predict_files(
     if len(probs) != len(kept):  # the pipeline's contract: every readable file once, in order
         raise RuntimeError(f"{len(probs)} predictions for {len(kept)} readable files of {len(decoded.paths)}")
     return Predictions(paths=[decoded.paths[i] for i in kept], probs=probs, class_names=list(loaded.class_names),
-                       failures=failures, inputs=list(decoded.paths))
+                       failures=failures, inputs=list(decoded.paths), tta=tta)
 
 
-def predict_images(loaded: LoadedModel, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-    """Probabilities for in-memory uint8 images (MNIST), row for row, resized as training resized them."""
+def predict_images(loaded: LoadedModel, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                   tta: str | None = None) -> np.ndarray:
+    """Probabilities for in-memory uint8 images (MNIST), row for row, resized as training resized them; ``tta``:
+    :func:`predict_batch`."""
+    check_tta(tta)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size!r}")
     outputs = []
     for batch in image_io.decode_arrays(images, image_size=loaded.image_size, channels=loaded.channels,
                                         resize=loaded.resize, batch_size=batch_size):
-        probs = np.asarray(loaded.model.predict_on_batch(batch), dtype=np.float64)
+        probs = predict_batch(loaded.model, batch, tta=tta)
         _check_output(probs, loaded)
         outputs.append(probs)
     return np.concatenate(outputs) if outputs else np.zeros((0, len(loaded.class_names)))
@@ -120,12 +142,14 @@ def predict_images(loaded: LoadedModel, images: np.ndarray, *, batch_size: int =
 
 def predict_paths(
     model_or_run: str | Path | LoadedModel, inputs: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
-    checkpoint: str | None = None,
+    checkpoint: str | None = None, tta: str | None = None,
 ) -> Predictions:
     """Files or folders in (folders are walked, hidden files skipped), probabilities out; every file that
     cannot be read (missing, a symlink loop, not an image...) is in ``failures`` with its reason, and
     ``rows()`` gives them all in the order asked. ``checkpoint``: ``"best"`` or ``"last"`` of a run folder
-    instead of its ``model.keras`` (:func:`load_model`)."""
+    instead of its ``model.keras`` (:func:`load_model`); ``tta``: ``"flip"`` averages each image's probabilities
+    with its mirror image's (:func:`predict_batch`)."""
+    check_tta(tta)  # before the model loads (seconds)
     inputs = [str(item) for item in inputs]
     listed, unwalkable, empty, ignored = [], [], [], []
     for item in inputs:  # one at a time, to know which folder held no file
@@ -141,7 +165,7 @@ def predict_paths(
     else:
         loaded = load_model(model_or_run, checkpoint=checkpoint)
     walked = {f["path"] for f in unwalkable}
-    result = predict_files(loaded, [p for p in listed if p not in walked], batch_size=batch_size)
+    result = predict_files(loaded, [p for p in listed if p not in walked], batch_size=batch_size, tta=tta)
     failed = {f["path"]: f for f in [*unwalkable, *result.failures]}
     result.failures = [failed[p] for p in dict.fromkeys(listed) if p in failed]
     result.inputs = listed

@@ -22,6 +22,7 @@ import numpy as np
 from ftkit.data.sources import printable
 from ftkit.evaluate import gallery, plots
 from ftkit.evaluate.images import count_by_reason, describe
+from ftkit.evaluate.runs import describe_tta
 
 FILES = {
     "json": "report.json",
@@ -150,11 +151,20 @@ def _notes(report: dict) -> list[str]:
     return [*filter(None, [report.get("split_note")]), *report.get("warnings", ()), *report["notes"]]
 
 
+def _tta_line(report: dict) -> str:
+    """The line saying the probabilities were averaged over test-time augmentation; empty without it (and for
+    reports written before it existed)."""
+    tta = report.get("tta")
+    line = describe_tta(tta) if tta else ""
+    return line[:1].upper() + line[1:]
+
+
 def render_markdown(report: dict) -> str:
     """report.md: the same numbers as report.json, with the PNGs linked beside it."""
+    tta = _tta_line(report)
     parts = [
         "# Evaluation report",
-        f"Model: `{report['model']}`  \nData: `{report['data']}`",
+        f"Model: `{report['model']}`  \nData: `{report['data']}`" + (f"  \n{tta}" if tta else ""),
         "## Summary",
         md_table(["metric", "value"], _summary_rows(report)),
         "## Per class",
@@ -261,9 +271,10 @@ def render_html(report: dict, out_dir: Path, cells: list[dict], pixels=None) -> 
     )
     notes = "".join(f'<li class="note">{html.escape(n)}</li>' for n in _notes(report))
     skipped = "".join(f"<li><code>{html.escape(s['path'])}</code>: {html.escape(describe(s))}</li>" for s in report["skipped"])
+    tta = _tta_line(report)
     body = (
         f"<h1>Evaluation report</h1><p class=\"meta\">Model <code>{html.escape(report['model'])}</code><br>"
-        f"Data <code>{html.escape(report['data'])}</code></p>"
+        f"Data <code>{html.escape(report['data'])}</code>" + (f"<br>{html.escape(tta)}" if tta else "") + "</p>"
         f"<h2>Summary</h2>{html_table(['metric', 'value'], _summary_rows(report))}"
         + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
         + f'<h2>Confusion matrices and calibration</h2><div class="figures">{figures}</div>'

@@ -16,6 +16,27 @@ RUN_META = "ftkit_run.json"
 INFERENCE_MODEL = "model.keras"
 REPORT_DIR = "report"
 CHECKPOINTS = ("best", "last")  # RUN/checkpoints/<name>.keras, as ftkit.training writes them
+# Test-time augmentation: each mode and what the report says of it. "flip": an image's class probabilities are
+# the mean of the model's for the image and for its horizontal mirror image (fastai's ``learn.tta`` without the
+# random crops), one extra forward pass per batch (ftkit.evaluate.predict.predict_batch). Defined here, not there,
+# because the CLI builds its parser from them and ftkit.evaluate.predict imports scikit-learn (seconds).
+TTA_MODES = {"flip": "horizontal flip, 2 views averaged"}
+TTA_HELP = ("'flip' averages the class probabilities of each image and of its mirror image (left and right "
+            "swapped), which doubles the inference time; it suits images whose mirror image is the same class "
+            "(photos of objects, animals, scenes), not digits or text")
+
+
+def check_tta(tta: str | None) -> str | None:
+    """``tta`` if it names a test-time augmentation (:data:`TTA_MODES`) or is ``None``; an error otherwise."""
+    if tta is not None and (not isinstance(tta, str) or tta not in TTA_MODES):
+        raise ValueError(f"tta must be None (no test-time augmentation) or one of {list(TTA_MODES)}: {TTA_HELP}. "
+                         f"Received: tta={tta!r}")
+    return tta
+
+
+def describe_tta(tta: str | None) -> str:
+    """The report's line on test-time augmentation."""
+    return f"test-time augmentation: {TTA_MODES[tta] if tta else 'none'}"
 
 
 @dataclass

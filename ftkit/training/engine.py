@@ -1144,12 +1144,15 @@ def evaluate_after_training(trainer: Trainer, model) -> dict[str, dict]:
             files = LabelledFiles(paths=[str(p) for p in rows.paths], labels=rows.labels.astype(np.int64),
                                   class_names=data.class_names, source=f"{data.index.source} ({split} split)")
             reports[split] = evaluate_model(loaded, files, out_dir, top_k=recipe.evaluate.top_k,
-                                            batch_size=data.batch_size, allow_missing_classes=True)
+                                            batch_size=data.batch_size, allow_missing_classes=True,
+                                            tta=recipe.evaluate.tta)
         else:  # in-memory images (MNIST): nothing can fail to decode, so rows and predictions align
-            probs = predict_batches(model, data.dataset(split, with_weights=False).map(lambda x, y: x))
+            probs = predict_batches(model, data.dataset(split, with_weights=False).map(lambda x, y: x),
+                                    tta=recipe.evaluate.tta)
             reports[split] = evaluate_predictions(split_ids(data, split), rows.labels, probs, data.class_names,
                                                   out_dir, top_k=recipe.evaluate.top_k, model=loaded.source,
-                                                  data=str(data.index.source), images=rows.images)
+                                                  data=str(data.index.source), images=rows.images,
+                                                  tta=recipe.evaluate.tta)
     return reports
 
 

@@ -53,7 +53,7 @@ class ResumeState:
 # Recipe keys added after runs were made, and their values that mean "off" (as before they existed).
 _LATER_KEYS = {("train", "early_stopping"): (None,), ("train", "clip_norm"): (None,),
                ("train", "gradient_accumulation_steps"): (None, 1), ("train", "ema"): (None,),
-               ("data", "policy"): ("skip",)}
+               ("data", "policy"): ("skip",), ("evaluate", "tta"): (None,)}
 # Keys whose default changed: hashed as the old default when unset, so runs recorded before still resume.
 _OLD_DEFAULTS = {("evaluate", "top_k"): [5]}
 
