@@ -1,8 +1,9 @@
 """Model assembly: raw images -> normalisation -> backbone (include_top=False) -> new head -> logits.
 
 The normalisation comes from the backbone's metadata and sits inside the model, so every saved model takes
-raw 0..255 images. The training model outputs logits (the loss is computed from logits); GoogLeNet-style
-auxiliary heads are extra training outputs, dropped from the inference model, which ends in a softmax.
+raw 0..255 images; a backbone that scales its own input (``RAW_PREPROCESSING``) gets no normalisation layer.
+The training model outputs logits (the loss is computed from logits); GoogLeNet-style auxiliary heads are extra
+training outputs, dropped from the inference model, which ends in a softmax.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Assembled:
 
     model: Any  # raw images -> logits (or [logits, aux logits...])
     backbone: Any  # the nested backbone model (normalised images -> feature map [, aux taps])
-    preprocess: Any
+    preprocess: Any  # None for a backbone that takes raw pixels (info.raw_input)
     head_layers: list  # weighted layers of the new head, input to output
     aux_layers: list
     groups: dict[str, list]  # backbone group -> layers, plus "head" (and "aux")
@@ -77,8 +78,9 @@ def build_model(backbone_name: str, *, num_classes: int, image_shape: tuple[int,
     groups = assign_layer_groups(backbone, info)
 
     inputs = keras.Input(shape=tuple(image_shape), name="image")
-    preprocess = preprocessing_layer(info)
-    outputs = backbone(preprocess(inputs))
+    # An identity layer would only make saved models need ftkit's layer class to load.
+    preprocess = None if info.raw_input else preprocessing_layer(info)
+    outputs = backbone(inputs if preprocess is None else preprocess(inputs))
     features, tapped = (outputs[0], outputs[1:]) if taps else (outputs, [])
     logits, head_layers, features_shape = _head(features, num_classes=num_classes, config=head, seed=seed)
     aux_outputs, aux_layers = [], []

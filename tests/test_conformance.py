@@ -41,3 +41,42 @@ def test_variable_input_size_builds_headless_or_fails_clearly(name):
     low, high = info.min_input_shape[:2], (info.min_input_shape[0] + 32, info.min_input_shape[1] + 48)
     widths = {np.asarray(pooled(np.zeros((1, *size, info.channels), "float32"))).shape for size in (low, high)}
     assert widths == {(1, feature_map.output_shape[-1])}
+
+
+def _headless_norm_net(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=2,
+                       classifier_activation="softmax", name=None):
+    """Like keras.applications' ConvNeXt: without the top, a final weighted layer the top model lacks."""
+    import keras
+
+    inputs = keras.Input(shape=input_shape or (32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="stem_conv")(inputs)
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        return keras.Model(inputs, keras.layers.Dense(classes, activation=classifier_activation,
+                                                      name="predictions")(x), name=name or "net")
+    x = keras.layers.LayerNormalization(name="final_norm")(x)
+    if pooling:
+        x = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}[pooling]()(x)
+    return keras.Model(inputs, x, name=name or "net")
+
+
+@pytest.mark.parametrize(("groups", "detail"), [
+    # Only the head regex matches it: grouped, but the assembled model's new head replaces that group.
+    ([["stem", "stem_"], ["head", "(predictions|final_norm)$"]],
+     "AssertionError: include_top=False, pooling=None: final_norm in group 'head', which ftkit's new head replaces "
+     "(so in no group it trains or freezes); give them a group of their own"),
+    ([["stem", "stem_"], ["head", "predictions$"]],
+     "AssertionError: include_top=False, pooling=None: weighted layers in no group: final_norm"),
+    ([["stem", "stem_"], ["top", "final_norm$"], ["head", "predictions$"]],
+     "stem:1, top:0, head:1; without the top: 2 layers grouped, none in 'head'"),
+], ids=["only-head-matches", "in-no-group", "own-group"])
+def test_layer_groups_are_checked_on_the_headless_model_too(groups, detail):
+    from ftkit.backbones import BackboneRegistry
+
+    registry = BackboneRegistry(lambda: [])
+    registry.register("net", _headless_norm_net, layer_groups=groups)
+    results = {r.check: r for r in check_backbone("net", registry=registry)}
+    passes = not detail.startswith("AssertionError")
+    assert [check for check, r in results.items() if not r.passed] == ([] if passes else
+                                                                      ["layer groups cover every weight"])
+    assert results["layer groups cover every weight"].detail == detail

@@ -78,7 +78,9 @@ def test_registry_contract_at_the_minimum_size(registry, name):
     info = registry.info(name)
     assert info.missing == () and info.min_input_shape == MIN and info.family == _family(name)
     assert info.preprocessing == {"scale": 1.0, "mean": (0.0,) * 3, "std": (1.0,) * 3, "channel_order": "RGB"}
-    assert set(info.weights) == {"imagenet"}
+    assert info.raw_input
+    # Declared without URLs: keras.applications downloads and hash-checks the file; ftkit checks the rest.
+    assert info.weights == {"imagenet": {"classes": 1000, "input_shape": info.default_input_shape}}
     x = np.random.default_rng(0).uniform(0, 255, (2, *MIN)).astype("float32")
     top = registry.create(name, include_top=True, input_shape=MIN, classes=3)
     y = np.asarray(top(x, training=False))
@@ -117,12 +119,14 @@ def test_layer_groups_cover_every_weighted_layer_in_input_to_output_order(regist
 
 @pytest.mark.parametrize("name", ONE_PER_FAMILY)
 def test_assembled_model_on_raw_pixels_matches_keras_applications(registry, name):
-    """No double normalisation: the backbone scales its own input, so ftkit's Preprocess must be the identity."""
+    """No double normalisation: the backbone scales its own input, so ftkit adds no normalisation layer."""
     import keras
 
-    from ftkit.head import FEATURES_LAYER, HeadConfig, build_model
+    from ftkit.head import BACKBONE_LAYER, FEATURES_LAYER, HeadConfig, build_model
 
     assembled = build_model(name, num_classes=2, image_shape=MIN, head=HeadConfig())
+    assert assembled.preprocess is None
+    assert [layer.name for layer in assembled.model.layers[:2]] == ["image", BACKBONE_LAYER]
     features = keras.Model(assembled.model.inputs, assembled.model.get_layer(FEATURES_LAYER).output)
     reference = _keras_constructor(registry, name)(include_top=False, weights=None, input_shape=MIN, pooling="avg")
     reference.set_weights(assembled.backbone.get_weights())
@@ -136,6 +140,15 @@ def test_assembled_model_on_raw_pixels_matches_keras_applications(registry, name
     # The comparison can tell: ImageNet normalisation in front (ftkit's default) changes the features.
     normalised = ((raw / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])).astype("float32")
     assert not np.allclose(np.asarray(reference(normalised, training=False)), expected, rtol=1e-2, atol=1e-2 * scale)
+
+
+def test_conformance_suite_passes_for_convnext(registry):
+    """ConvNeXt's LayerNormalization exists only without the top: the layer-group check groups that model too."""
+    from ftkit.backbones._check import check_backbone
+
+    results = check_backbone("convnext_tiny", registry=registry)
+    assert [(r.check, r.detail) for r in results if not r.passed] == []
+    assert len(results) == 11
 
 
 def test_imagenet_reaches_keras_applications_unchanged(registry, monkeypatch):

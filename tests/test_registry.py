@@ -321,7 +321,7 @@ def test_registration_rejects_bad_metadata():
     ({"fixed_input_with_top": "no"}, "metadata 'fixed_input_with_top' must be True or False. "
      "Received: fixed_input_with_top='no'"),
     ({"preprocessing": {"mean": (0.5,)}}, "metadata 'preprocessing' must be a dict whose mean has one number per "
-     "channel (3). Received: preprocessing={'mean': (0.5,)}"),
+     "channel (3) or one for all. Received: preprocessing={'mean': (0.5,)}"),
     ({"preprocessing": {"scale": "1/255"}}, "metadata 'preprocessing' must be a dict whose scale is a positive "
      "number. Received: preprocessing={'scale': '1/255'}"),
     ({"preprocessing": {"stdev": (1, 1, 1)}}, "metadata 'preprocessing' must be a dict with keys among "
@@ -331,6 +331,9 @@ def test_registration_rejects_bad_metadata():
     ({"aux_taps": "inception4a_output"}, "metadata 'aux_taps' must be a list of layer names. "
      "Received: aux_taps='inception4a_output'"),
     ({"weights": {"imagenet": "https://host/w.h5"}}, "metadata 'weights' must be a dict of named weight sets"),
+    ({"weights": {"imagenet": {"url": "https://host/w.h5", "notop_file_hash": "ab12"}}},
+     "metadata 'weights' must be a dict of named weight sets where 'notop_file_hash' comes with the 'notop_url' it "
+     "checks. Received: weights="),
     ({"paper": 1998}, "metadata 'paper' must be a string. Received: paper=1998"),
 ])
 def test_bad_metadata_names_the_field_what_was_received_and_what_is_allowed(metadata, message):
@@ -358,6 +361,105 @@ def test_missing_metadata_gets_the_documented_defaults_and_passes_the_check():
     registry.register("gray", _net, default_input_shape=(28, 28, 1))
     gray = registry.info("gray").preprocessing
     assert gray["mean"] == pytest.approx((0.449,), abs=1e-3) and gray["std"] == pytest.approx((0.226,), abs=1e-3)
+
+
+def test_raw_preprocessing_adds_no_normalisation_and_keeps_the_bare_backbones_features():
+    """RAW_PREPROCESSING: raw 0..255 pixels reach the backbone unchanged, with no ftkit layer in the saved model."""
+    import json
+
+    import keras
+    import numpy as np
+
+    from ftkit.backbones import IMAGENET_PREPROCESSING, RAW_PREPROCESSING, REGISTRY
+    from ftkit.head import FEATURES_LAYER, HeadConfig, build_model
+
+    REGISTRY.register("raw_test_net", _recording_builder([]), default_input_shape=(32, 32, 3),
+                      preprocessing=RAW_PREPROCESSING)
+    REGISTRY.register("imagenet_test_net", _recording_builder([]), default_input_shape=(32, 32, 3),
+                      preprocessing=IMAGENET_PREPROCESSING)
+    try:
+        info = REGISTRY.info("raw_test_net")
+        assert info.raw_input and not REGISTRY.info("imagenet_test_net").raw_input
+        assert info.preprocessing == {"scale": 1.0, "mean": (0.0,) * 3, "std": (1.0,) * 3, "channel_order": "RGB"}
+        assembled = build_model("raw_test_net", num_classes=2, image_shape=(32, 32, 3), head=HeadConfig())
+        assert assembled.preprocess is None
+        config = json.dumps(assembled.model.get_config())
+        assert "Preprocess" not in config and "ftkit" not in config
+        features = keras.Model(assembled.model.inputs, assembled.model.get_layer(FEATURES_LAYER).output)
+        raw = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+        bare = np.asarray(keras.layers.GlobalAveragePooling2D()(assembled.backbone(raw)))
+        np.testing.assert_array_equal(np.asarray(features([raw])), bare)
+        # The comparison can tell: ImageNet statistics put a Preprocess layer in front, which changes the features.
+        normalised = build_model("imagenet_test_net", num_classes=2, image_shape=(32, 32, 3), head=HeadConfig())
+        assert type(normalised.preprocess).__name__ == "Preprocess"
+        normalised.backbone.set_weights(assembled.backbone.get_weights())
+        other = keras.Model(normalised.model.inputs, normalised.model.get_layer(FEATURES_LAYER).output)
+        assert not np.allclose(np.asarray(other([raw])), bare, rtol=1e-2)
+    finally:
+        REGISTRY.unregister("raw_test_net")
+        REGISTRY.unregister("imagenet_test_net")
+    # One number for mean and std: the constant fits any channel count.
+    gray = BackboneRegistry(lambda: [])
+    gray.register("gray", _recording_builder([]), default_input_shape=(28, 28, 1), preprocessing=RAW_PREPROCESSING)
+    assert gray.info("gray").preprocessing["mean"] == (0.0,) and gray.info("gray").raw_input
+
+
+def _recording_builder(calls):
+    """A fresh builder each time (registering with metadata sets the function's attribute), noting ``weights``."""
+
+    def builder(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=2,
+                classifier_activation="softmax", name=None):
+        calls.append(weights)
+        return _net(include_top, None, input_tensor, input_shape, pooling, classes, classifier_activation, name)
+
+    return builder
+
+
+def test_a_named_weight_set_without_urls_is_passed_to_the_builder_which_resolves_it(tmp_path, monkeypatch):
+    """``{"imagenet": {...}}`` without url/notop_url: ftkit checks what the set declares and downloads nothing."""
+    from ftkit.backbones import _builder
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("ftkit must not fetch a plugin's named weights")
+
+    monkeypatch.setattr(_builder, "_fetch", no_download)
+    calls = []
+    registry = BackboneRegistry(lambda: [])
+    registry.register("net", _recording_builder(calls), default_input_shape=(32, 32, 3),
+                      weights={"imagenet": {"classes": 2, "input_shape": (32, 32, 3)}, "bare": {}})
+    for include_top in (True, False):
+        registry.create("net", include_top=include_top, weights="imagenet", classes=2, input_shape=(32, 32, 3))
+        registry.create("net", include_top=include_top, weights="bare", input_shape=(32, 32, 3))
+    assert calls == ["imagenet", "bare"] * 2
+    # What the set declares is still checked before the builder is called.
+    with pytest.raises(ValueError, match=r"has a 2-class head.*Received: classes=5"):
+        registry.create("net", include_top=True, weights="imagenet", classes=5, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match=r"trained on 3-channel images.*Received: input_shape=\(32, 32, 1\)"):
+        registry.create("net", include_top=False, weights="imagenet", input_shape=(32, 32, 1))
+    assert len(calls) == 4
+    # A set that names only the file with the top still has none without it.
+    registry.register("top_only", _recording_builder(calls), weights={"imagenet": {"url": "https://host/w.h5"}})
+    with pytest.raises(ValueError, match=r"no file for include_top=False \(no 'notop_url' in the metadata\)"):
+        registry.create("top_only", include_top=False, weights="imagenet", input_shape=(32, 32, 3))
+
+
+def test_build_backbone_refuses_a_named_set_without_urls_before_building():
+    """ftkit's own build_backbone fetches its sets' files, so a set without them is an error there, not a KeyError."""
+    from ftkit.backbones._builder import build_backbone, with_metadata
+
+    @with_metadata({"weights": {"imagenet": {}}})
+    def zoo_style(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=2,
+                  classifier_activation="softmax", name=None):
+        import keras
+
+        return build_backbone(zoo_style, body=keras.layers.Conv2D(4, 3), head=lambda x, **kw: x,
+                              include_top=include_top, weights=weights, input_tensor=input_tensor,
+                              input_shape=input_shape, pooling=pooling, classes=classes,
+                              classifier_activation=classifier_activation, name=name)
+
+    with pytest.raises(ValueError, match=r"^zoo_style: weights='imagenet' are declared without 'url'/'notop_url', so "
+                                         r"ftkit has no file to fetch.*Received: weights='imagenet'$"):
+        zoo_style(include_top=False, weights="imagenet", input_shape=(32, 32, 3))
 
 
 def test_positional_arguments_follow_keras_applications_order_for_any_builder():

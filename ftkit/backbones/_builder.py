@@ -178,7 +178,7 @@ def _check_weights(info: BackboneInfo, weights: Any, *, include_top: bool, class
     if isinstance(weights, str) and weights in info.weights:
         spec = info.weights[weights]
         url_key = "url" if include_top else "notop_url"
-        if not spec.get(url_key):
+        if declares_files(spec) and not spec.get(url_key):
             raise ValueError(
                 f"{info.name}: weights={weights!r} have no file for include_top={include_top} (no {url_key!r} in "
                 f"the metadata). Received: weights={weights!r}, include_top={include_top}"
@@ -226,6 +226,12 @@ def _check_weights(info: BackboneInfo, weights: Any, *, include_top: bool, class
         raise ValueError(_weights_help(info, weights, reason=f"a weights file must end in {WEIGHT_FILE_SUFFIXES}"))
 
 
+def declares_files(spec: Mapping[str, Any]) -> bool:
+    """Whether a named weight set gives its files (``url``/``notop_url``); one that gives neither is resolved by
+    the builder itself (keras.applications downloads and hash-checks its own), for both include_top settings."""
+    return bool(spec.get("url") or spec.get("notop_url"))
+
+
 def _looks_like_a_set_name(text: str) -> bool:
     """``"imagenet"``, not ``"w.h5"`` or ``"runs/w"``: what a user means as a named set, not a path."""
     return bool(re.fullmatch(r"[A-Za-z][\w-]*", text))
@@ -266,6 +272,12 @@ def resolve_weights(info: BackboneInfo, weights: Any, *, include_top: bool, cach
     cache_dir = cache_dir or WEIGHTS_CACHE_DIR
     if isinstance(weights, str) and weights in info.weights:
         spec = info.weights[weights]
+        if not declares_files(spec):
+            # Only build_backbone comes here with a set name; a plugin builder resolves its sets itself.
+            raise ValueError(
+                f"{info.name}: weights={weights!r} are declared without 'url'/'notop_url', so ftkit has no file to "
+                f"fetch; a builder using build_backbone needs the URLs (and hashes). Received: weights={weights!r}"
+            )
         url, file_hash = (spec["url"], spec.get("file_hash")) if include_top else (spec["notop_url"], spec.get("notop_file_hash"))
         fname = os.path.basename(urllib.parse.urlsplit(url).path)
         return _fetch(info, url, fname=fname, file_hash=file_hash, cache_dir=cache_dir, cache_subdir="models",

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ftkit.backbones._metadata import BackboneInfo, assign_layer_groups
+from ftkit.backbones._metadata import HEAD_GROUP, BackboneInfo, assign_layer_groups
 from ftkit.backbones._registry import REGISTRY, BackboneRegistry
 
 CUSTOM_CLASSES = 7
@@ -37,6 +37,11 @@ def _default_classes(builder: Callable[..., Any]) -> int:
     param = inspect.signature(builder).parameters.get("classes")
     default = getattr(param, "default", inspect.Parameter.empty)
     return int(default) if isinstance(default, int) else 1000
+
+
+def _names(names: list[str], shown: int = 8) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _predict(model, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -136,16 +141,35 @@ class _Suite:
         return f"builds at {self.small}; {too_small} {self._rejected(include_top=False, input_shape=too_small)}"
 
     def layer_groups(self) -> str:
-        model = self.build(include_top=True, input_shape=self.top_shape)
+        """Each weighted layer in exactly one group, with the top and without it (pooling None and "avg"): the
+        headless model is what ftkit fine-tunes, and there its ``head`` group is replaced by the new head, so a
+        layer that only the ``head`` regex matches would be in no group ftkit freezes or trains."""
+        top = self.build(include_top=True, input_shape=self.top_shape)
+        summary = self._check_groups(top, "include_top=True")
+        for pooling in (None, "avg"):
+            model = self.build(include_top=False, pooling=pooling, input_shape=self.small)
+            groups = self._check_groups(model, f"include_top=False, pooling={pooling!r}")
+            in_head = [layer.name for layer in groups.get(HEAD_GROUP, [])]
+            # The names first: the suite's report cuts a detail at 200 characters.
+            assert not in_head, (
+                f"include_top=False, pooling={pooling!r}: {_names(in_head)} in group {HEAD_GROUP!r}, which "
+                f"ftkit's new head replaces (so in no group it trains or freezes); give them a group of their own"
+            )
+        headless = sum(len(layers) for layers in groups.values())
+        return (", ".join(f"{g}:{len(layers)}" for g, layers in summary.items())
+                + f"; without the top: {headless} layers grouped, none in {HEAD_GROUP!r}")
+
+    def _check_groups(self, model, label: str) -> dict[str, list[Any]]:
         groups = assign_layer_groups(model, self.info)
         unassigned = [layer.name for layer in groups.pop("<unassigned>", [])]
-        assert not unassigned, f"weighted layers in no group: {unassigned[:8]}"
+        assert not unassigned, f"{label}: weighted layers in no group: {_names(unassigned)}"
         compiled = [re.compile(rx) for _, rx in self.info.layer_groups]
-        ambiguous = [layer.name for layer in model.layers if layer.weights and sum(bool(rx.match(layer.name)) for rx in compiled) > 1]
-        assert not ambiguous, f"layers matching several groups: {ambiguous[:8]}"
+        ambiguous = [layer.name for layer in model.layers
+                     if layer.weights and sum(bool(rx.match(layer.name)) for rx in compiled) > 1]
+        assert not ambiguous, f"{label}: layers matching several groups: {_names(ambiguous)}"
         grouped = sum(len(layer.weights) for layers in groups.values() for layer in layers)
-        assert grouped == len(model.weights), f"groups hold {grouped} of {len(model.weights)} weights"
-        return ", ".join(f"{g}:{len(layers)}" for g, layers in groups.items())
+        assert grouped == len(model.weights), f"{label}: groups hold {grouped} of {len(model.weights)} weights"
+        return groups
 
     def save_load(self) -> str:
         import keras

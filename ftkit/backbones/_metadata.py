@@ -3,6 +3,10 @@
 A builder carries its metadata as a plain dict in the attribute ``ftkit_metadata``, so a third-party plugin
 can describe itself without importing ftkit. :class:`BackboneInfo` fills the gaps with defaults and checks
 the values, so every consumer (data pipeline, fine-tuning engine, conformance suite) sees one shape.
+
+The layer group named ``head`` (:data:`HEAD_GROUP`) is special: it holds the pretrained classifier, which exists
+only with ``include_top=True``. When ftkit assembles a model to fine-tune, the new head takes that group's place,
+so every weighted layer of the headless backbone must be in another group (``ftkit models check`` says so).
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ IMAGENET_PREPROCESSING = {
     "std": (0.229, 0.224, 0.225),
     "channel_order": "RGB",
 }
+# For a backbone that scales its own input in the graph (keras.applications' EfficientNet, MobileNetV3,
+# ConvNeXt, ...): raw 0..255 RGB pixels in. ftkit puts no normalisation layer in front of it. One number for
+# mean and std fits any channel count.
+RAW_PREPROCESSING = {"scale": 1.0, "mean": 0.0, "std": 1.0, "channel_order": "RGB"}
 # keras.applications' "caffe" mode (VGG, ResNet v1): BGR, mean subtracted, no scaling.
 CAFFE_PREPROCESSING = {
     "scale": 1.0,
@@ -74,6 +82,13 @@ class BackboneInfo:
     def group_names(self) -> list[str]:
         return [group for group, _ in self.layer_groups]
 
+    @property
+    def raw_input(self) -> bool:
+        """Whether the preprocessing is the identity (:data:`RAW_PREPROCESSING`): ftkit adds no normalisation."""
+        prep = self.preprocessing
+        return (prep["scale"] == 1.0 and prep["channel_order"] == "RGB" and all(m == 0.0 for m in prep["mean"])
+                and all(s == 1.0 for s in prep["std"]))
+
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["channels"] = self.channels
@@ -84,6 +99,7 @@ _KNOWN_KEYS = {f.name for f in dataclasses.fields(BackboneInfo)} - {"name", "dis
 # Keys whose absence the conformance suite reports, because their defaults are guesses about the model.
 DESCRIPTIVE_KEYS = ("default_input_shape", "min_input_shape", "preprocessing", "layer_groups", "paper")
 WEIGHT_SPEC_KEYS = {"url", "file_hash", "notop_url", "notop_file_hash", "classes", "input_shape"}
+HEAD_GROUP = "head"  # the pretrained classifier's layer group; the assembled model's new head replaces it
 
 
 def default_preprocessing(channels: int) -> dict[str, Any]:
@@ -209,9 +225,12 @@ class _MetadataCheck:
         merged["scale"] = float(scale)
         for key in ("mean", "std"):
             stats = merged[key]
+            if _is_number(stats):
+                stats = (stats,) * channels
             if (isinstance(stats, str) or not isinstance(stats, Sequence) or len(stats) != channels
                     or not all(_is_number(v) for v in stats)):
-                raise self.fail("preprocessing", f"a dict whose {key} has one number per channel ({channels})", value)
+                raise self.fail("preprocessing", f"a dict whose {key} has one number per channel ({channels}) or one "
+                                                f"for all", value)
             merged[key] = tuple(float(v) for v in stats)
         if any(s <= 0 for s in merged["std"]):
             raise self.fail("preprocessing", "a dict whose std values are positive", value)
@@ -237,12 +256,19 @@ class _MetadataCheck:
         return tuple(groups)
 
     def weights(self, value: Any) -> dict[str, dict[str, Any]]:
+        """Named weight sets. A set with ``url``/``notop_url`` names the files for ``include_top=True``/``False``
+        (ftkit's own zoo fetches them with their ``file_hash``/``notop_file_hash``); one with neither (``{}``, or
+        only ``classes``/``input_shape``) is resolved by the builder itself, for both settings."""
         allowed = f"a dict of named weight sets, each a dict with keys among {sorted(WEIGHT_SPEC_KEYS)}"
         if not isinstance(value, Mapping):
             raise self.fail("weights", allowed, value)
         for spec in value.values():
             if not isinstance(spec, Mapping) or set(spec) - WEIGHT_SPEC_KEYS:
                 raise self.fail("weights", allowed, value)
+            for url_key, hash_key in (("url", "file_hash"), ("notop_url", "notop_file_hash")):
+                if spec.get(hash_key) and not spec.get(url_key):
+                    raise self.fail("weights", f"a dict of named weight sets where {hash_key!r} comes with the "
+                                    f"{url_key!r} it checks", value)
         return {str(k): dict(spec) for k, spec in value.items()}
 
 

@@ -356,7 +356,8 @@ class BackboneRegistry:
         Without ``input_shape`` (and ``input_tensor``) the model is built at the registered
         ``default_input_shape``. A weights file or hashed URL is loaded by ftkit after building with
         ``weights=None``, so it works for every backbone, plugins included; a named set (``"imagenet"``) is
-        passed to the builder, which declared it.
+        checked against its metadata (classes, channels, size) and passed to the builder, which declared it and
+        resolves it: ftkit downloads nothing here (the zoo's builders fetch their sets' URLs themselves).
         """
         from ftkit.backbones._builder import load_weights, resolve_weights, validate_builder_args
 

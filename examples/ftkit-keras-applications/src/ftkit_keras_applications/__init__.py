@@ -2,21 +2,18 @@
 
 Each builder calls the keras.applications constructor with the arguments it is given, so the models, their
 ImageNet weights (downloaded and hash-checked by keras.applications itself) and their layer names are Keras'
-own. The plugin adds only what ftkit needs to know about each model, as a plain dict in ``ftkit_metadata``;
-it does not import ftkit.
+own. The plugin adds only what ftkit needs to know about each model, as a plain dict in ``ftkit_metadata``.
 
 These models carry their input scaling in the graph (EfficientNet: Rescaling + Normalization; the others with
-``include_preprocessing=True``), so they take raw 0..255 RGB images, and their ``preprocessing`` metadata is
-the identity: ftkit's normalisation layer then passes the images through unchanged instead of normalising them
-a second time.
+``include_preprocessing=True``), so they take raw 0..255 RGB images: their ``preprocessing`` is ftkit's
+``RAW_PREPROCESSING``, for which ftkit adds no normalisation layer of its own.
 """
 
 import keras
 
-__version__ = "0.1.0"
+from ftkit.backbones import RAW_PREPROCESSING
 
-# Identity: ftkit's Preprocess computes (x * scale - mean) / std, here x itself. The model scales its input.
-RAW_0_255 = {"scale": 1.0, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "channel_order": "RGB"}
+__version__ = "0.1.0"
 
 _EFFICIENTNET_PAPER = ("Tan & Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks, "
                        "ICML 2019, https://arxiv.org/abs/1905.11946")
@@ -26,22 +23,11 @@ _MOBILENETV3_PAPER = "Howard et al., Searching for MobileNetV3, ICCV 2019, https
 _CONVNEXT_PAPER = "Liu et al., A ConvNet for the 2020s, CVPR 2022, https://arxiv.org/abs/2201.03545"
 
 
-def _imagenet(base_url, top_file, top_hash, notop_file, notop_hash, size):
-    """keras.applications' ImageNet files (URLs and hashes copied from Keras 3's source).
-
-    ftkit passes ``weights="imagenet"`` to the builder unchanged (the set is declared here so ftkit's argument
-    check accepts it); keras.applications downloads and checks the file itself.
-    """
-    return {
-        "imagenet": {
-            "url": base_url + top_file,
-            "file_hash": top_hash,
-            "notop_url": base_url + notop_file,
-            "notop_file_hash": notop_hash,
-            "classes": 1000,
-            "input_shape": (size, size, 3),
-        }
-    }
+def _imagenet(size):
+    """The ImageNet set, declared without URLs: ftkit checks the classes, channels and (with the top) the size
+    it was trained at, then passes ``weights="imagenet"`` to the builder; keras.applications downloads the file
+    and checks its hash itself."""
+    return {"imagenet": {"classes": 1000, "input_shape": (size, size, 3)}}
 
 
 def _blocks(prefix, indices):
@@ -112,7 +98,7 @@ def _metadata(family, size, layer_groups, paper, weights, *, fixed_input_with_to
         # With ImageNet weights and the top, keras.applications' EfficientNet(V2) and ConvNeXt insist on the
         # size they were trained at; MobileNetV3 loads its 224 weights at any size (global pooling), with a warning.
         "fixed_input_with_top": fixed_input_with_top,
-        "preprocessing": dict(RAW_0_255),
+        "preprocessing": dict(RAW_PREPROCESSING),
         "layer_groups": layer_groups,
         "paper": paper,
         "weights": weights,
@@ -147,62 +133,42 @@ def _builder(name, constructor, metadata, *, include_preprocessing):
     return build
 
 
-_V1_URL = "https://storage.googleapis.com/keras-applications/"
-_V2_URL = "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/"
-_MOBILENETV3_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/"
-_CONVNEXT_URL = "https://storage.googleapis.com/tensorflow/keras-applications/convnext/"
-
-# (ftkit name, keras.applications constructor, default size, md5 with top, md5 without top)
+# (ftkit name, keras.applications constructor, default size)
 _EFFICIENTNETS = [
-    ("efficientnet_b0", "EfficientNetB0", 224, "902e53a9f72be733fc0bcb005b3ebbac", "50bc09e76180e00e4465e1a485ddc09d"),
-    ("efficientnet_b1", "EfficientNetB1", 240, "1d254153d4ab51201f1646940f018540", "74c4e6b3e1f6a1eea24c589628592432"),
-    ("efficientnet_b2", "EfficientNetB2", 260, "b15cce36ff4dcbd00b6dd88e7857a6ad", "111f8e2ac8aa800a7a99e3239f7bfb39"),
-    ("efficientnet_b3", "EfficientNetB3", 300, "ffd1fdc53d0ce67064dc6a9c7960ede0", "af6d107764bb5b1abb91932881670226"),
+    ("efficientnet_b0", "EfficientNetB0", 224),
+    ("efficientnet_b1", "EfficientNetB1", 240),
+    ("efficientnet_b2", "EfficientNetB2", 260),
+    ("efficientnet_b3", "EfficientNetB3", 300),
 ]
 _EFFICIENTNETV2S = [
-    ("efficientnetv2_b0", "EfficientNetV2B0", 224, "21ecbf6da12460d5c40bb2f29ceb2188", "893217f2bb855e2983157299931e43ff"),
-    ("efficientnetv2_b1", "EfficientNetV2B1", 240, "069f0534ff22adf035c89e2d9547a9dc", "0e80663031ca32d657f9caa404b6ec37"),
-    ("efficientnetv2_b2", "EfficientNetV2B2", 260, "424e49f28180edbde1e94797771950a7", "1dfe2e7a5d45b6632553a8961ea609eb"),
-    ("efficientnetv2_b3", "EfficientNetV2B3", 300, "1f1fc43bd98a6e4fd8fdfd551e02c7a0", "f6abf7b5849ac99a89b50dd3fd532856"),
+    ("efficientnetv2_b0", "EfficientNetV2B0", 224),
+    ("efficientnetv2_b1", "EfficientNetV2B1", 240),
+    ("efficientnetv2_b2", "EfficientNetV2B2", 260),
+    ("efficientnetv2_b3", "EfficientNetV2B3", 300),
 ]
 _MOBILENETV3S = [
-    ("mobilenetv3_small", "MobileNetV3Small", "small", _MOBILENETV3_SMALL_GROUPS,
-     "8768d4c2e7dee89b9d02b2d03d65d862", "d3e8ec802a04aa4fc771ee12a9a9b836"),
-    ("mobilenetv3_large", "MobileNetV3Large", "large", _MOBILENETV3_LARGE_GROUPS,
-     "59e551e166be033d707958cf9e29a6a7", "07fb09a5933dd0c8eaafa16978110389"),
+    ("mobilenetv3_small", "MobileNetV3Small", _MOBILENETV3_SMALL_GROUPS),
+    ("mobilenetv3_large", "MobileNetV3Large", _MOBILENETV3_LARGE_GROUPS),
 ]
-# sha256 hashes, as keras.applications gives them for ConvNeXt.
-_CONVNEXTS = [
-    ("convnext_tiny", "ConvNeXtTiny", "8ae6e78ce2933352b1ef4008e6dd2f17bc40771563877d156bc6426c7cf503ff",
-     "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1"),
-    ("convnext_small", "ConvNeXtSmall", "ce1277d8f1ee5a0ef0e171469089c18f5233860ceaf9b168049cb9263fd7483c",
-     "6fc8009faa2f00c1c1dfce59feea9b0745eb260a7dd11bee65c8e20843da6eab"),
-]
+_CONVNEXTS = [("convnext_tiny", "ConvNeXtTiny"), ("convnext_small", "ConvNeXtSmall")]
 
 BUILDERS = {}
-for _name, _ctor, _size, _top, _notop in _EFFICIENTNETS:
-    _file = f"efficientnet{_name[-2:]}"  # keras.applications' default model name, e.g. efficientnetb0
+for _name, _ctor, _size in _EFFICIENTNETS:
     BUILDERS[_name] = _builder(_name, _ctor, _metadata(
-        "efficientnet", _size, _efficientnet_groups(7), _EFFICIENTNET_PAPER,
-        _imagenet(_V1_URL, f"{_file}.h5", _top, f"{_file}_notop.h5", _notop, _size), fixed_input_with_top=True,
+        "efficientnet", _size, _efficientnet_groups(7), _EFFICIENTNET_PAPER, _imagenet(_size), fixed_input_with_top=True,
     ), include_preprocessing=False)  # EfficientNet (v1) always has its Rescaling + Normalization
-for _name, _ctor, _size, _top, _notop in _EFFICIENTNETV2S:
-    _file = f"efficientnetv2-{_name[-2:]}"
+for _name, _ctor, _size in _EFFICIENTNETV2S:
     BUILDERS[_name] = _builder(_name, _ctor, _metadata(
-        "efficientnetv2", _size, _efficientnet_groups(6), _EFFICIENTNETV2_PAPER,
-        _imagenet(_V2_URL, f"{_file}.h5", _top, f"{_file}_notop.h5", _notop, _size), fixed_input_with_top=True,
+        "efficientnetv2", _size, _efficientnet_groups(6), _EFFICIENTNETV2_PAPER, _imagenet(_size),
+        fixed_input_with_top=True,
     ), include_preprocessing=True)
-for _name, _ctor, _kind, _groups, _top, _notop in _MOBILENETV3S:
-    _file = f"weights_mobilenet_v3_{_kind}_224_1.0_float"
+for _name, _ctor, _groups in _MOBILENETV3S:
     BUILDERS[_name] = _builder(_name, _ctor, _metadata(
-        "mobilenetv3", 224, _groups, _MOBILENETV3_PAPER,
-        _imagenet(_MOBILENETV3_URL, f"{_file}.h5", _top, f"{_file}_no_top_v2.h5", _notop, 224),
-        fixed_input_with_top=False,
+        "mobilenetv3", 224, _groups, _MOBILENETV3_PAPER, _imagenet(224), fixed_input_with_top=False,
     ), include_preprocessing=True)
-for _name, _ctor, _top, _notop in _CONVNEXTS:
+for _name, _ctor in _CONVNEXTS:
     BUILDERS[_name] = _builder(_name, _ctor, _metadata(
-        "convnext", 224, _convnext_groups(_name), _CONVNEXT_PAPER,
-        _imagenet(_CONVNEXT_URL, f"{_name}.h5", _top, f"{_name}_notop.h5", _notop, 224), fixed_input_with_top=True,
+        "convnext", 224, _convnext_groups(_name), _CONVNEXT_PAPER, _imagenet(224), fixed_input_with_top=True,
     ), include_preprocessing=True)
 
 # Module attributes, which the entry points in pyproject.toml name.
@@ -219,4 +185,4 @@ mobilenetv3_large = BUILDERS["mobilenetv3_large"]
 convnext_tiny = BUILDERS["convnext_tiny"]
 convnext_small = BUILDERS["convnext_small"]
 
-__all__ = ["BUILDERS", "RAW_0_255", *BUILDERS]
+__all__ = ["BUILDERS", *BUILDERS]
