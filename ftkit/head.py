@@ -61,6 +61,20 @@ def preprocessing_layer(info):
     return make(info, name="preprocess")
 
 
+def _warn_backbone_layers_in_head_group(info, layers: list) -> None:
+    """The assembled model's new head takes the group name ``head``; backbone layers its regex matched (a
+    plugin's final norm that exists only without the top, as Keras's ConvNeXt has) then belong to no group and
+    train only in phases that train every group (engine.apply_phase), which a gradual schedule would not expect."""
+    if layers:
+        import warnings
+
+        names = ", ".join(layer.name for layer in layers[:5]) + (f" and {len(layers) - 5} more" if len(layers) > 5 else "")
+        warnings.warn(f"backbone {info.name!r}: its layer_groups put weighted layers of the headless model in the group "
+                      f"{HEAD!r}, which the new head replaces, so they train only in phases that train every group: "
+                      f"{names}. Give them a group of their own (`ftkit models check {info.name}` reports this).",
+                      stacklevel=3)
+
+
 def build_model(backbone_name: str, *, num_classes: int, image_shape: tuple[int, int, int],
                 head: HeadConfig, weights: Any = None, seed: int = 0) -> Assembled:
     """Assemble raw images -> preprocess -> backbone -> head -> logits for ``num_classes`` classes."""
@@ -76,6 +90,7 @@ def build_model(backbone_name: str, *, num_classes: int, image_shape: tuple[int,
     if not taps:
         backbone.name = BACKBONE_LAYER  # a fixed name lets init_from find it in any earlier run
     groups = assign_layer_groups(backbone, info)
+    _warn_backbone_layers_in_head_group(info, groups.get(HEAD, []))
 
     inputs = keras.Input(shape=tuple(image_shape), name="image")
     # An identity layer would only make saved models need ftkit's layer class to load.

@@ -63,6 +63,13 @@ def test_small_matrices_keep_their_numbers_readable_on_the_new_colours():
     assert ticks == ["1", "2", "5", "10", "20", "50"]  # plain numbers on the log scale, not 10^0
 
 
+def test_a_count_bar_never_shows_fractions_of_an_image():
+    """With a largest count under 10 the scale still spans a decade (0.4 to 4 here): no tick below one image."""
+    fig = plots.confusion_figure(np.array([[3, 1, 0], [0, 2, 0], [0, 0, 4]]), ["a", "b", "c"], normalized=False,
+                                 title="t")
+    assert [tick.get_text() for tick in fig.axes[0].images[0].colorbar.ax.get_yticklabels()] == ["1", "2"]
+
+
 @pytest.mark.parametrize("normalized", [False, True], ids=["counts", "normalized"])
 @pytest.mark.parametrize("matrix", [np.zeros((3, 3)), np.eye(3)], ids=["empty", "perfect"])
 def test_degenerate_matrices_draw(tmp_path, matrix, normalized):

@@ -69,3 +69,45 @@ def test_googlenet_aux_heads_attach_to_its_taps():
     assembled = build_model("googlenet", num_classes=5, image_shape=(96, 96, 3), head=HeadConfig())
     assert assembled.output_names == ["logits", "aux1", "aux2"]
     assert {"aux1_fc", "aux2_fc"} <= {layer.name for layer in assembled.aux_layers}
+
+
+def test_a_backbone_layer_in_the_head_group_is_warned_about_by_name():
+    """A plugin whose ``head`` regex also matches a layer of its headless model (Keras's ConvNeXt adds a final norm
+    only without the top): the new head takes the group's name, so that layer would silently belong to no group."""
+    import ftkit.backbones
+    from ftkit.backbones._builder import build_backbone
+
+    def with_final_norm(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+                        classes=3, classifier_activation="softmax", name=None):
+        from keras import layers
+
+        def body(x):
+            x = layers.Conv2D(4, 3, name="stem_conv")(x)
+            return x if include_top else layers.LayerNormalization(name="head_norm")(x)
+
+        def top(x, *, classes, activation):
+            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+            return layers.Dense(classes, activation=activation, name="head_predictions")(x)
+
+        return build_backbone(with_final_norm, body=body, head=top, include_top=include_top, weights=weights,
+                              input_tensor=input_tensor, input_shape=input_shape, pooling=pooling, classes=classes,
+                              classifier_activation=classifier_activation, name=name)
+
+    registry = ftkit.backbones.REGISTRY
+    registry.register("final_norm_test", with_final_norm, default_input_shape=(16, 16, 3), min_input_shape=(8, 8, 3),
+                      layer_groups=[["stem", "stem_"], ["head", "head_"]])
+    with pytest.warns(UserWarning, match=r"'final_norm_test'.*group 'head', which the new head replaces.*: head_norm\."):
+        assembled = build_model("final_norm_test", num_classes=2, image_shape=(16, 16, 3), head=HeadConfig())
+    assert [layer.name for layer in assembled.groups["head"]] == ["logits"]
+    registry.unregister("final_norm_test")
+    registry.register("final_norm_test", with_final_norm, default_input_shape=(16, 16, 3), min_input_shape=(8, 8, 3),
+                      layer_groups=[["stem", "stem_"], ["top", "head_norm"], ["head", "head_"]])
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert [layer.name for layer in build_model("final_norm_test", num_classes=2, image_shape=(16, 16, 3),
+                                                         head=HeadConfig()).groups["top"]] == ["head_norm"]
+    finally:
+        registry.unregister("final_norm_test")

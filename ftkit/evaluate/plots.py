@@ -99,7 +99,9 @@ def _label_colour_bar(colour_bar, *, normalized: bool) -> None:
     steps = (1, 2, 5) if np.log10(high / low) <= 4 else (1,)
     decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
     candidates = [step * 10.0**d for d in decades for step in steps]
-    ticks = [tick for tick in candidates if low * (1 - 1e-9) <= tick <= high * (1 + 1e-9)]
+    # A count bar whose range was widened below 1 (a largest count under 10) would show fractions of an image.
+    floor = low if normalized else max(low, 1.0)
+    ticks = [tick for tick in candidates if floor * (1 - 1e-9) <= tick <= high * (1 + 1e-9)]
     colour_bar.set_ticks(ticks, labels=[f"{tick:g}" for tick in ticks])
     colour_bar.ax.yaxis.set_minor_formatter(NullFormatter())
     colour_bar.set_label(colour_bar_label(normalized=normalized))

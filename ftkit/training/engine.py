@@ -326,6 +326,11 @@ def epoch_ema_swap(*, ema_in_model: bool):
                 self._swap_variables()
                 self._ema_weights_in_model = True
 
+        def on_test_end(self, logs=None):
+            # Validation ends an epoch here and on_epoch_end would swap the average straight back in: leaving it
+            # saves two copies of every weight through host memory per epoch.
+            pass
+
         def _swap_variables(self):
             self._apply_to_ema_optimizers(self._backend_swap_variables, self._backend_swap_variables)
 
