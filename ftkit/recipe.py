@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from ftkit.augment.config import AugmentConfig
+from ftkit.evaluate.runs import TTA_HELP, TTA_MODES  # light: no TensorFlow or scikit-learn
 from ftkit.head import HeadConfig
 from ftkit.schedule import ScheduleConfig
 
@@ -171,17 +172,19 @@ class EvaluateConfig(_Section):
     # null: top-5 where the data has more than 5 classes (ftkit.evaluate.metrics.DEFAULT_TOP_K), so a 2-class run
     # does not report an always-1 top-5; a k written here is reported, undefined with a note where k >= classes.
     top_k: list[PositiveInt] | None = None
-    # "flip": each image's probabilities averaged with its mirror image's (ftkit.evaluate.runs.TTA_MODES)
-    tta: Literal["flip"] | None = None
+    # test-time augmentation in training's final evaluation (TTA_MODES); null: none
+    tta: Literal[tuple(TTA_MODES)] | None = None
 
     @field_validator("tta", mode="before")
     @classmethod
     def _tta(cls, value):
         # pydantic's own message for an optional literal leaves null out of what is allowed
-        if value is not None and value != "flip":
-            hint = " Did you mean 'flip'?" if isinstance(value, str) and value.strip().lower() == "flip" else ""
-            raise ValueError(f"must be 'flip' (each image's class probabilities averaged with its mirror image's) "
-                             f"or null (no test-time augmentation).{hint} Received: evaluate.tta={value!r}")
+        if value is not None and value not in TTA_MODES:
+            near = [m for m in TTA_MODES if isinstance(value, str) and value.strip().lower() == m]
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            allowed = " or ".join(repr(m) for m in TTA_MODES)
+            raise ValueError(f"must be {allowed} or null (no test-time augmentation): {TTA_HELP}.{hint} "
+                             f"Received: evaluate.tta={value!r}")
         return value
 
 

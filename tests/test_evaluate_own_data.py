@@ -104,12 +104,19 @@ def test_without_data_the_run_s_carved_splits_are_evaluated_again(folder_run, tm
     given = evaluate_run(run.path, root, tmp_path / "given", split="val")
     assert _evaluated(tmp_path / "given") == trained["val"]
     assert given["split_note"].startswith("split: val (--split val; DATA is the run's training source, which has "
-                                          "no val split): the run's own val split, carved by training from")
+                                          "no val split (training carved the run's from it)): the run's own val "
+                                          "split, carved by training from")
     # the rest: the training files, exactly those of no held-out split
     train = evaluate_run(run.path, split="train", out_dir=tmp_path / "train")
     assert train["n_samples"] == 8
     everything = {os.path.realpath(p) for p in root.rglob("*.png")}
     assert set(_evaluated(tmp_path / "train")[0]) == everything - set(trained["val"][0]) - set(trained["test"][0])
+    # DATA the training folder, which holds only train: the run's train split all the same, not all of the folder
+    given = evaluate_run(run.path, root, tmp_path / "given_train", split="train")
+    assert _evaluated(tmp_path / "given_train") == _evaluated(tmp_path / "train")
+    assert given["split_note"].startswith("split: train (--split train; DATA is the run's training source, from "
+                                          "which training carved val and test): the run's own train split, what "
+                                          "training kept of")
 
 
 def test_the_evaluate_cli_without_data(folder_run, tmp_path, capsys):
@@ -132,6 +139,49 @@ def test_the_evaluate_cli_without_data(folder_run, tmp_path, capsys):
     assert main(["evaluate", str(run.path), "--split", "holdout"]) == 2
     assert capsys.readouterr().err == ("ftkit evaluate: error: --split must name a split: train (training), val "
                                        "(valid, validation), test (testing). Received: split='holdout'\n")
+
+
+@pytest.mark.parametrize("flag", ["--allow-missing-classes", "--only-model-classes"])
+def test_flags_about_data_s_classes_are_refused_without_data(flag, tmp_path, capsys):
+    from ftkit.cli import main
+
+    # refused before the run folder is even read
+    assert main(["evaluate", str(tmp_path / "run"), flag]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ftkit evaluate: error: allow_missing_classes and only_model_classes "
+                          "(--allow-missing-classes, --only-model-classes) say how DATA's classes meet the run's; "
+                          "without DATA the run's own data is evaluated, which has exactly the run's classes")
+    assert err.rstrip().endswith(f"Received: data=None, allow_missing_classes={flag == '--allow-missing-classes'}, "
+                                 f"only_model_classes={flag == '--only-model-classes'}")
+
+
+def test_the_classes_data_classes_leaves_out_are_not_skipped_files(tmp_path, capsys):
+    """data.classes 2 of 3: training drops the third class's files on purpose, and so does evaluating the run's own
+    split: not one "skipped" line (or report.json entry) per file of it."""
+    from _image_fixtures import write_noise_png
+
+    from ftkit.cli import main
+    from ftkit.training import train
+
+    register_tiny()
+    root = tmp_path / "tri"
+    for s, n in (("train", 5), ("test", 2)):
+        for c, cls in enumerate("abc"):
+            for k in range(n):
+                write_noise_png(root / s / cls / f"{k}.png", 100 * c + 10 * (s == "test") + k)
+    recipe = {"data": {"train": str(root), "classes": ["a", "b"], "image_size": [16, 16], "channels": 1,
+                       "batch_size": 4},
+              "backbone": {"name": TINY}, "schedule": {"phases": [{"train": "head", "epochs": 1, "lr": 0.01}]},
+              "train": {"verbose": 0}}
+    run = train(recipe, out=tmp_path / "run", **QUIET)
+    assert main(["evaluate", str(run.path)]) == 0
+    out = capsys.readouterr()
+    assert "skipped" not in out.err
+    report = json.loads((run.path / "report" / "tri-test" / "report.json").read_text())
+    assert report["n_samples"] == 4 and report["skipped"] == [] and report["unknown_classes"] == {}
+    assert _evaluated(run.path / "report" / "tri-test") == _evaluated(run.path / "report" / "test")
+    assert report["split_note"].endswith("; classes: the run's 2 of 3 (data.classes), the others' 2 files left out, "
+                                         "as training left them")
 
 
 def test_ftkit_run_json_records_each_split_s_file_list(folder_run):
@@ -255,3 +305,7 @@ def test_a_csv_s_carved_val_and_its_own_test(folder_run, tmp_path):
     val = evaluate_run(run.path, data / "labels.csv", tmp_path / "val", split="val")
     assert val["n_samples"] == 2 and "carved by training from" in val["split_note"]
     assert _evaluated(tmp_path / "val") == _evaluated(run.path / "report" / "val")
+    # the run's test split and the CSV's, the same rows: one report folder, not labels-test and labels-test-2
+    own, given = evaluate_run(run.path), evaluate_run(run.path, data / "labels.csv", split="test")
+    assert own["out_dir"] == given["out_dir"] == str(run.path / "report" / "labels-test")
+    assert own["data"] == given["data"] == f"{data / 'labels.csv'} (test split)"

@@ -20,6 +20,7 @@ from ftkit.evaluate import (
     predict_paths,
 )
 from ftkit.evaluate.report import FILES, read_predictions_csv
+from ftkit.evaluate.runs import TTA_HELP
 
 H, W = 6, 10  # not square, so a flip along the wrong axis gives other numbers (or fails)
 LINE = "Test-time augmentation: horizontal flip, 2 views averaged"
@@ -303,11 +304,22 @@ def test_recipe_tta_key(repo_root):
     quickstart = repo_root / "recipes" / "quickstart.yaml"
     assert load_recipe(quickstart).evaluate.tta is None
     assert load_recipe(quickstart, overrides=["evaluate.tta=flip"]).evaluate.tta == "flip"
-    for text, received in (("mirror", "'mirror'"), ("true", "True")):
+    for text, received, hint in (("mirror", "'mirror'", ""), ("true", "True", ""),
+                                 ("Flip", "'Flip'", " Did you mean 'flip'?")):
         with pytest.raises(RecipeError) as raised:
             load_recipe(quickstart, overrides=[f"evaluate.tta={text}"])
-        assert (f"evaluate.tta: must be 'flip' (each image's class probabilities averaged with its mirror image's) "
-                f"or null (no test-time augmentation). Received: evaluate.tta={received}") in str(raised.value)
+        # the modes and their help are the CLI's (ftkit.evaluate.runs), not a second copy
+        assert (f"evaluate.tta: must be 'flip' or null (no test-time augmentation): {TTA_HELP}.{hint} Received: "
+                f"evaluate.tta={received}") in str(raised.value)
+
+
+def test_recipe_loading_imports_no_tensorflow_or_scikit_learn():
+    import subprocess
+    import sys
+
+    code = "import ftkit.recipe, sys; print([m for m in ('tensorflow', 'sklearn', 'keras') if m in sys.modules])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
 
 
 def test_runs_recorded_before_evaluate_tta_still_resume(repo_root):

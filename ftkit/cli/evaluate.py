@@ -58,10 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="top-k accuracies (default: top-5, for data with more than 5 classes)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--allow-missing-classes", action="store_true",
-                   help="accept DATA lacking some of the model's classes (they get support 0)")
+                   help="accept DATA lacking some of the model's classes (they get support 0); with DATA only")
     p.add_argument("--only-model-classes", action="store_true",
                    help="evaluate only the images of DATA whose class the model knows (a run trained on digits 5-9 "
-                        "on MNIST's 5-9); the others are left out and counted per class in the output and report")
+                        "on MNIST's 5-9); the others are left out and counted per class in the output and report; "
+                        "with DATA only (the run's own data has the run's classes)")
     _tta_flag(p)
     _checkpoint_flag(p)
     p.set_defaults(func=_evaluate)

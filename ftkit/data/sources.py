@@ -23,7 +23,7 @@ import re
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -206,10 +206,12 @@ class DataIndex:
             self.skipped.append(Skipped(path, reason, detail + where, split))
             return True
 
-    def usable_counts(self, split: str) -> np.ndarray:
-        """Images per class of ``split``, less the files found bad while decoding (still in the split's rows)."""
+    def usable_counts(self, split: str, *, gone: Collection[str] | None = None) -> np.ndarray:
+        """Images per class of ``split``, less the files found bad while decoding (still in the split's rows);
+        ``gone``: the paths to leave out instead (those a run recorded as bad, against a fresh scan)."""
         data = self.splits[split]
-        gone = {s.path for s in self.skipped if s.split == split}
+        if gone is None:
+            gone = {s.path for s in self.skipped if s.split == split}
         if not gone or data.paths is None:
             return data.counts(self.num_classes)
         keep = np.fromiter((path not in gone for path in data.paths), bool, len(data))

@@ -300,8 +300,9 @@ def in_memory_pixels(predictions: str | Path, ids: list[str]) -> Callable[[str],
         data = json.loads((Path(predictions).parent / FILES["json"]).read_text()).get("data", "")
     except (OSError, ValueError):
         return None
-    # `ftkit evaluate` records "SOURCE (test split)", training the bare SOURCE (relative to its working folder)
-    source = Path(bundle_working_dir(predictions)) / re.sub(r" \(\w+ split\)$", "", str(data))
+    # `ftkit evaluate` records "SOURCE (test split)" (a split training capped: "SOURCE (the run's test split)"),
+    # training the bare SOURCE (relative to its working folder)
+    source = Path(bundle_working_dir(predictions)) / re.sub(r" \((?:the run's )?\w+ split\)$", "", str(data))
     if not (sources.is_mnist_folder(source) or (source.is_file() and source.suffix.lower() == ".npz")):
         return None
     index = sources.scan_unchecked(source, val_fraction=0.0, test_fraction=0.0)

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from ftkit.data import sources
-from ftkit.data.sources import SPLIT_FOLDERS
 from ftkit.evaluate import images as image_io
 from ftkit.evaluate.datasets import open_data
 from ftkit.evaluate.metrics import compute_metrics
 from ftkit.evaluate.predict import DEFAULT_BATCH_SIZE, predict_files, predict_images
 from ftkit.evaluate.report import FILES, write_bundle
-from ftkit.evaluate.run_data import open_run_data
+from ftkit.evaluate.run_data import carved_splits, open_run_data
 from ftkit.evaluate.runs import REPORT_DIR, LoadedModel, check_tta, load_model, read_run_meta, resolve_paths
 
 
@@ -47,9 +46,16 @@ def evaluate_predictions(
     ``split``, ``split_note``: the split chosen from a data set with splits, and the line saying why;
     ``unknown_classes``: rows left out per class the model does not know (``only_model_classes``); ``tta``: the
     test-time augmentation ``probs`` were averaged over (``"flip"``), recorded in the report."""
+    check_tta(tta)
+    return _score(paths, y_true, probs, class_names, out_dir, top_k=top_k, skipped=skipped, warnings=warnings,
+                  model=model, data=data, images=images, split=split, split_note=split_note,
+                  unknown_classes=unknown_classes, tta=tta)
+
+
+def _score(paths, y_true, probs, class_names, out_dir, *, top_k, skipped, warnings, model, data, images, split,
+           split_note, unknown_classes, tta) -> dict:
     from ftkit import __version__
 
-    check_tta(tta)
     report = compute_metrics(y_true, probs, class_names, top_k=top_k)
     report.update(model=model, data=data, split=split or None, split_note=split_note, tta=tta, skipped=list(skipped),
                   unknown_classes=dict(unknown_classes or {}), warnings=list(warnings), ftkit_version=__version__)
@@ -99,29 +105,20 @@ def evaluate_model(
     in the report, and empty class folders left out with a warning. ``only_model_classes``: rows of classes the
     model does not know are left out (listed as skipped, counted per class in ``unknown_classes``), not an error.
     ``tta="flip"``: each image's probabilities are the mean of the model's for the image and its mirror image
-    (:func:`ftkit.evaluate.predict.predict_batch`; twice the inference time), and the report says so.
+    (:func:`ftkit.evaluate.predict.predict_batches`; twice the inference time), and the report says so.
     """
     check_tta(tta)
     index = _as_labelled(data, loaded.class_names, split=split, allow_missing_classes=allow_missing_classes,
                          only_model_classes=only_model_classes)
+    return _evaluate(loaded, index, out_dir, top_k=top_k, batch_size=batch_size, tta=tta)
+
+
+def _evaluate(loaded: LoadedModel, index: image_io.LabelledFiles, out_dir, *, top_k, batch_size: int,
+              tta: str | None) -> dict:
     paths, y_true, probs, failures = _predict(loaded, index, batch_size=batch_size, tta=tta)
-    return evaluate_predictions(
-        paths,
-        y_true,
-        probs,
-        loaded.class_names,
-        out_dir,
-        top_k=top_k,
-        skipped=index.skipped + failures,
-        warnings=index.warnings,
-        model=loaded.source,
-        data=index.source or "index",
-        images=index.images,
-        split=index.split,
-        split_note=index.split_note,
-        unknown_classes=index.unknown_classes,
-        tta=tta,
-    )
+    return _score(paths, y_true, probs, loaded.class_names, out_dir, top_k=top_k, skipped=index.skipped + failures,
+                  warnings=index.warnings, model=loaded.source, data=index.source or "index", images=index.images,
+                  split=index.split, split_note=index.split_note, unknown_classes=index.unknown_classes, tta=tta)
 
 
 def _predict(loaded: LoadedModel, index: image_io.LabelledFiles, *, batch_size: int, tta: str | None):
@@ -150,10 +147,7 @@ def default_report_dir(run_dir: str | Path, data: image_io.LabelledFiles, *, che
     folder has the same name gets ``-2``, ``-3``..., so no evaluation overwrites another's.
     """
     source = data.source or "index"
-    path = Path(source)
-    name = data.report_name or path.name
-    if not data.report_name and name.lower() in SPLIT_FOLDERS:
-        name = f"{path.parent.name or 'data'}-{name}"
+    name = data.report_name or image_io.data_name(source)
     name = (re.sub(r"[^\w.-]+", "_", name).strip("._") or "data") + (f"-{checkpoint}" if checkpoint else "")
     reports = Path(run_dir) / REPORT_DIR
     for n in range(1, 10_000):
@@ -163,29 +157,44 @@ def default_report_dir(run_dir: str | Path, data: image_io.LabelledFiles, *, che
     raise FileExistsError(f"No free report folder name for {name!r} in {reports}. Received: data={source!r}")
 
 
-def _is_training_source(run_dir, data) -> bool:
-    """Whether ``data`` is the path the run at ``run_dir`` trained from (its ``recipe.yaml``'s ``data.train``,
-    relative paths read from the working folder, as training read them)."""
+def _recipe_trained_on(run_dir, data):
+    """The run's saved recipe where ``data`` is the path it trained from (its ``data.train``, relative paths read
+    from the working folder, as training read them), else ``None``."""
     import yaml
 
-    if run_dir is None or not isinstance(data, str | Path):
-        return False
+    from ftkit.recipe import load_recipe
+    from ftkit.training.runs import RECIPE_FILE
+
+    if not isinstance(data, str | Path):
+        return None
     try:
-        trained = yaml.safe_load((Path(run_dir) / "recipe.yaml").read_text())["data"]["train"]
-        return Path(trained).resolve() == Path(data).resolve()
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
-        return False
+        saved = yaml.safe_load((Path(run_dir) / RECIPE_FILE).read_text())
+        if Path(saved["data"]["train"]).resolve() != Path(data).resolve():
+            return None
+        return load_recipe(saved)
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):  # ValueError: a RecipeError among them
+        return None
 
 
-def _run_split_of(run_dir, data, split: str | None) -> bool:
-    """Whether ``ftkit evaluate RUN DATA --split NAME`` asks for a split the run carved from DATA, its training
-    source, which DATA itself does not hold: that split is then rebuilt as training made it."""
-    if split is None or not _is_training_source(run_dir, data):
-        return False
+def _run_split_of(config, data, split: str | None) -> str:
+    """Why ``ftkit evaluate RUN DATA --split NAME``, DATA the run's training source (``config``: its recipe's data
+    section), evaluates the run's own split rather than DATA's: DATA does not hold it (training carved it, or the
+    recipe gives it as data.val or data.test), or it is train and training carved splits from DATA (the run's train
+    split is what carving left). ``""`` where DATA's own split is the one."""
+    if split is None:
+        return ""
+    name = sources.SPLIT_FOLDERS.get(split.lower())
     try:
-        return sources.SPLIT_FOLDERS.get(split.lower()) not in sources.own_splits(data)
+        held = sources.own_splits(data, root=config.root)
     except (OSError, ValueError):
-        return False  # open_data names what is wrong with DATA
+        return ""  # open_data names what is wrong with DATA
+    carved = carved_splits(config)
+    if name == "train" and carved:
+        return f"DATA is the run's training source, from which training carved {' and '.join(carved)}"
+    if name in held:
+        return ""
+    origin = "training carved the run's from it" if name in carved else f"the run's is its recipe's data.{name}"
+    return f"DATA is the run's training source, which has no {split} split ({origin})"
 
 
 def _empty_folder(folder: Path) -> bool:
@@ -219,7 +228,10 @@ def evaluate_run(
     evaluated (default: test, else val, else all of it; the report's ``split_note`` says which). ``None``: the
     run's own data, as its ``recipe.yaml`` names it, split as training split it (a carved val or test rebuilt
     and checked against ``ftkit_run.json``: :mod:`ftkit.evaluate.run_data`); ``split`` defaults to test, else
-    val. The same happens for ``data`` naming the run's training source with a ``split`` training carved from it. A class of
+    val. The same happens for ``data`` naming the run's training source with a ``split`` it does not hold itself
+    (carved by training, or given by the recipe's ``data.val`` or ``data.test``), or ``split="train"`` where
+    training carved a split from it (its train split is then what carving left). ``allow_missing_classes`` and
+    ``only_model_classes`` apply to ``data`` and are refused without it. A class of
     ``data`` the run does not know is an error, unless ``only_model_classes`` leaves its rows out (each listed in
     the report's ``skipped``, counted per class in its ``unknown_classes``; kept rows keep their ids). ``out_dir``
     defaults to ``RUN/report/<data name>/`` (:func:`default_report_dir`; for a checkpoint file, in the run
@@ -227,19 +239,25 @@ def evaluate_run(
     ``report.json`` holds; ``out_dir`` says where it went).
     """
     check_tta(tta)  # before the data is read and the model loads
+    if data is None and (allow_missing_classes or only_model_classes):
+        raise ValueError(
+            "allow_missing_classes and only_model_classes (--allow-missing-classes, --only-model-classes) say how "
+            "DATA's classes meet the run's; without DATA the run's own data is evaluated, which has exactly the run's "
+            "classes (training left out any others, as data.classes asked): leave them out, or pass DATA. Received: "
+            f"data=None, allow_missing_classes={allow_missing_classes}, only_model_classes={only_model_classes}")
     _, meta_path, run_dir = resolve_paths(model_or_run, checkpoint)
     meta = read_run_meta(meta_path)
+    recipe = _recipe_trained_on(run_dir, data) if data is not None else None
     # The data is checked against the run's classes before the model loads, so a mistake in DATA is reported
     # at once rather than after TensorFlow's start-up (seconds).
     if data is None:
         index = open_run_data(run_dir, meta, split=split)
-    elif _run_split_of(run_dir, data, split):
-        index = open_run_data(run_dir, meta, split=split,
-                              why=f"--split {split}; DATA is the run's training source, which has no {split} split")
+    elif recipe is not None and (why := _run_split_of(recipe.data, data, split)):
+        index = open_run_data(run_dir, meta, split=split, recipe=recipe, why=f"--split {split}; {why}")
     else:
         index = _as_labelled(data, meta["class_names"], split=split, allow_missing_classes=allow_missing_classes,
                              only_model_classes=only_model_classes)
-    if data is not None and not index.split and _is_training_source(run_dir, data):
+    if recipe is not None and not index.split:
         index.warnings.append(
             f"DATA is this run's own training source (its recipe's data.train) and has no split folders: the "
             f"{len(index.paths)} images evaluated include those the model was trained on, so these scores are not "
@@ -248,7 +266,5 @@ def evaluate_run(
             f"{Path(run_dir) / REPORT_DIR}.")
     if out_dir is None:
         out_dir = default_report_dir(run_dir, index, checkpoint=checkpoint)
-    return evaluate_model(
-        load_model(model_or_run, checkpoint=checkpoint), index, out_dir, top_k=top_k, batch_size=batch_size,
-        allow_missing_classes=allow_missing_classes, tta=tta,
-    )
+    return _evaluate(load_model(model_or_run, checkpoint=checkpoint), index, out_dir, top_k=top_k,
+                     batch_size=batch_size, tta=tta)

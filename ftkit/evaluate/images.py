@@ -47,6 +47,14 @@ class LabelledFiles:
     unknown_classes: dict[str, int] = field(default_factory=dict)
 
 
+def data_name(source: str | os.PathLike) -> str:
+    """A data source's name in report folder names: ``pets`` for ``pets/`` or ``pets.csv``; a split folder is
+    named with its parent (``hymenoptera/train`` gives ``hymenoptera-train``: every data set has a ``train/``)."""
+    path = Path(source)
+    name = (path.stem if path.suffix and not path.is_dir() else path.name) or "data"
+    return f"{path.parent.name or 'data'}-{name}" if name.lower() in sources.SPLIT_FOLDERS else name
+
+
 class ClassMismatchError(ValueError):
     """The data set's classes are not the model's classes."""
 

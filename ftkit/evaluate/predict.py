@@ -76,12 +76,12 @@ def _check_output(probs: np.ndarray, loaded: LoadedModel) -> None:
         )
 
 
-def predict_batch(model, batch, *, tta: str | None = None) -> np.ndarray:
+def _predict_batch(model, batch, *, tta: str | None) -> np.ndarray:
     """``model``'s output for one batch of images (``[batch, height, width, channels]``) as float64: where
     evaluation, training's final evaluation and prediction all run the model. ``tta="flip"``: the mean of the
     outputs for the batch and for its mirror image (the width axis reversed), averaged as probabilities, which is
-    what inference models return (averaging logits would weigh the views otherwise)."""
-    check_tta(tta)
+    what inference models return (averaging logits would weigh the views otherwise). ``tta`` is checked by the
+    public functions that call this, once (:func:`~ftkit.evaluate.runs.check_tta`)."""
     probs = np.asarray(model.predict_on_batch(batch), dtype=np.float64)
     if tta == "flip":
         import keras
@@ -93,11 +93,11 @@ def predict_batch(model, batch, *, tta: str | None = None) -> np.ndarray:
 
 def predict_batches(model, batches: Iterable, *, tta: str | None = None) -> np.ndarray:
     """``model``'s outputs for each batch of ``batches`` (arrays, or a ``tf.data.Dataset`` of image batches), in
-    order, as float64 (``tta``: :func:`predict_batch`). Quiet, as the prediction of files is: ``Model.predict``'s
+    order, as float64 (``tta``: :func:`_predict_batch`). Quiet, as the prediction of files is: ``Model.predict``'s
     progress bar redraws its line with terminal escapes, which fill a log file (``ftkit train > log``) with
     noise."""
     check_tta(tta)
-    outputs = [predict_batch(model, batch, tta=tta) for batch in batches]
+    outputs = [_predict_batch(model, batch, tta=tta) for batch in batches]
     return np.concatenate(outputs) if outputs else np.zeros((0, 0))
 
 
@@ -105,15 +105,19 @@ def predict_files(
     loaded: LoadedModel, paths: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE, tta: str | None = None
 ) -> Predictions:
     """Predict every readable file of ``paths`` in order, decoded as training decodes (the training pipeline,
-    which decodes the next batches while the model runs); ``tta``: :func:`predict_batch`."""
+    which decodes the next batches while the model runs); ``tta``: :func:`_predict_batch`."""
     check_tta(tta)
+    return _predict_files(loaded, paths, batch_size=batch_size, tta=tta)
+
+
+def _predict_files(loaded: LoadedModel, paths: Sequence[str], *, batch_size: int, tta: str | None) -> Predictions:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size!r}")
     decoded = image_io.TrainingDecode(paths, image_size=loaded.image_size, channels=loaded.channels,
                                       resize=loaded.resize, batch_size=batch_size)
     outputs = []
     for batch in decoded:
-        probs = predict_batch(loaded.model, batch, tta=tta)
+        probs = _predict_batch(loaded.model, batch, tta=tta)
         _check_output(probs, loaded)
         outputs.append(probs)
     kept, failures = decoded.outcome()
@@ -127,14 +131,14 @@ def predict_files(
 def predict_images(loaded: LoadedModel, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE,
                    tta: str | None = None) -> np.ndarray:
     """Probabilities for in-memory uint8 images (MNIST), row for row, resized as training resized them; ``tta``:
-    :func:`predict_batch`."""
+    :func:`_predict_batch`."""
     check_tta(tta)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size!r}")
     outputs = []
     for batch in image_io.decode_arrays(images, image_size=loaded.image_size, channels=loaded.channels,
                                         resize=loaded.resize, batch_size=batch_size):
-        probs = predict_batch(loaded.model, batch, tta=tta)
+        probs = _predict_batch(loaded.model, batch, tta=tta)
         _check_output(probs, loaded)
         outputs.append(probs)
     return np.concatenate(outputs) if outputs else np.zeros((0, len(loaded.class_names)))
@@ -148,7 +152,7 @@ def predict_paths(
     cannot be read (missing, a symlink loop, not an image...) is in ``failures`` with its reason, and
     ``rows()`` gives them all in the order asked. ``checkpoint``: ``"best"`` or ``"last"`` of a run folder
     instead of its ``model.keras`` (:func:`load_model`); ``tta``: ``"flip"`` averages each image's probabilities
-    with its mirror image's (:func:`predict_batch`)."""
+    with its mirror image's (:func:`_predict_batch`)."""
     check_tta(tta)  # before the model loads (seconds)
     inputs = [str(item) for item in inputs]
     listed, unwalkable, empty, ignored = [], [], [], []
@@ -165,7 +169,7 @@ def predict_paths(
     else:
         loaded = load_model(model_or_run, checkpoint=checkpoint)
     walked = {f["path"] for f in unwalkable}
-    result = predict_files(loaded, [p for p in listed if p not in walked], batch_size=batch_size, tta=tta)
+    result = _predict_files(loaded, [p for p in listed if p not in walked], batch_size=batch_size, tta=tta)
     failed = {f["path"]: f for f in [*unwalkable, *result.failures]}
     result.failures = [failed[p] for p in dict.fromkeys(listed) if p in failed]
     result.inputs = listed

@@ -27,16 +27,17 @@ class SplitChangedError(ValueError):
     """The run's carved split cannot be rebuilt: its source's files changed since training."""
 
 
-def open_run_data(run_dir: str | Path, meta: dict, *, split: str | None = None,
-                  why: str = "") -> image_io.LabelledFiles:
+def open_run_data(run_dir: str | Path, meta: dict, *, split: str | None = None, why: str = "",
+                  recipe=None) -> image_io.LabelledFiles:
     """The labelled rows of the run's own ``split`` (``None``: test, else val), as its training had them.
 
     ``meta``: the run's ``ftkit_run.json``; ``why``: how the split came to be asked for, for the split note
-    (default: ``--split NAME`` or the default rule)."""
-    recipe = _saved_recipe(Path(run_dir))
+    (default: ``--split NAME`` or the default rule); ``recipe``: the run's saved recipe, where the caller read it.
+    Files of classes ``data.classes`` leaves out are left out as training left them, not listed as skipped."""
+    recipe = recipe if recipe is not None else saved_recipe(Path(run_dir))
     config = recipe.data
     _check_exists(config.train, "train", run_dir)
-    carved = _carved(config)
+    carved = carved_splits(config)
     index = _load(config, meta, run_dir)
     name, available = _choose(index, split, run_dir)
     where = getattr(config, name, None) if name != "train" else None
@@ -56,25 +57,47 @@ def open_run_data(run_dir: str | Path, meta: dict, *, split: str | None = None,
     reason = why or (f"--split {split}" if split is not None else
                      f"the default without DATA: test, else val; the run has {', '.join(available)}; --split NAME for "
                      f"another")
+    skipped = [s for s in index.skipped if s.split == name]
+    # Training drops the files of classes outside data.classes on purpose (check_splits(selected=True)).
+    others = [s for s in skipped if s.reason == sources.UNKNOWN_CLASS] if config.classes is not None else []
+    label, report_name = _label(name, source, narrowed=_narrowed(config, name))
     return image_io.LabelledFiles(
         paths=rows.ids(), labels=to_run[rows.labels].astype(np.int64), class_names=list(meta["class_names"]),
-        skipped=[image_io.skipped_file(s.path, s.reason, s.detail) for s in index.skipped if s.split == name],
-        source=f"{source} (the run's {name} split)", warnings=warnings, images=rows.images, split=name,
-        split_note=f"split: {name} ({reason}): the run's own {name} split, {origin}; {len(rows)} images, {check}",
-        report_name=_report_name(source, name))
+        skipped=[image_io.skipped_file(s.path, s.reason, s.detail) for s in skipped if s not in others],
+        source=label, warnings=warnings, images=rows.images, split=name,
+        split_note=f"split: {name} ({reason}): the run's own {name} split, {origin}; {len(rows)} images, {check}"
+                   + _classes_note(config, index, others),
+        report_name=report_name)
 
 
-def _report_name(source: str, split: str) -> str:
-    """``pets-val`` for the val split of ``pets/``; ``hymenoptera-train-val`` for that of ``hymenoptera/train/``
-    (named with its parent, as :func:`ftkit.evaluate.evaluation.default_report_dir` names a split folder)."""
-    path = Path(source)
-    name = path.stem or "data"
-    if name.lower() in sources.SPLIT_FOLDERS:
-        name = f"{path.parent.name or 'data'}-{name}"
-    return f"{name}-{split}"
+def _classes_note(config, index, others: list) -> str:
+    if config.classes is None:
+        return ""
+    note = f"; classes: the run's {len(index.class_names)} of {len(sources.source_classes(index))} (data.classes)"
+    return note + (f", the others' {len(others)} files left out, as training left them" if others else "")
 
 
-def _saved_recipe(run_dir: Path):
+def _narrowed(config, name: str) -> bool:
+    """Whether training kept only part of the source's ``name`` split: capped, or some classes (data.classes)."""
+    capped = config.eval_samples_per_class if name != "train" else (config.samples_per_class or
+                                                                     config.max_samples_per_class)
+    return bool(capped) or config.classes is not None
+
+
+def _label(name: str, source: str, *, narrowed: bool) -> tuple[str, str]:
+    """``(data label, report folder name)`` of the run's ``name`` split: those ``ftkit evaluate RUN DATA`` gives the
+    same split (DATA the source, or its split folder), so the two share a report folder (a later evaluation
+    replaces the earlier). A split training narrowed (capped, data.classes) holds other images: a label of its own."""
+    if narrowed:
+        return f"{source} (the run's {name} split)", f"{image_io.data_name(source)}-{name}"
+    held = sources.split_folders(source) if os.path.isdir(source) and not sources.is_mnist_folder(source) else {}
+    if name in held:
+        return os.path.abspath(held[name]), ""  # named as default_report_dir names a split folder
+    return f"{source} ({name} split)", f"{image_io.data_name(source)}-{name}"
+
+
+def saved_recipe(run_dir: Path):
+    """The run's ``recipe.yaml``, validated: what its training read its data by."""
     from ftkit.recipe import RecipeError, load_recipe
     from ftkit.training.runs import RECIPE_FILE
 
@@ -98,7 +121,7 @@ def _check_exists(path: str, key: str, run_dir) -> None:
             f"pass DATA. Received: run={str(run_dir)!r}, data.{key}={path!r}")
 
 
-def _carved(config) -> list[str]:
+def carved_splits(config) -> list[str]:
     """The splits training carved from ``data.train``: asked for with a fraction, given by no other source."""
     fractions = {"val": 0.0 if config.val else config.val_fraction,
                  "test": 0.0 if config.test else config.test_fraction}
@@ -160,32 +183,31 @@ def _verify(recorded: dict, lists: dict, index, compared: Sequence[str], *, name
     """``(what the check found, warnings)``; raises :class:`SplitChangedError` where a carved split differs."""
     then = recorded.get("file_lists")
     if isinstance(then, dict):
-        changed = [s for s in compared if then.get(s) != lists[s]]
-        if not changed:
+        if all(then.get(s) == lists[s] for s in compared):
             return "the same files as training's (checked against ftkit_run.json)", []
-        counts = {s: (then.get(s) or {}).get("files") for s in compared}, {s: lists[s]["files"] for s in compared}
-        return _changed(name, carved, config, run_dir, *counts, what="file lists")
-    counts = recorded.get("counts")
-    why = f"ftkit_run.json records no file lists (a run from before they were recorded), so the {name} split "
-    if not isinstance(counts, dict):
-        return "not checked", [why + "was rebuilt from the recipe but could not be checked to be the one training "
-                                     "used, and no per-class counts are recorded to compare"]
-    # Recorded counts leave out the files training found bad while decoding; the rebuilt rows still hold them.
-    gone = {(s["split"], s["path"]) for s in recorded.get("skipped_files", []) if isinstance(s, dict)}
-    now = {s: _usable_counts(index, s, gone) for s in compared}
-    before = {s: counts.get(s) for s in compared}
-    if before != now:
-        return _changed(name, carved, config, run_dir, before, now, what="per-class counts")
-    return "not checked (no file lists recorded)", [
-        why + "could not be checked to be the one training used; its per-class counts are the recorded ones "
-              f"({_text(now)})"]
-
-
-def _usable_counts(index, split: str, gone: set) -> dict[str, int]:
-    rows = index[split]
-    keep = [(split, os.fspath(p)) not in gone for p in rows.paths] if rows.paths is not None else [True] * len(rows)
-    counts = np.bincount(rows.labels[np.asarray(keep, bool)], minlength=len(index.class_names))
-    return dict(zip(index.class_names, counts.tolist(), strict=True))
+        what = "file lists"
+        before, now = {s: (then.get(s) or {}).get("files") for s in compared}, {s: lists[s]["files"] for s in compared}
+    else:
+        counts = recorded.get("counts")
+        why = f"ftkit_run.json records no file lists (a run from before they were recorded), so the {name} split "
+        if not isinstance(counts, dict):
+            return "not checked", [why + "was rebuilt from the recipe but could not be checked to be the one training "
+                                         "used, and no per-class counts are recorded to compare"]
+        # Recorded counts leave out the files training found bad while decoding; the rebuilt rows still hold them.
+        gone = [(s["split"], s["path"]) for s in recorded.get("skipped_files", []) if isinstance(s, dict)]
+        now = {s: dict(zip(index.class_names, index.usable_counts(s, gone={p for g, p in gone if g == s}).tolist(),
+                           strict=True)) for s in compared}
+        before = {s: counts.get(s) for s in compared}
+        if before == now:
+            return "not checked (no file lists recorded)", [
+                why + "could not be checked to be the one training used; its per-class counts are the recorded ones "
+                      f"({_text(now)})"]
+        what = "per-class counts"
+    if carved:
+        raise _cannot_reproduce(name, config, run_dir, before, now, what=what)
+    return "not the files training evaluated", [
+        f"the run's {name} split changed since training ({what}: recorded {_text(before)}; now {_text(now)}): it is "
+        f"evaluated as it is now"]
 
 
 def _text(counts: dict) -> str:
@@ -196,12 +218,8 @@ def _text(counts: dict) -> str:
                      for s, v in counts.items())
 
 
-def _changed(name: str, carved: bool, config, run_dir, before: dict, now: dict, *, what: str):
-    if not carved:
-        return "not the files training evaluated", [
-            f"the run's {name} split changed since training ({what}: recorded {_text(before)}; now {_text(now)}): "
-            f"it is evaluated as it is now"]
-    raise SplitChangedError(
+def _cannot_reproduce(name: str, config, run_dir, before: dict, now: dict, *, what: str) -> SplitChangedError:
+    return SplitChangedError(
         f"The run's {name} split can no longer be reproduced: training carved it from {config.train} "
         f"(data.val_fraction {config.val_fraction}, data.test_fraction {config.test_fraction}, data.seed "
         f"{config.seed}), and the files there changed since (added, removed or moved to another class), so the same "

@@ -18,7 +18,7 @@ REPORT_DIR = "report"
 CHECKPOINTS = ("best", "last")  # RUN/checkpoints/<name>.keras, as ftkit.training writes them
 # Test-time augmentation: each mode and what the report says of it. "flip": an image's class probabilities are
 # the mean of the model's for the image and for its horizontal mirror image (fastai's ``learn.tta`` without the
-# random crops), one extra forward pass per batch (ftkit.evaluate.predict.predict_batch). Defined here, not there,
+# random crops), one extra forward pass per batch (ftkit.evaluate.predict._predict_batch). Defined here, not there,
 # because the CLI builds its parser from them and ftkit.evaluate.predict imports scikit-learn (seconds).
 TTA_MODES = {"flip": "horizontal flip, 2 views averaged"}
 TTA_HELP = ("'flip' averages the class probabilities of each image and of its mirror image (left and right "
