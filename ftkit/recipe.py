@@ -463,6 +463,26 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     return validate(data)
 
 
+def smoke_changes(full: Recipe, smoke: Recipe) -> list[str]:
+    """``key: before -> after`` for each value ``--smoke`` changed (``smoke`` is ``smoke_recipe(full)``), so that a
+    value the user set, such as ``--set data.image_size=[64,64]``, is not shrunk without a word."""
+    before, after = dict(_flat_items(full.to_dict())), dict(_flat_items(smoke.to_dict()))
+    return [f"{key} {json.dumps(before.get(key))} -> {json.dumps(value)}" for key, value in after.items()
+            if before.get(key) != value]
+
+
+def _flat_items(value: Any, prefix: str = ""):
+    """``(dotted.key, value)`` pairs of a recipe dict, into mappings and lists of mappings (phases)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flat_items(item, f"{prefix}.{key}" if prefix else key)
+    elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        for index, item in enumerate(value):
+            yield from _flat_items(item, f"{prefix}[{index}]")
+    else:
+        yield prefix, list(value) if isinstance(value, tuple) else value
+
+
 # -- error messages -------------------------------------------------------------------------------------
 
 
@@ -514,7 +534,10 @@ def _line(error: dict[str, Any], loc: list, data: Any = None) -> str:
     message = _message(error)
     if "Received:" in message:  # our own validators already say what they received
         return f"- {where or 'the recipe'}: {message}"
-    if error["type"] in _CONTAINER_ERRORS and _annotation_at(loc) is not None:
+    if isinstance(error["input"], bool) and error["type"] in _BOUND_ERRORS and _annotation_at(loc) is not None:
+        # true/false read as 1/0 first and then failed a bound: "should be less than 1" would hide the real mistake.
+        message = f"must be {_allowed_at(loc, 0.0)}, not true/false"
+    elif error["type"] in _CONTAINER_ERRORS and _annotation_at(loc) is not None:
         # pydantic names the Python type ("a valid tuple"); a recipe writes lists, so say what the key takes
         message = f"must be {_allowed_at(loc, error['input'])}"
         length = error.get("ctx", {}).get("actual_length")
@@ -524,6 +547,9 @@ def _line(error: dict[str, Any], loc: list, data: Any = None) -> str:
         message += "" if allowed == "a string" else f"; allowed: {allowed}"  # pydantic's "valid string" says it
     ending = "" if message.endswith((".", "?")) else "."
     return f"- {where or 'the recipe'}: {message}{ending} Received: {where or 'recipe'}={error['input']!r}"
+
+
+_BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"})
 
 
 def _message(error: dict[str, Any]) -> str:

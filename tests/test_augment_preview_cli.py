@@ -61,3 +61,12 @@ def test_a_bad_override_is_the_recipe_error_train_gives(recipe, tmp_path, capsys
         "Received: scale=[0.5, 2.0]",
     ]
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_an_out_file_that_is_not_png_is_refused_before_anything_is_read(recipe, tmp_path, capsys):
+    """The grid is PNG data; a .jpg name would misdescribe the file (it was written as PNG under that name)."""
+    assert _preview(recipe, tmp_path / "grid.jpg") == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"ftkit augment: error: out must name a .png file (the grid is written as PNG). Received: out="
+        f"{str(tmp_path / 'grid.jpg')!r}"]
+    assert not (tmp_path / "grid.jpg").exists()

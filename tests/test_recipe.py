@@ -92,6 +92,17 @@ def test_smoke_shrinks_any_recipe():
     assert small.data.image_size == (32, 32) and small.backbone.weights is None
 
 
+def test_smoke_says_every_value_it_changed_including_an_explicit_set():
+    from ftkit.recipe import smoke_changes
+
+    full = load_recipe(apply_overrides(BASE, ["data.image_size=[64,64]", "schedule.phases[0].epochs=50"]))
+    changes = smoke_changes(full, smoke_recipe(full))
+    assert "data.image_size [64, 64] -> [32, 32]" in changes
+    assert "schedule.phases[0].epochs 50 -> 1" in changes
+    assert "train.steps_per_epoch null -> 2" in changes
+    assert not any(change.startswith("data.train ") for change in changes)  # unchanged values are not listed
+
+
 def test_smoke_never_grows_the_image():
     # LeNet-5's 28x28 digits (its minimum is 28): smoke keeps them, so it runs the recipe's padding path.
     assert smoke_recipe(load_recipe(REPO / "recipes" / "lenet5_mnist.yaml")).data.image_size == (28, 28)

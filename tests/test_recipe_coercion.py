@@ -124,3 +124,16 @@ def test_a_list_position_written_with_a_dot_gets_the_bracket_spelling(key, brack
         load_recipe(LENET, overrides=[f"{key}=1"])
     assert f"Write list positions in brackets: {bracketed}. Received: {key!r}" in str(info.value)
     assert load_recipe(LENET, overrides=[f"{bracketed}=1"]) is not None
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("train.ema={momentum: true}", "- train.ema.momentum: must be a number > 0 and < 1, not true/false. "
+                                   "Received: train.ema.momentum=True"),
+    ("data.val_fraction=true", "- data.val_fraction: must be a number >= 0 and < 1, not true/false. "
+                               "Received: data.val_fraction=True"),
+])
+def test_true_for_a_bounded_number_says_true_false_not_the_bound(override, expected):
+    """true is read as 1 before the bound is checked: "should be less than 1" would hide the real mistake."""
+    with pytest.raises(RecipeError) as raised:
+        load_recipe(QUICKSTART, overrides=[override])
+    assert str(raised.value).splitlines()[1:] == [expected]
