@@ -309,3 +309,38 @@ def test_a_csv_s_carved_val_and_its_own_test(folder_run, tmp_path):
     own, given = evaluate_run(run.path), evaluate_run(run.path, data / "labels.csv", split="test")
     assert own["out_dir"] == given["out_dir"] == str(run.path / "report" / "labels-test")
     assert own["data"] == given["data"] == f"{data / 'labels.csv'} (test split)"
+
+
+def test_a_copy_of_the_training_folder_gives_the_run_s_carved_split(folder_run, tmp_path, capsys):
+    """README: "a folder moved whole still matches": DATA a copy of the training folder, --split val: carved again
+    with the recipe's settings and checked against ftkit_run.json's file lists, which are relative to the source."""
+    from ftkit.cli import main
+    from ftkit.evaluate import evaluate_run
+
+    run, root = folder_run
+    copy = tmp_path / "elsewhere" / "shapes"
+    shutil.copytree(root, copy)
+    report = evaluate_run(run.path, copy, tmp_path / "val", split="val")
+    trained_val, truth = _evaluated(run.path / "report" / "val")
+    relative = [os.path.relpath(p, os.path.realpath(root)) for p in trained_val]
+    evaluated, evaluated_truth = _evaluated(tmp_path / "val")
+    assert [os.path.relpath(p, os.path.realpath(copy)) for p in evaluated] == relative
+    assert evaluated_truth == truth and all(p.startswith(os.path.realpath(copy)) for p in evaluated)
+    assert report["split"] == "val" and report["n_samples"] == 2
+    assert report["split_note"] == (
+        f"split: val (--split val; DATA holds the same files as the run's training source): the run's own val "
+        f"split, carved by training from {root} (data.val_fraction 0.2, data.seed 0); 2 images, the same files as "
+        f"training's (checked against ftkit_run.json)")
+    # one file fewer: another carve, refused as before, with a hint saying how DATA differs
+    (copy / "b" / "3.png").unlink()
+    with pytest.raises(ValueError) as caught:
+        evaluate_run(run.path, copy, tmp_path / "changed", split="val")
+    message = str(caught.value)
+    assert message.startswith("DATA is a folder of class folders, with no split folders to choose from")
+    assert (f"DATA differs from the run's training data ({root}): carved with the recipe's settings "
+            f"(data.val_fraction 0.2, data.test_fraction 0.2, data.seed 0), its file lists are not those "
+            f"ftkit_run.json records (recorded train 8, val 2, test 2; DATA train 7, val 2, test 2), so --split val "
+            f"cannot pick the run's val split, which training carved from {root}, out of it. Received: "
+            f"data={str(copy)!r}, split='val'") in message
+    assert main(["evaluate", str(run.path), str(copy), "--split", "val"]) == 2
+    assert "DATA differs from the run's training data" in capsys.readouterr().err

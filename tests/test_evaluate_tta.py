@@ -157,6 +157,13 @@ def test_cli_predict_tta_flag_writes_averaged_probabilities(random_case, tmp_pat
     probs = {row["path"]: [float(row[f"prob_{c}"]) for c in RANDOM_CLASSES] for row in rows}
     ordered, at = _by_path(case, probs)
     np.testing.assert_allclose(ordered, case["flipped"][at], atol=1e-6)  # the CSV rounds to 6 decimals
+    # the CSV records the TTA in a column of its own, after status; without it the columns are as they were
+    with open(out, newline="") as handle:
+        assert next(csv.reader(handle))[:4] == ["path", "status", "tta", "top1"]
+    assert [row["tta"] for row in rows] == ["flip"] * 6
+    assert main(["predict", str(case["run"]), str(case["data"]), "--csv", str(tmp_path / "plain.csv")]) == 0
+    with open(tmp_path / "plain.csv", newline="") as handle:
+        assert next(csv.reader(handle))[:3] == ["path", "status", "top1"]
 
 
 # -- a model that knows left from right: flipping changes its answer ------------------------------------------
@@ -258,6 +265,54 @@ def test_compare_notes_differing_tta(sided_reports, tmp_path, capsys):
     assert "differ in test-time augmentation" in capsys.readouterr().out
 
 
+def test_default_report_folders_keep_the_tta_evaluation_beside_the_plain_one(sided, tmp_path, capsys):
+    import shutil
+
+    from ftkit.cli import main
+    from ftkit.evaluate import compare_runs, default_report_dir
+
+    run = shutil.copytree(sided["run"], tmp_path / "run")
+    plain = evaluate_run(run, sided["data"])
+    flip = evaluate_run(run, sided["data"], tta="flip")
+    assert plain["out_dir"] == str(run / "report" / "data")
+    assert flip["out_dir"] == str(run / "report" / "data-tta-flip")
+    # the plain evaluation is still there, not replaced by the later one with TTA
+    kept = json.loads((run / "report" / "data" / FILES["json"]).read_text())
+    assert kept["tta"] is None and kept["accuracy"] == 1.0
+    assert "differ in test-time augmentation" in compare_runs(plain["out_dir"], flip["out_dir"])["notes"][0]
+    capsys.readouterr()
+    assert main(["evaluate", str(run), str(sided["data"]), "--tta", "flip"]) == 0
+    assert f"report: {run / 'report' / 'data-tta-flip'}/report.html" in capsys.readouterr().out
+    digits = LabelledFiles(paths=[], labels=np.zeros(0, np.int64), class_names=SIDES, source="/x/digits/test")
+    assert default_report_dir(run, digits, checkpoint="best", tta="flip").name == "digits-test-best-tta-flip"
+    assert default_report_dir(run, digits).name == "digits-test"
+    with pytest.raises(ValueError, match="Received: tta='mirror'"):
+        default_report_dir(run, digits, tta="mirror")
+
+
+def test_evaluating_without_tta_a_run_trained_with_it_warns(sided, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    from ftkit.cli import main
+
+    run = shutil.copytree(sided["run"], tmp_path / "run")
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"evaluate": {"tta": "flip", "splits": ["val", "test"]}}))
+    assert main(["evaluate", str(run), str(sided["data"]), "--out", str(tmp_path / "plain")]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: training's final evaluation ({run / 'report' / 'val'}, {run / 'report' / 'test'}) used "
+            f"test-time augmentation (horizontal flip, 2 views averaged: the recipe's evaluate.tta flip) and this "
+            f"evaluation does not, so its scores differ from those for that reason too: pass --tta flip (Python: "
+            f"tta='flip') to evaluate as training did") in err
+    assert "training's final evaluation" in json.loads((tmp_path / "plain" / FILES["json"]).read_text())["warnings"][0]
+    assert main(["evaluate", str(run), str(sided["data"]), "--out", str(tmp_path / "flip"), "--tta", "flip"]) == 0
+    assert "training's final evaluation" not in capsys.readouterr().err
+    for section in ({"tta": None}, {"tta": "flip", "enabled": False}):  # no TTA at training, or no evaluation
+        (run / "recipe.yaml").write_text(yaml.safe_dump({"evaluate": section}))
+        assert not evaluate_run(run, sided["data"], tmp_path / "again")["warnings"]
+
+
 # -- flags, help and bad values ------------------------------------------------------------------------------
 
 
@@ -352,9 +407,22 @@ def test_recipe_tta_reaches_trainings_final_evaluation(mnist, tmp_path, monkeypa
     register_tiny()
     recipe = mnist_recipe(mnist, phases=[{"train": "head", "epochs": 1, "lr": 0.01}],
                           evaluate={"enabled": True, "splits": ["val"], "tta": "flip"})
-    train(recipe, out=tmp_path / "run", **QUIET)
+    printed = []
+    train(recipe, out=tmp_path / "run", log=printed.append)
     report = json.loads((tmp_path / "run" / "report" / "val" / FILES["json"]).read_text())
     assert report["tta"] == "flip"
+    # the summary says the final val score is with TTA (the epoch table's val_acc is without)
+    summary = "\n".join(str(line) for line in printed)
+    assert (f"val: accuracy {report['accuracy']:.4f} on {report['n_samples']} images (flip TTA), report "
+            f"{tmp_path / 'run' / 'report' / 'val' / 'report.html'}") in summary
+    # evaluated again: without --tta, a warning and other numbers; with it, training's numbers, in another folder
+    again = evaluate_run(tmp_path / "run", split="val")
+    assert again["tta"] is None and again["out_dir"] == str(tmp_path / "run" / "report" / "mnist-val")
+    assert [w for w in again["warnings"] if "pass --tta flip (Python: tta='flip') to evaluate as training did" in w]
+    same = evaluate_run(tmp_path / "run", split="val", tta="flip")
+    assert same["out_dir"] == str(tmp_path / "run" / "report" / "mnist-val-tta-flip")
+    assert same["accuracy"] == report["accuracy"] and same["log_loss"] == pytest.approx(report["log_loss"], abs=1e-6)
+    assert not [w for w in same["warnings"] if "training's final evaluation" in w]
     model = keras.saving.load_model(tmp_path / "run" / "model.keras")
     ids, _, _, probs, _ = read_predictions_csv(tmp_path / "run" / "report" / "val" / FILES["predictions"])
     index = sources.scan_unchecked(mnist, val_fraction=0.0, test_fraction=0.0)

@@ -305,8 +305,11 @@ def test_cli_train_smoke_and_export(tmp_path, monkeypatch, repo_root, capsys):
                  "--set", "train.seed=5", "--set", "evaluate.enabled=false"]) == 0
     printed = capsys.readouterr().out
     assert "ftkit train:" in printed  # the end-of-run summary
-    # where the run goes and what it trains on, before anything else
-    assert printed.startswith(f"run folder: {out}\ndata: 5 classes from ")
+    # what --smoke changed, then where the run goes and what it trains on, before anything else
+    smoke_line, rest = printed.split("\n", 1)
+    assert smoke_line.startswith("smoke (a pipeline check in seconds, not the recipe's run): ")
+    assert "train.steps_per_epoch null -> 2" in smoke_line
+    assert rest.startswith(f"run folder: {out}\ndata: 5 classes from ")
     assert "seed: 5" in (out / "recipe.yaml").read_text()
     assert main(["export", str(out), "--format", "keras"]) == 0
     assert (out / "export" / "model.keras").is_file()

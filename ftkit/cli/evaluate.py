@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: test, else val), carved again where training carved it")
     p.add_argument("--out", metavar="DIR",
                    help="output folder (default: RUN/report/<name of DATA>, e.g. RUN/report/catsdogs-test for "
-                        "catsdogs/test; beside the report/val and report/test that training wrote)")
+                        "catsdogs/test, ending in -best with --checkpoint best and -tta-flip with --tta flip; beside "
+                        "the report/val and report/test that training wrote)")
     p.add_argument("--top-k", type=_positive_int, nargs="+", metavar="K",
                    help="top-k accuracies (default: top-5, for data with more than 5 classes)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
@@ -77,7 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL_OR_RUN", help="run folder or a .keras file in one")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
     p.add_argument("--top-k", type=_positive_int, default=3, metavar="K", help="classes shown per image (default: 3)")
-    p.add_argument("--csv", metavar="FILE", help="also write every probability to this CSV file")
+    p.add_argument("--csv", metavar="FILE",
+                   help="also write every probability to this CSV file; with --tta, the averaged probabilities, "
+                        "and a tta column says so")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     _tta_flag(p)
     _checkpoint_flag(p)

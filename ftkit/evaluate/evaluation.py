@@ -15,8 +15,16 @@ from ftkit.evaluate.datasets import open_data
 from ftkit.evaluate.metrics import compute_metrics
 from ftkit.evaluate.predict import DEFAULT_BATCH_SIZE, predict_files, predict_images
 from ftkit.evaluate.report import FILES, write_bundle
-from ftkit.evaluate.run_data import carved_splits, open_run_data
-from ftkit.evaluate.runs import REPORT_DIR, LoadedModel, check_tta, load_model, read_run_meta, resolve_paths
+from ftkit.evaluate.run_data import carved_splits, open_copy_data, open_run_data
+from ftkit.evaluate.runs import (
+    REPORT_DIR,
+    TTA_MODES,
+    LoadedModel,
+    check_tta,
+    load_model,
+    read_run_meta,
+    resolve_paths,
+)
 
 
 def evaluate_predictions(
@@ -136,19 +144,23 @@ def _predict(loaded: LoadedModel, index: image_io.LabelledFiles, *, batch_size: 
     return result.paths, y_true, result.probs, result.failures
 
 
-def default_report_dir(run_dir: str | Path, data: image_io.LabelledFiles, *, checkpoint: str | None = None) -> Path:
+def default_report_dir(run_dir: str | Path, data: image_io.LabelledFiles, *, checkpoint: str | None = None,
+                       tta: str | None = None) -> Path:
     """Where ``ftkit evaluate RUN DATA`` writes without ``--out``: ``RUN/report/<data name>/``.
 
     One folder per data set, beside the ``report/val`` and ``report/test`` that training wrote and never over
     them: a split folder is named with its parent (``.../catsdogs/test`` gives ``catsdogs-test``), a split of a
     CSV or of MNIST with the file's name (``labels-test``, ``mnist-test``); a training checkpoint's evaluation
-    ends in its name (``catsdogs-test-best``), beside the run's model's. Evaluating
-    the same data again replaces its report, as a second ``ftkit train`` evaluation would; other data whose
-    folder has the same name gets ``-2``, ``-3``..., so no evaluation overwrites another's.
+    ends in its name (``catsdogs-test-best``), beside the run's model's, and one with test-time augmentation in
+    ``-tta-`` and its mode (``catsdogs-test-tta-flip``), beside the one without, so the two can be compared.
+    Evaluating the same data again replaces its report, as a second ``ftkit train`` evaluation would; other data
+    whose folder has the same name gets ``-2``, ``-3``..., so no evaluation overwrites another's.
     """
+    check_tta(tta)
     source = data.source or "index"
     name = data.report_name or image_io.data_name(source)
     name = (re.sub(r"[^\w.-]+", "_", name).strip("._") or "data") + (f"-{checkpoint}" if checkpoint else "")
+    name += f"-tta-{tta}" if tta else ""
     reports = Path(run_dir) / REPORT_DIR
     for n in range(1, 10_000):
         candidate = reports / (name if n == 1 else f"{name}-{n}")
@@ -174,6 +186,23 @@ def _recipe_trained_on(run_dir, data):
         return load_recipe(saved)
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):  # ValueError: a RecipeError among them
         return None
+
+
+def _training_tta(run_dir) -> tuple[str, list[str]] | None:
+    """``(evaluate.tta, evaluate.splits)`` of the run's saved recipe where its final evaluation used test-time
+    augmentation, else ``None`` (no recipe, none read, evaluation off or without TTA)."""
+    import yaml
+
+    from ftkit.training.runs import RECIPE_FILE
+
+    try:
+        section = yaml.safe_load((Path(run_dir) / RECIPE_FILE).read_text()).get("evaluate") or {}
+        tta, splits = section.get("tta"), section.get("splits") or ["val", "test"]
+        if section.get("enabled", True) and tta in TTA_MODES:
+            return tta, [str(s) for s in splits]
+    except (OSError, AttributeError, TypeError, yaml.YAMLError):
+        pass
+    return None
 
 
 def _run_split_of(config, data, split: str | None) -> str:
@@ -230,12 +259,16 @@ def evaluate_run(
     and checked against ``ftkit_run.json``: :mod:`ftkit.evaluate.run_data`); ``split`` defaults to test, else
     val. The same happens for ``data`` naming the run's training source with a ``split`` it does not hold itself
     (carved by training, or given by the recipe's ``data.val`` or ``data.test``), or ``split="train"`` where
-    training carved a split from it (its train split is then what carving left). ``allow_missing_classes`` and
-    ``only_model_classes`` apply to ``data`` and are refused without it. A class of
+    training carved a split from it (its train split is then what carving left); and for ``data`` holding the
+    same files elsewhere (a copy, the folder moved whole) with a ``split`` training carved
+    (:func:`~ftkit.evaluate.run_data.open_copy_data`); other files lacking it are refused, saying how they differ.
+    ``allow_missing_classes`` and ``only_model_classes`` apply to ``data`` and are refused without it. A class of
     ``data`` the run does not know is an error, unless ``only_model_classes`` leaves its rows out (each listed in
     the report's ``skipped``, counted per class in its ``unknown_classes``; kept rows keep their ids). ``out_dir``
-    defaults to ``RUN/report/<data name>/`` (:func:`default_report_dir`; for a checkpoint file, in the run
-    folder holding its metadata). ``tta``: see :func:`evaluate_model`. Returns the report dict (what
+    defaults to ``RUN/report/<data name>/`` (:func:`default_report_dir`; for a checkpoint file, in the run folder
+    holding its metadata; ending in ``-tta-flip`` with ``tta="flip"``). ``tta``: see :func:`evaluate_model`; left
+    out on a run whose recipe's ``evaluate.tta`` gave training's final evaluation one, the report's warnings say
+    so. Returns the report dict (what
     ``report.json`` holds; ``out_dir`` says where it went).
     """
     check_tta(tta)  # before the data is read and the model loads
@@ -255,8 +288,24 @@ def evaluate_run(
     elif recipe is not None and (why := _run_split_of(recipe.data, data, split)):
         index = open_run_data(run_dir, meta, split=split, recipe=recipe, why=f"--split {split}; {why}")
     else:
-        index = _as_labelled(data, meta["class_names"], split=split, allow_missing_classes=allow_missing_classes,
-                             only_model_classes=only_model_classes)
+        index, hint = (None, "") if recipe is not None else open_copy_data(run_dir, meta, data, split=split)
+        if index is None:
+            try:
+                index = _as_labelled(data, meta["class_names"], split=split,
+                                     allow_missing_classes=allow_missing_classes, only_model_classes=only_model_classes)
+            except image_io.ClassMismatchError:
+                raise
+            except ValueError as error:  # DATA lacks the split: hint says why the run's own cannot stand in
+                if not hint:
+                    raise
+                message, _, received = str(error).rpartition(" Received: ")
+                raise ValueError(f"{message} {hint} Received: {received}" if message else f"{error} {hint}") from None
+    if tta is None and (trained := _training_tta(run_dir)):
+        index.warnings.append(
+            f"training's final evaluation ({', '.join(str(Path(run_dir) / REPORT_DIR / s) for s in trained[1])}) "
+            f"used test-time augmentation ({TTA_MODES[trained[0]]}: the recipe's evaluate.tta {trained[0]}) and this "
+            f"evaluation does not, so its scores differ from those for that reason too: pass --tta {trained[0]} "
+            f"(Python: tta={trained[0]!r}) to evaluate as training did")
     if recipe is not None and not index.split:
         index.warnings.append(
             f"DATA is this run's own training source (its recipe's data.train) and has no split folders: the "
@@ -265,6 +314,6 @@ def evaluate_run(
             f"again, as training carved it; its report from the end of training is in "
             f"{Path(run_dir) / REPORT_DIR}.")
     if out_dir is None:
-        out_dir = default_report_dir(run_dir, index, checkpoint=checkpoint)
+        out_dir = default_report_dir(run_dir, index, checkpoint=checkpoint, tta=tta)
     return _evaluate(load_model(model_or_run, checkpoint=checkpoint), index, out_dir, top_k=top_k,
                      batch_size=batch_size, tta=tta)

@@ -209,9 +209,12 @@ def top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[list[tu
 
 def write_predict_csv(result: Predictions, path: str | Path, *, k: int) -> None:
     """``path, top1..topk class and probability, every class probability``, one row per file in the order
-    asked; a file that could not be read has its error in ``status`` and empty probabilities."""
+    asked; a file that could not be read has its error in ``status`` and empty probabilities. With test-time
+    augmentation (``result.tta``) the probabilities are the averaged ones, and a ``tta`` column after ``status``
+    names it on every row (a comment line would break CSV readers); without it the columns are as before."""
     k = min(k, len(result.class_names))
-    header = ["path", "status"]
+    tta = [result.tta] if result.tta else []
+    header = ["path", "status", *(["tta"] if tta else [])]
     for rank in range(1, k + 1):
         header += [f"top{rank}", f"top{rank}_prob"]
     header += [f"prob_{name}" for name in result.class_names]
@@ -220,8 +223,9 @@ def write_predict_csv(result: Predictions, path: str | Path, *, k: int) -> None:
         writer.writerow(header)
         for file_path, row, failure in result.rows():
             if failure is not None:
-                writer.writerow([file_path, f"error: {image_io.describe(failure)}"] + [""] * (len(header) - 2))
+                writer.writerow([file_path, f"error: {image_io.describe(failure)}", *tta]
+                                + [""] * (len(header) - 2 - len(tta)))
                 continue
             best = top_k(row[None], result.class_names, k)[0]
-            writer.writerow([file_path, "ok", *[v for pair in best for v in (pair[0], f"{pair[1]:.6f}")],
+            writer.writerow([file_path, "ok", *tta, *[v for pair in best for v in (pair[0], f"{pair[1]:.6f}")],
                              *[f"{p:.6f}" for p in row]])

@@ -24,15 +24,21 @@ EVALUATED_SPLITS = ("test", "val")  # the default without DATA: the first one th
 
 
 class SplitChangedError(ValueError):
-    """The run's carved split cannot be rebuilt: its source's files changed since training."""
+    """The run's carved split cannot be rebuilt: its source's files changed since training. ``recorded`` and
+    ``found``: the per-split counts ftkit_run.json records and those of the source now, as the message gives them."""
+
+    def __init__(self, message: str, *, recorded: str = "", found: str = ""):
+        super().__init__(message)
+        self.recorded, self.found = recorded, found
 
 
 def open_run_data(run_dir: str | Path, meta: dict, *, split: str | None = None, why: str = "",
-                  recipe=None) -> image_io.LabelledFiles:
+                  recipe=None, trained_from: str = "") -> image_io.LabelledFiles:
     """The labelled rows of the run's own ``split`` (``None``: test, else val), as its training had them.
 
     ``meta``: the run's ``ftkit_run.json``; ``why``: how the split came to be asked for, for the split note
-    (default: ``--split NAME`` or the default rule); ``recipe``: the run's saved recipe, where the caller read it.
+    (default: ``--split NAME`` or the default rule); ``recipe``: the run's saved recipe, where the caller read it;
+    ``trained_from``: the source training read, for the split note, where ``recipe``'s data.train is a copy of it.
     Files of classes ``data.classes`` leaves out are left out as training left them, not listed as skipped."""
     recipe = recipe if recipe is not None else saved_recipe(Path(run_dir))
     config = recipe.data
@@ -53,7 +59,7 @@ def open_run_data(run_dir: str | Path, meta: dict, *, split: str | None = None, 
     image_io.check_classes(found, meta["class_names"], allow_missing=True, source=source)
     to_run = np.array([list(meta["class_names"]).index(c) if c in meta["class_names"] else -1
                        for c in index.class_names])
-    origin = _origin(config, name, carved=name in group, where=where)
+    origin = _origin(config, name, carved=name in group, where=where, source=trained_from or config.train)
     reason = why or (f"--split {split}" if split is not None else
                      f"the default without DATA: test, else val; the run has {', '.join(available)}; --split NAME for "
                      f"another")
@@ -94,6 +100,59 @@ def _label(name: str, source: str, *, narrowed: bool) -> tuple[str, str]:
     if name in held:
         return os.path.abspath(held[name]), ""  # named as default_report_dir names a split folder
     return f"{source} ({name} split)", f"{image_io.data_name(source)}-{name}"
+
+
+def open_copy_data(run_dir: str | Path, meta: dict, data, *, split: str | None) -> tuple[image_io.LabelledFiles | None, str]:
+    """``ftkit evaluate RUN DATA --split NAME`` with DATA other than the run's training source, lacking the split
+    NAME that training carved from that source: ``(rows, "")`` of the run's own NAME split where DATA holds the same
+    files (a copy, the folder moved whole). DATA is carved by training's own loader with the run's recipe, its
+    data.train replaced by DATA, and checked against the file lists ftkit_run.json records, which are relative to
+    the source, so a copy matches. ``(None, hint)`` where it does not, ``hint`` saying how DATA differs, for the
+    error DATA's own lack of the split then gives; ``(None, "")`` where the question does not arise (no ``split``,
+    DATA holds it, training did not carve it, the run's recipe is missing or unreadable)."""
+    name = sources.SPLIT_FOLDERS.get(split.lower()) if isinstance(split, str) else None
+    recipe, original = _recipe_reading(run_dir, data) if name and isinstance(data, str | os.PathLike) else (None, "")
+    if recipe is None:
+        return None, ""
+    try:
+        if name in sources.own_splits(data, root=recipe.data.root) or name not in carved_splits(recipe.data):
+            return None, ""
+    except (OSError, ValueError):
+        return None, ""  # open_data names what is wrong with DATA
+    cannot = f"so --split {split} cannot pick the run's {name} split, which training carved from {original}, out of it"
+    if not isinstance((meta.get("data") or {}).get("file_lists"), dict):
+        return None, (f"DATA is not the run's training source ({original}), and ftkit_run.json records no file "
+                      f"lists to check that it holds the same files, {cannot}.")
+    try:
+        return open_run_data(run_dir, meta, split=split, recipe=recipe, trained_from=original,
+                             why=f"--split {split}; DATA holds the same files as the run's training source"), ""
+    except SplitChangedError as error:
+        counts = ("the same counts, other files or classes" if error.recorded == error.found else
+                  f"recorded {error.recorded}; DATA {error.found}")
+        return None, (f"DATA differs from the run's training data ({original}): carved with the recipe's settings "
+                      f"(data.val_fraction {recipe.data.val_fraction}, data.test_fraction {recipe.data.test_fraction}, "
+                      f"data.seed {recipe.data.seed}), its file lists are not those ftkit_run.json records "
+                      f"({counts}), {cannot}.")
+    except (OSError, ValueError) as error:
+        return None, (f"DATA is not the run's training source ({original}), and carving it as training carved "
+                      f"that failed ({error}), {cannot}.")
+
+
+def _recipe_reading(run_dir: str | Path, data) -> tuple[object | None, str]:
+    """``(the run's recipe with data.train replaced by data, the data.train it had)``; ``(None, "")`` where the
+    run has no readable recipe."""
+    import yaml
+
+    from ftkit.recipe import load_recipe
+    from ftkit.training.runs import RECIPE_FILE
+
+    try:
+        saved = yaml.safe_load((Path(run_dir) / RECIPE_FILE).read_text())
+        original = saved["data"]["train"]
+        saved["data"]["train"] = os.fspath(data)
+        return load_recipe(saved), str(original)
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):  # ValueError: a RecipeError among them
+        return None, ""
 
 
 def saved_recipe(run_dir: Path):
@@ -160,11 +219,11 @@ def _choose(index, split: str | None, run_dir) -> tuple[str, list[str]]:
     return name, available
 
 
-def _origin(config, name: str, *, carved: bool, where: str | None) -> str:
+def _origin(config, name: str, *, carved: bool, where: str | None, source: str) -> str:
     if carved and name == "train":
-        origin = f"what training kept of {config.train} after carving (data.seed {config.seed})"
+        origin = f"what training kept of {source} after carving (data.seed {config.seed})"
     elif carved:
-        origin = (f"carved by training from {config.train} (data.{name}_fraction {getattr(config, f'{name}_fraction')}"
+        origin = (f"carved by training from {source} (data.{name}_fraction {getattr(config, f'{name}_fraction')}"
                   f", data.seed {config.seed})")
     elif where:
         origin = f"data.{name} {where}"
@@ -225,4 +284,4 @@ def _cannot_reproduce(name: str, config, run_dir, before: dict, now: dict, *, wh
         f"{config.seed}), and the files there changed since (added, removed or moved to another class), so the same "
         f"draw gives other images. {what.capitalize()}: recorded {_text(before)}; now {_text(now)}. To evaluate "
         f"held-out images, pass DATA with split folders (train/, val/, test/) or a CSV of path,label,split naming "
-        f"them. Received: run={str(run_dir)!r}, data.train={config.train!r}")
+        f"them. Received: run={str(run_dir)!r}, data.train={config.train!r}", recorded=_text(before), found=_text(now))

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ftkit import distribute
-from ftkit.recipe import Recipe, dump_recipe, load_recipe
+from ftkit.recipe import Recipe, dump_recipe, load_recipe, smoke_changes
 from ftkit.schedule import AUX, HEAD, Phase, lr_at, resolve_phases, stalled_epochs
 from ftkit.training import replicas, runs
 from ftkit.training.features import cache_reason, compute_features
@@ -806,6 +806,9 @@ def train(recipe: str | Path | dict | Recipe | None = None, *, overrides: list[s
         resolved = saved
     else:
         resolved = load_recipe(recipe, overrides=overrides, smoke=smoke)
+        if smoke:
+            full = load_recipe(recipe, overrides=overrides)
+            log(f"smoke (a pipeline check in seconds, not the recipe's run): {', '.join(smoke_changes(full, resolved))}")
     import keras  # after the recipe is validated: a mistake in it is reported at once, not after TensorFlow starts
 
     # Made before TensorFlow runs anything: MultiWorkerMirroredStrategy configures the runtime at start-up.
@@ -1233,6 +1236,8 @@ def summary_text(trainer: Trainer, state: runs.ResumeState, history: list[dict],
         acc, count = report.get("accuracy"), report.get("n_samples")
         where = trainer.folder.root / "report" / split / "report.html"
         on = f" on {count} images" if isinstance(count, int) else ""
+        # evaluate.tta: these scores are with test-time augmentation, the epoch table's val_acc without it
+        on += f" ({report['tta']} TTA)" if report.get("tta") else ""
         lines.append(f"{split}: accuracy {acc:.4f}{on}, report {where}" if isinstance(acc, float) else f"{split}: see {where}")
     epoch = f"; epoch {state.best_epoch + 1}, the best" if _restores_best(trainer, state) else ""
     lines.append(f"inference model: {trainer.folder.root / runs.INFERENCE_MODEL} (raw 0..255 images -> "
