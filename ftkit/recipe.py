@@ -141,21 +141,14 @@ class TrainConfig(_Section):
         "are not averaged): per-epoch validation, the best epoch, model.keras and its evaluation use the average, "
         "the training loss the raw weights; each phase starts its own average; off when null"))
 
-    @field_validator("ema", mode="before")
+    @field_validator("early_stopping", "ema", mode="before")
     @classmethod
-    def _an_ema_mapping(cls, value):
-        if value is not None and not isinstance(value, dict | EMAConfig):
-            raise ValueError(f"must be a mapping such as {{momentum: 0.99}} ({{}} for the default), or null (off). "
-                             f"Received: ema={value!r}")
-        return value
-
-    @field_validator("early_stopping", mode="before")
-    @classmethod
-    def _a_mapping(cls, value):
+    def _a_mapping(cls, value, info):
         # pydantic's own message names the Python class ("instance of EarlyStoppingConfig")
-        if value is not None and not isinstance(value, dict | EarlyStoppingConfig):
-            raise ValueError(f"must be a mapping such as {{patience: 3, min_delta: 0.0}}, or null (off). "
-                             f"Received: early_stopping={value!r}")
+        if value is not None and not isinstance(value, dict | BaseModel):
+            example = {"early_stopping": "{patience: 3, min_delta: 0.0}", "ema": "{momentum: 0.99} ({} for the default)"}
+            raise ValueError(f"must be a mapping such as {example[info.field_name]}, or null (off). "
+                             f"Received: {info.field_name}={value!r}")
         return value
 
     @field_validator("class_weight")
