@@ -395,6 +395,36 @@ def test_a_worker_that_never_joins_is_a_clear_error_in_bounded_time(mnist, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_two_workers_average_the_weights_as_one_process_does(mnist, tmp_path):
+    """``train.ema`` under ``multi_worker``: each worker swaps its own copy of the average in and out (no
+    communication), so both end with the same averaged model, the one a single process computes."""
+    from ftkit.training import train
+
+    recipe = mnist_recipe(mnist, phases=[{"train": "all", "epochs": 2, "lr": 0.05}],
+                          # SGD, as the other comparisons here: Adam divides each gradient by its own running
+                          # scale, so a conv bias before BatchNorm (true gradient 0) moves by the learning rate on
+                          # the sign of float noise, and those weights differ between any two runs.
+                          train={"ema": {"momentum": 0.9}, "seed": 3, "verbose": 0, "optimizer": "sgd",
+                                 "momentum": 0.9})
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    jobs = [{"workers": workers, "index": i, "recipe": recipe, "out": "run", "weights": str(tmp_path / f"e{i}.npz")}
+            for i in range(2)]
+    results = _finish(_start_workers(tmp_path, "e", jobs), timeout=240)
+    assert [status for status, _, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    w0, w1 = np.load(tmp_path / "e0.npz"), np.load(tmp_path / "e1.npz")
+    assert all(np.array_equal(w0[k], w1[k]) for k in w0.files)  # the same model on both workers
+    single = train(recipe, out=tmp_path / "single", strategy="default", **QUIET)
+    expected = single.model.get_weights()
+    assert len(expected) == len(w0.files)
+    for i, want in enumerate(expected):
+        np.testing.assert_allclose(w0[f"arr_{i}"], want, rtol=1e-4, atol=1e-5)
+    history = (tmp_path / "w0" / "run" / "history.csv").read_text().splitlines()
+    column = history[0].split(",").index("val_loss")
+    assert [float(r.split(",")[column]) for r in history[1:]] == pytest.approx(
+        [float(r["val_loss"]) for r in single.history], rel=1e-4)
+
+
 def test_two_workers_both_end_with_the_best_epoch_under_final_model_best(mnist, tmp_path):
     """``train.final_model: best`` on two workers whose second epoch diverges: the chief restores best.keras, the
     other worker (which writes no checkpoint) its copy in memory, so both return the best epoch's model."""

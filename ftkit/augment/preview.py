@@ -235,9 +235,9 @@ def preview(
     """
     if samples < 1 or variants < 1:
         raise ValueError(f"samples and variants must be >= 1. Received: samples={samples}, variants={variants}")
+    data, config, source = read_recipe_sections(recipe, overrides=overrides)  # the recipe's errors first
     if Path(out).suffix.lower() != ".png":  # the grid is PNG data: another name would misdescribe the file
         raise ValueError(f"out must name a .png file (the grid is written as PNG). Received: out={str(out)!r}")
-    data, config, source = read_recipe_sections(recipe, overrides=overrides)
     size = image_size or data.get("image_size") or 224
     size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     index = training_index(data, source)
