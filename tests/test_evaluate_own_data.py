@@ -344,3 +344,19 @@ def test_a_copy_of_the_training_folder_gives_the_run_s_carved_split(folder_run, 
             f"data={str(copy)!r}, split='val'") in message
     assert main(["evaluate", str(run.path), str(copy), "--split", "val"]) == 2
     assert "DATA differs from the run's training data" in capsys.readouterr().err
+
+
+def test_a_refusal_with_equal_counts_says_the_files_differ_and_names_the_caps():
+    """A capped run (--smoke's 4 per class, data.eval_samples_per_class) draws as many files from a changed folder
+    as it recorded: "recorded val 8; now val 8" alone would read as no change."""
+    from types import SimpleNamespace
+
+    from ftkit.evaluate.run_data import _cannot_reproduce
+
+    config = SimpleNamespace(train="pets", val_fraction=0.2, test_fraction=0.0, seed=0, samples_per_class=None,
+                             max_samples_per_class=4, eval_samples_per_class=4)
+    same = str(_cannot_reproduce("val", config, "run", {"val": 8}, {"val": 8}, what="file lists"))
+    assert "recorded val 8; now val 8: the same counts (capped per class: data.max_samples_per_class 4, " \
+           "data.eval_samples_per_class 4), but other files. To evaluate" in same
+    other = str(_cannot_reproduce("val", config, "run", {"val": 8}, {"val": 7}, what="file lists"))
+    assert "recorded val 8; now val 7. To evaluate" in other

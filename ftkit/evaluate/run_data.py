@@ -277,11 +277,25 @@ def _text(counts: dict) -> str:
                      for s, v in counts.items())
 
 
+def _same_counts(before: dict, now: dict, config) -> str:
+    """Why equal counts can still be another split: per-class caps (data.eval_samples_per_class, --smoke's 4) draw
+    the same number of files from a changed folder."""
+    if before != now:
+        return ""
+    caps = [f"{key} {value}" for key, value in (("data.samples_per_class", config.samples_per_class),
+                                                  ("data.max_samples_per_class", config.max_samples_per_class),
+                                                  ("data.eval_samples_per_class", config.eval_samples_per_class))
+            if value]
+    capped = f" (capped per class: {', '.join(caps)})" if caps else ""
+    return f": the same counts{capped}, but other files"
+
+
 def _cannot_reproduce(name: str, config, run_dir, before: dict, now: dict, *, what: str) -> SplitChangedError:
     return SplitChangedError(
         f"The run's {name} split can no longer be reproduced: training carved it from {config.train} "
         f"(data.val_fraction {config.val_fraction}, data.test_fraction {config.test_fraction}, data.seed "
         f"{config.seed}), and the files there changed since (added, removed or moved to another class), so the same "
-        f"draw gives other images. {what.capitalize()}: recorded {_text(before)}; now {_text(now)}. To evaluate "
+        f"draw gives other images. {what.capitalize()}: recorded {_text(before)}; now {_text(now)}"
+        f"{_same_counts(before, now, config)}. To evaluate "
         f"held-out images, pass DATA with split folders (train/, val/, test/) or a CSV of path,label,split naming "
         f"them. Received: run={str(run_dir)!r}, data.train={config.train!r}", recorded=_text(before), found=_text(now))
