@@ -15,7 +15,7 @@ from ftkit.evaluate.datasets import open_data
 from ftkit.evaluate.metrics import compute_metrics
 from ftkit.evaluate.predict import DEFAULT_BATCH_SIZE, predict_files, predict_images
 from ftkit.evaluate.report import FILES, write_bundle
-from ftkit.evaluate.run_data import carved_splits, open_copy_data, open_run_data
+from ftkit.evaluate.run_data import carved_splits, open_copy_data, open_run_data, saved_recipe_dict
 from ftkit.evaluate.runs import (
     REPORT_DIR,
     TTA_MODES,
@@ -169,39 +169,31 @@ def default_report_dir(run_dir: str | Path, data: image_io.LabelledFiles, *, che
     raise FileExistsError(f"No free report folder name for {name!r} in {reports}. Received: data={source!r}")
 
 
-def _recipe_trained_on(run_dir, data):
-    """The run's saved recipe where ``data`` is the path it trained from (its ``data.train``, relative paths read
-    from the working folder, as training read them), else ``None``."""
-    import yaml
-
+def _recipe_trained_on(saved: dict | None, data):
+    """The run's saved recipe (``saved``, as :func:`saved_recipe_dict` reads it), validated, where ``data`` is the
+    path it trained from (its ``data.train``, relative paths read from the working folder, as training read
+    them), else ``None``."""
     from ftkit.recipe import load_recipe
-    from ftkit.training.runs import RECIPE_FILE
 
     if not isinstance(data, str | Path):
         return None
     try:
-        saved = yaml.safe_load((Path(run_dir) / RECIPE_FILE).read_text())
         if Path(saved["data"]["train"]).resolve() != Path(data).resolve():
             return None
         return load_recipe(saved)
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):  # ValueError: a RecipeError among them
+    except (OSError, ValueError, KeyError, TypeError):  # ValueError: a RecipeError among them
         return None
 
 
-def _training_tta(run_dir) -> tuple[str, list[str]] | None:
+def _training_tta(saved: dict | None) -> tuple[str, list[str]] | None:
     """``(evaluate.tta, evaluate.splits)`` of the run's saved recipe where its final evaluation used test-time
     augmentation, else ``None`` (no recipe, none read, evaluation off or without TTA)."""
-    import yaml
-
-    from ftkit.training.runs import RECIPE_FILE
-
-    try:
-        section = yaml.safe_load((Path(run_dir) / RECIPE_FILE).read_text()).get("evaluate") or {}
-        tta, splits = section.get("tta"), section.get("splits") or ["val", "test"]
-        if section.get("enabled", True) and tta in TTA_MODES:
-            return tta, [str(s) for s in splits]
-    except (OSError, AttributeError, TypeError, yaml.YAMLError):
-        pass
+    section = (saved or {}).get("evaluate") or {}
+    if not isinstance(section, dict):
+        return None
+    tta, splits = section.get("tta"), section.get("splits") or ["val", "test"]
+    if section.get("enabled", True) and isinstance(tta, str) and tta in TTA_MODES and isinstance(splits, list):
+        return tta, [str(s) for s in splits]
     return None
 
 
@@ -280,7 +272,8 @@ def evaluate_run(
             f"data=None, allow_missing_classes={allow_missing_classes}, only_model_classes={only_model_classes}")
     _, meta_path, run_dir = resolve_paths(model_or_run, checkpoint)
     meta = read_run_meta(meta_path)
-    recipe = _recipe_trained_on(run_dir, data) if data is not None else None
+    saved = saved_recipe_dict(run_dir)
+    recipe = _recipe_trained_on(saved, data) if data is not None else None
     # The data is checked against the run's classes before the model loads, so a mistake in DATA is reported
     # at once rather than after TensorFlow's start-up (seconds).
     if data is None:
@@ -288,7 +281,8 @@ def evaluate_run(
     elif recipe is not None and (why := _run_split_of(recipe.data, data, split)):
         index = open_run_data(run_dir, meta, split=split, recipe=recipe, why=f"--split {split}; {why}")
     else:
-        index, hint = (None, "") if recipe is not None else open_copy_data(run_dir, meta, data, split=split)
+        copied = None if recipe is not None else open_copy_data(run_dir, meta, data, split=split, saved=saved)
+        index, hint = copied or (None, "")
         if index is None:
             try:
                 index = _as_labelled(data, meta["class_names"], split=split,
@@ -300,7 +294,7 @@ def evaluate_run(
                     raise
                 message, _, received = str(error).rpartition(" Received: ")
                 raise ValueError(f"{message} {hint} Received: {received}" if message else f"{error} {hint}") from None
-    if tta is None and (trained := _training_tta(run_dir)):
+    if tta is None and (trained := _training_tta(saved)):
         index.warnings.append(
             f"training's final evaluation ({', '.join(str(Path(run_dir) / REPORT_DIR / s) for s in trained[1])}) "
             f"used test-time augmentation ({TTA_MODES[trained[0]]}: the recipe's evaluate.tta {trained[0]}) and this "

@@ -102,16 +102,18 @@ def _label(name: str, source: str, *, narrowed: bool) -> tuple[str, str]:
     return f"{source} ({name} split)", f"{image_io.data_name(source)}-{name}"
 
 
-def open_copy_data(run_dir: str | Path, meta: dict, data, *, split: str | None) -> tuple[image_io.LabelledFiles | None, str]:
+def open_copy_data(run_dir: str | Path, meta: dict, data, *, split: str | None,
+                   saved: dict | None) -> tuple[image_io.LabelledFiles | None, str]:
     """``ftkit evaluate RUN DATA --split NAME`` with DATA other than the run's training source, lacking the split
     NAME that training carved from that source: ``(rows, "")`` of the run's own NAME split where DATA holds the same
     files (a copy, the folder moved whole). DATA is carved by training's own loader with the run's recipe, its
     data.train replaced by DATA, and checked against the file lists ftkit_run.json records, which are relative to
     the source, so a copy matches. ``(None, hint)`` where it does not, ``hint`` saying how DATA differs, for the
     error DATA's own lack of the split then gives; ``(None, "")`` where the question does not arise (no ``split``,
-    DATA holds it, training did not carve it, the run's recipe is missing or unreadable)."""
+    DATA holds it, training did not carve it, the run's recipe is missing or unreadable). ``saved``: the run's
+    recipe as :func:`saved_recipe_dict` reads it."""
     name = sources.SPLIT_FOLDERS.get(split.lower()) if isinstance(split, str) else None
-    recipe, original = _recipe_reading(run_dir, data) if name and isinstance(data, str | os.PathLike) else (None, "")
+    recipe, original = _recipe_reading(saved, data) if name and isinstance(data, str | os.PathLike) else (None, "")
     if recipe is None:
         return None, ""
     try:
@@ -138,20 +140,33 @@ def open_copy_data(run_dir: str | Path, meta: dict, data, *, split: str | None) 
                       f"that failed ({error}), {cannot}.")
 
 
-def _recipe_reading(run_dir: str | Path, data) -> tuple[object | None, str]:
-    """``(the run's recipe with data.train replaced by data, the data.train it had)``; ``(None, "")`` where the
-    run has no readable recipe."""
+def saved_recipe_dict(run_dir: str | Path) -> dict | None:
+    """The run's ``recipe.yaml`` as written (not validated), or ``None`` where it is missing or not a YAML mapping:
+    for the questions that only ask what the run trained from and how it evaluated."""
     import yaml
 
-    from ftkit.recipe import load_recipe
     from ftkit.training.runs import RECIPE_FILE
 
     try:
         saved = yaml.safe_load((Path(run_dir) / RECIPE_FILE).read_text())
-        original = saved["data"]["train"]
-        saved["data"]["train"] = os.fspath(data)
-        return load_recipe(saved), str(original)
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):  # ValueError: a RecipeError among them
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def _recipe_reading(saved: dict | None, data) -> tuple[object | None, str]:
+    """``(the run's recipe with data.train replaced by data, the data.train it had)``; ``(None, "")`` where the
+    run has no readable recipe."""
+    import copy
+
+    from ftkit.recipe import load_recipe
+
+    try:
+        changed = copy.deepcopy(saved)
+        original = changed["data"]["train"]
+        changed["data"]["train"] = os.fspath(data)
+        return load_recipe(changed), str(original)
+    except (ValueError, KeyError, TypeError):  # ValueError: a RecipeError among them
         return None, ""
 
 
