@@ -115,13 +115,8 @@ def _predict_files(loaded: LoadedModel, paths: Sequence[str], *, batch_size: int
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size!r}")
     decoded = image_io.TrainingDecode(paths, image_size=loaded.image_size, channels=loaded.channels,
                                       resize=loaded.resize, batch_size=batch_size)
-    outputs = []
-    for batch in decoded:
-        probs = _predict_batch(loaded.model, batch, tta=tta)
-        _check_output(probs, loaded)
-        outputs.append(probs)
+    probs = _checked_outputs(loaded, decoded, tta=tta)
     kept, failures = decoded.outcome()
-    probs = np.concatenate(outputs) if outputs else np.zeros((0, len(loaded.class_names)))
     if len(probs) != len(kept):  # the pipeline's contract: every readable file once, in order
         raise RuntimeError(f"{len(probs)} predictions for {len(kept)} readable files of {len(decoded.paths)}")
     return Predictions(paths=[decoded.paths[i] for i in kept], probs=probs, class_names=list(loaded.class_names),
@@ -135,9 +130,15 @@ def predict_images(loaded: LoadedModel, images: np.ndarray, *, batch_size: int =
     check_tta(tta)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size!r}")
+    return _checked_outputs(loaded, image_io.decode_arrays(images, image_size=loaded.image_size,
+                                                           channels=loaded.channels, resize=loaded.resize,
+                                                           batch_size=batch_size), tta=tta)
+
+
+def _checked_outputs(loaded: LoadedModel, batches: Iterable, *, tta: str | None) -> np.ndarray:
+    """The run's model on each batch (:func:`_predict_batch`), each output checked against its class names."""
     outputs = []
-    for batch in image_io.decode_arrays(images, image_size=loaded.image_size, channels=loaded.channels,
-                                        resize=loaded.resize, batch_size=batch_size):
+    for batch in batches:
         probs = _predict_batch(loaded.model, batch, tta=tta)
         _check_output(probs, loaded)
         outputs.append(probs)

@@ -52,25 +52,18 @@ def _efficientnet_groups(num_blocks):
 
 # Stages end where the feature map halves (strides 4, 8, 16, 32); the indices are those of keras.applications'
 # stack_fn for each model.
-_MOBILENETV3_SMALL_GROUPS = [
-    ["stem", r"conv(_bn)?$"],
-    ["stage1", _blocks("expanded_conv", [0])],
-    ["stage2", _blocks("expanded_conv", [1, 2])],
-    ["stage3", _blocks("expanded_conv", range(3, 8))],
-    ["stage4", _blocks("expanded_conv", range(8, 11))],
-    ["top", r"conv_1(_bn)?$"],
-    ["head", r"(conv_2|logits)$"],
-]
-_MOBILENETV3_LARGE_GROUPS = [
-    ["stem", r"conv(_bn)?$"],
-    ["stage1", _blocks("expanded_conv", [0])],
-    ["stage2", _blocks("expanded_conv", [1, 2])],
-    ["stage3", _blocks("expanded_conv", range(3, 6))],
-    ["stage4", _blocks("expanded_conv", range(6, 12))],
-    ["stage5", _blocks("expanded_conv", range(12, 15))],
-    ["top", r"conv_1(_bn)?$"],
-    ["head", r"(conv_2|logits)$"],
-]
+def _mobilenetv3_groups(stages):
+    """``stages``: the block indices of each stage, in order."""
+    return [
+        ["stem", r"conv(_bn)?$"],
+        *[[f"stage{i}", _blocks("expanded_conv", blocks)] for i, blocks in enumerate(stages, start=1)],
+        ["top", r"conv_1(_bn)?$"],
+        ["head", r"(conv_2|logits)$"],
+    ]
+
+
+_MOBILENETV3_SMALL_GROUPS = _mobilenetv3_groups([[0], [1, 2], range(3, 8), range(8, 11)])
+_MOBILENETV3_LARGE_GROUPS = _mobilenetv3_groups([[0], [1, 2], range(3, 6), range(6, 12), range(12, 15)])
 
 
 def _convnext_groups(prefix):
